@@ -1,0 +1,170 @@
+//! etcdserverpb.Lease: grants and revokes go through Raft; keep-alives renew the
+//! leader's in-memory deadline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{fill, unary};
+use crate::error::{Error, Result};
+use crate::lease::MAX_LEASE_TTL;
+use crate::metrics;
+use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::pb::etcdserverpb::{
+    AlarmType, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::server::{Applied, EtcdServer, Op};
+
+const SVC: &str = "etcdserverpb.Lease";
+
+pub struct LeaseService {
+    pub s: Arc<EtcdServer>,
+}
+
+impl LeaseService {
+    async fn grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if r.ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        if self.s.alarms.has(AlarmType::Nospace) {
+            return Err(Error::NoSpace);
+        }
+        super::quota_check(&self.s, 64).await?;
+        if r.id == 0 {
+            r.id = (self.s.ids.next() & (i64::MAX as u64)) as i64;
+        }
+        metrics::LEASES_GRANTED.inc();
+        match self.s.propose(Op::LeaseGrant(r)).await? {
+            Applied::LeaseGrant(mut g) => {
+                fill(&self.s, &mut g.header);
+                Ok(g)
+            }
+            _ => Err(Error::Storage("unexpected apply result".into())),
+        }
+    }
+
+    async fn revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        metrics::LEASES_REVOKED.inc();
+        match self.s.propose(Op::LeaseRevoke(r)).await? {
+            Applied::LeaseRevoke(mut g) => {
+                fill(&self.s, &mut g.header);
+                Ok(g)
+            }
+            _ => Err(Error::Storage("unexpected apply result".into())),
+        }
+    }
+
+    async fn ttl(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse> {
+        self.s.read_barrier().await?;
+        let header = Some(self.s.header(self.s.store.current_rev()));
+        Ok(match self.s.lessor.get(r.id) {
+            Some(l) => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: l.remaining(Instant::now()),
+                granted_ttl: l.ttl,
+                keys: if r.keys {
+                    l.keys.into_iter().collect()
+                } else {
+                    vec![]
+                },
+            },
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        })
+    }
+
+    fn keep_alive_one(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        if !self
+            .s
+            .status
+            .is_leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::NotLeader);
+        }
+        let ttl = self.s.lessor.renew(id).unwrap_or(0);
+        Ok(LeaseKeepAliveResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+            id,
+            ttl,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        unary(SVC, "LeaseGrant", self.grant(req.into_inner()).await)
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        unary(SVC, "LeaseRevoke", self.revoke(req.into_inner()).await)
+    }
+
+    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        metrics::grpc_started("bidi_stream", SVC, "LeaseKeepAlive");
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let this = LeaseService { s: self.s.clone() };
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = input.next().await {
+                let resp = this.keep_alive_one(r.id).map_err(super::status::to_status);
+                let stop = resp.is_err();
+                if tx.send(resp).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        unary(SVC, "LeaseTimeToLive", self.ttl(req.into_inner()).await)
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let r = async {
+            self.s.read_barrier().await?;
+            Ok(LeaseLeasesResponse {
+                header: Some(self.s.header(self.s.store.current_rev())),
+                leases: self
+                    .s
+                    .lessor
+                    .ids()
+                    .into_iter()
+                    .map(|id| LeaseStatus { id })
+                    .collect(),
+            })
+        }
+        .await;
+        unary(SVC, "LeaseLeases", r)
+    }
+}

@@ -1,0 +1,222 @@
+//! etcdserverpb.Maintenance: status, alarms, hashes, defragmentation and snapshots.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{fill, unary};
+use crate::config::SERVER_VERSION;
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::pb::etcdserverpb::maintenance_server::Maintenance;
+use crate::pb::etcdserverpb::{
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, alarm_request,
+};
+use crate::server::{Applied, EtcdServer, Op};
+use crate::storage::snapshot;
+
+const SVC: &str = "etcdserverpb.Maintenance";
+const CHUNK: usize = 32 * 1024;
+
+pub struct MaintenanceService {
+    pub s: Arc<EtcdServer>,
+}
+
+fn alarm_name(a: i32) -> &'static str {
+    match AlarmType::try_from(a) {
+        Ok(AlarmType::Nospace) => "NOSPACE",
+        Ok(AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+impl MaintenanceService {
+    async fn alarm(&self, r: AlarmRequest) -> Result<AlarmResponse> {
+        match alarm_request::AlarmAction::try_from(r.action) {
+            Ok(alarm_request::AlarmAction::Get) | Err(_) => {
+                let mut alarms = self.s.alarms.list();
+                if r.alarm != AlarmType::None as i32 {
+                    alarms.retain(|a| a.alarm == r.alarm);
+                }
+                if r.member_id != 0 {
+                    alarms.retain(|a| a.member_id == r.member_id);
+                }
+                Ok(AlarmResponse {
+                    header: Some(self.s.header(self.s.store.current_rev())),
+                    alarms,
+                })
+            }
+            _ => match self.s.propose(Op::Alarm(r)).await? {
+                Applied::Alarm(mut a) => {
+                    fill(&self.s, &mut a.header);
+                    Ok(a)
+                }
+                _ => Err(Error::Storage("unexpected apply result".into())),
+            },
+        }
+    }
+
+    fn status(&self) -> StatusResponse {
+        let st = &self.s.status;
+        StatusResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+            version: SERVER_VERSION.to_string(),
+            db_size: self.s.backend.size() as i64,
+            leader: st.leader.load(Ordering::Relaxed),
+            raft_index: st.commit.load(Ordering::Relaxed),
+            raft_term: st.term.load(Ordering::Relaxed),
+            raft_applied_index: st.applied.load(Ordering::Relaxed),
+            errors: self
+                .s
+                .alarms
+                .list()
+                .into_iter()
+                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+                .collect(),
+            db_size_in_use: metrics::DB_SIZE_IN_USE.get().max(0),
+            is_learner: false,
+            storage_version: "3.5.0".into(),
+            db_size_quota: self.s.quota_bytes() as i64,
+            downgrade_info: None,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        unary(
+            SVC,
+            "Alarm",
+            MaintenanceService::alarm(self, req.into_inner()).await,
+        )
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        unary(SVC, "Status", Ok(MaintenanceService::status(self)))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        crate::info!("starting defragment");
+        let r = self.s.defragment().await.map(|_| DefragmentResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+        });
+        crate::info!("finished defragment", db_size = self.s.backend.size());
+        unary(SVC, "Defragment", r)
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let r = self.s.store.hash_kv(0).map(|(hash, _, rev)| HashResponse {
+            header: Some(self.s.header(rev)),
+            hash,
+        });
+        unary(SVC, "Hash", r)
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let r = self
+            .s
+            .store
+            .hash_kv(req.into_inner().revision)
+            .map(|(hash, compact, rev)| HashKvResponse {
+                header: Some(self.s.header(self.s.store.current_rev())),
+                hash,
+                compact_revision: compact,
+                hash_revision: rev,
+            });
+        unary(SVC, "HashKV", r)
+    }
+
+    type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        metrics::grpc_started("server_stream", SVC, "Snapshot");
+        let s = self.s.clone();
+        let path = s
+            .cfg
+            .data_dir
+            .join("member")
+            .join(format!("snapshot-{}.tmp", s.ids.next()));
+        let p2 = path.clone();
+        let backend = s.backend.clone();
+        let size = tokio::task::spawn_blocking(move || snapshot::save(&backend, &p2))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| super::status::to_status(e.into()))?;
+        crate::info!("sending database snapshot to client", size = size);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let res: std::io::Result<()> = async {
+                let mut f = tokio::fs::File::open(&path).await?;
+                let mut remaining = size;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = f.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    remaining = remaining.saturating_sub(n as u64);
+                    let resp = SnapshotResponse {
+                        header: Some(s.header(s.store.current_rev())),
+                        remaining_bytes: remaining,
+                        blob: buf[..n].to_vec(),
+                        version: SERVER_VERSION.to_string(),
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = res {
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+            }
+            let _ = tokio::fs::remove_file(&path).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        let r = if target == self.s.member_id() {
+            Ok(MoveLeaderResponse {
+                header: Some(self.s.header(self.s.store.current_rev())),
+            })
+        } else if self.s.cluster.get(target).is_none() {
+            Err(Error::MemberNotFound)
+        } else {
+            Err(Error::NotCapable)
+        };
+        unary(SVC, "MoveLeader", r)
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        unary::<DowngradeResponse>(SVC, "Downgrade", Err(Error::NotCapable))
+    }
+}

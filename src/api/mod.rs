@@ -1,0 +1,166 @@
+//! The client-facing API: etcd's gRPC services and the HTTP endpoints, served on
+//! the same port (HTTP/2 gRPC and HTTP/1.1 side by side, as etcd does).
+
+pub mod auth;
+pub mod cluster;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod status;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tonic::{Response, Status};
+
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::pb::etcdserverpb::{
+    AlarmRequest, AlarmType, ResponseHeader, alarm_request, auth_server::AuthServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::server::{EtcdServer, Op};
+
+/// gRPC's allowance on top of `--max-request-bytes`, as etcd sets it.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Completes a header that the apply loop filled with a revision.
+pub(crate) fn fill(s: &EtcdServer, h: &mut Option<ResponseHeader>) {
+    let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
+    *h = Some(s.header(rev));
+}
+
+/// Finishes a unary call: maps the error and counts the call.
+pub(crate) fn unary<T>(
+    svc: &'static str,
+    method: &'static str,
+    r: Result<T>,
+) -> Result<Response<T>, Status> {
+    metrics::grpc_started("unary", svc, method);
+    let r = r.map(Response::new).map_err(status::to_status);
+    let code = match &r {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    metrics::grpc_handled("unary", svc, method, code);
+    r
+}
+
+/// Raises NOSPACE (through the log, as etcd does) when a write of `cost` bytes
+/// would take the database over its quota.
+pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
+    let quota = s.quota_bytes();
+    if s.backend.size() + cost as u64 <= quota {
+        return Ok(());
+    }
+    crate::warn!(
+        "database space exceeded; raising NOSPACE alarm",
+        quota_size_bytes = quota,
+        current_db_size_bytes = s.backend.size()
+    );
+    let _ = s
+        .propose(Op::Alarm(AlarmRequest {
+            action: alarm_request::AlarmAction::Activate as i32,
+            member_id: s.member_id(),
+            alarm: AlarmType::Nospace as i32,
+        }))
+        .await;
+    Err(Error::NoSpace)
+}
+
+/// All gRPC services and the HTTP endpoints in one router.
+pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
+    let max = s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let routes = tonic::service::Routes::builder()
+        .add_service(
+            KvServer::new(kv::KvService { s: s.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService { s: s.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService { s: s.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService { s: s.clone() })
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService { s: s.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthService { s: s.clone() }).max_decoding_message_size(max),
+        )
+        .add_service(health_svc)
+        .clone()
+        .routes();
+    routes.into_axum_router().merge(http::router(s))
+}
+
+/// Resolves a listen URL's host and port to a socket address (IPv4 preferred, as
+/// etcd binds `localhost` to 127.0.0.1).
+pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport).await?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| std::io::Error::other(format!("{url}: no address")))
+}
+
+/// Serves `app` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    max_streams: u32,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                crate::warn!("accept failed", error = e);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http2().max_concurrent_streams(max_streams);
+            let _ = b
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,422 @@
+//! etcdserverpb.Watch: many watchers on one bidirectional stream.
+//!
+//! Each stream runs one task. It subscribes to the store's event broadcast before
+//! any watcher exists, replays history from storage for watchers that start in the
+//! past, and skips, per watcher, every event below the watcher's next revision, so
+//! events are never duplicated or skipped. When the stream falls behind the
+//! broadcast buffer it catches every watcher up from storage.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics;
+use crate::mvcc::Revision;
+use crate::mvcc::index::key_bounds;
+use crate::pb::etcdserverpb::watch_server::Watch;
+use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse, watch_request};
+use crate::pb::mvccpb::{Event, event::EventType};
+use crate::server::EtcdServer;
+
+const SVC: &str = "etcdserverpb.Watch";
+/// Events per response when replaying history.
+const HISTORY_CHUNK: usize = 1000;
+
+pub struct WatchService {
+    pub s: Arc<EtcdServer>,
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    end: Vec<u8>,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// The next revision this watcher must deliver.
+    next_rev: i64,
+    /// Events were sent since the last progress tick.
+    active: bool,
+}
+
+impl Watcher {
+    fn matches(&self, ev: &Event) -> bool {
+        let Some(kv) = &ev.kv else { return false };
+        if kv.mod_revision < self.next_rev {
+            return false;
+        }
+        let is_put = ev.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return false;
+        }
+        let k = kv.key.as_slice();
+        match key_bounds(&self.key, &self.end) {
+            (std::ops::Bound::Included(lo), std::ops::Bound::Included(hi)) => k == lo && k == hi,
+            (std::ops::Bound::Included(lo), std::ops::Bound::Unbounded) => k >= lo,
+            (std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)) => k >= lo && k < hi,
+            _ => false,
+        }
+    }
+}
+
+struct Stream {
+    s: Arc<EtcdServer>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    /// Every event up to this revision has been offered to every watcher.
+    delivered: i64,
+}
+
+impl Stream {
+    async fn send(&self, r: WatchResponse) -> bool {
+        self.out.send(Ok(r)).await.is_ok()
+    }
+
+    fn header(&self, rev: i64) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
+        Some(self.s.header(rev))
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> bool {
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                return self
+                    .send(WatchResponse {
+                        header: self.header(self.s.store.current_rev()),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream"
+                            .into(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        };
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let (cur, compacted) = self.s.store.revs();
+        let mut w = Watcher {
+            key,
+            end: c.range_end,
+            no_put: c.filters.contains(&0),
+            no_delete: c.filters.contains(&1),
+            prev_kv: c.prev_kv,
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            next_rev: if c.start_revision > 0 {
+                c.start_revision
+            } else {
+                cur + 1
+            },
+            active: false,
+        };
+        if !self
+            .send(WatchResponse {
+                header: self.header(cur),
+                watch_id: id,
+                created: true,
+                ..Default::default()
+            })
+            .await
+        {
+            return false;
+        }
+        if c.start_revision > 0 && c.start_revision < compacted {
+            return self
+                .send(WatchResponse {
+                    header: self.header(cur),
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: compacted,
+                    ..Default::default()
+                })
+                .await;
+        }
+        metrics::WATCHERS.add(1);
+        if w.next_rev <= cur {
+            let (open, alive) = self.catch_up(id, &mut w, cur).await;
+            if !open || !alive {
+                return open;
+            }
+        }
+        if cur > self.delivered {
+            self.delivered = cur;
+        }
+        self.watchers.insert(id, w);
+        true
+    }
+
+    /// Replays history from storage for `w` up to `to`. Returns whether the stream
+    /// is still open and whether the watcher survives (it is cancelled when the
+    /// history it needs was compacted meanwhile).
+    async fn catch_up(&self, id: i64, w: &mut Watcher, to: i64) -> (bool, bool) {
+        while w.next_rev <= to {
+            let compacted = self.s.store.compact_rev();
+            if w.next_rev < compacted {
+                metrics::WATCHERS.add(-1);
+                let open = self
+                    .send(WatchResponse {
+                        header: self.header(to),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: compacted,
+                        ..Default::default()
+                    })
+                    .await;
+                return (open, false);
+            }
+            let (events, last) = match self.s.store.history(w.next_rev, to, HISTORY_CHUNK) {
+                Ok(x) => x,
+                Err(e) => {
+                    metrics::WATCHERS.add(-1);
+                    let open = self
+                        .send(WatchResponse {
+                            header: self.header(to),
+                            watch_id: id,
+                            canceled: true,
+                            cancel_reason: e.to_string(),
+                            ..Default::default()
+                        })
+                        .await;
+                    return (open, false);
+                }
+            };
+            let mine: Vec<Event> = events.into_iter().filter(|e| w.matches(e)).collect();
+            w.next_rev = last + 1;
+            if !mine.is_empty() && !self.deliver(id, w, mine, last).await {
+                return (false, false);
+            }
+        }
+        (true, true)
+    }
+
+    async fn deliver(&self, id: i64, w: &mut Watcher, mut events: Vec<Event>, rev: i64) -> bool {
+        if w.prev_kv {
+            for e in &mut events {
+                if e.prev_kv.is_none() {
+                    if let Some(kv) = &e.kv {
+                        e.prev_kv = self
+                            .s
+                            .store
+                            .prev_kv(&kv.key, Revision::new(kv.mod_revision, 0))
+                            .ok()
+                            .flatten();
+                    }
+                }
+            }
+        }
+        w.active = true;
+        let limit = self.s.cfg.max_request_bytes.max(1);
+        if w.fragment {
+            // Split into responses of at most `limit` bytes; all but the last are fragments.
+            let mut chunks: Vec<Vec<Event>> = vec![vec![]];
+            let mut size = 0;
+            for e in events {
+                let n = prost::Message::encoded_len(&e);
+                if size + n > limit && !chunks.last().map(|c| c.is_empty()).unwrap_or(true) {
+                    chunks.push(vec![]);
+                    size = 0;
+                }
+                size += n;
+                if let Some(c) = chunks.last_mut() {
+                    c.push(e);
+                }
+            }
+            let n = chunks.len();
+            for (i, c) in chunks.into_iter().enumerate() {
+                if !self
+                    .send(WatchResponse {
+                        header: self.header(rev),
+                        watch_id: id,
+                        events: c,
+                        fragment: i + 1 < n,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    return false;
+                }
+            }
+            return true;
+        }
+        self.send(WatchResponse {
+            header: self.header(rev),
+            watch_id: id,
+            events,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn on_batch(&mut self, events: &[Event], rev: i64) -> bool {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(mut w) = self.watchers.remove(&id) else {
+                continue;
+            };
+            let mine: Vec<Event> = events.iter().filter(|e| w.matches(e)).cloned().collect();
+            if rev + 1 > w.next_rev {
+                w.next_rev = rev + 1;
+            }
+            let ok = mine.is_empty() || self.deliver(id, &mut w, mine, rev).await;
+            self.watchers.insert(id, w);
+            if !ok {
+                return false;
+            }
+        }
+        if rev > self.delivered {
+            self.delivered = rev;
+        }
+        true
+    }
+
+    async fn resync(&mut self) -> bool {
+        let cur = self.s.store.current_rev();
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(mut w) = self.watchers.remove(&id) else {
+                continue;
+            };
+            let (open, alive) = self.catch_up(id, &mut w, cur).await;
+            if !open {
+                return false;
+            }
+            if alive {
+                self.watchers.insert(id, w);
+            }
+        }
+        if cur > self.delivered {
+            self.delivered = cur;
+        }
+        true
+    }
+
+    async fn progress_tick(&mut self) -> bool {
+        let rev = self.delivered;
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && !w.active)
+            .map(|(id, _)| *id)
+            .collect();
+        for w in self.watchers.values_mut() {
+            w.active = false;
+        }
+        for id in ids {
+            if !self
+                .send(WatchResponse {
+                    header: self.header(rev),
+                    watch_id: id,
+                    ..Default::default()
+                })
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn run(
+        mut self,
+        mut input: Streaming<WatchRequest>,
+        mut sub: broadcast::Receiver<Arc<crate::mvcc::watch::EventBatch>>,
+    ) {
+        let every = Duration::from_millis(
+            self.s
+                .cfg
+                .experimental_watch_progress_notify_interval_ms
+                .max(100),
+        );
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let ok = tokio::select! {
+                msg = input.next() => match msg {
+                    Some(Ok(req)) => self.on_request(req).await,
+                    _ => false,
+                },
+                b = sub.recv() => match b {
+                    Ok(batch) => self.on_batch(&batch.events, batch.rev).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+                    Err(broadcast::error::RecvError::Closed) => false,
+                },
+                _ = ticker.tick() => self.progress_tick().await,
+            };
+            if !ok {
+                break;
+            }
+        }
+        metrics::WATCHERS.add(-(self.watchers.len() as i64));
+        metrics::WATCH_STREAMS.add(-1);
+    }
+
+    async fn on_request(&mut self, req: WatchRequest) -> bool {
+        match req.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    metrics::WATCHERS.add(-1);
+                    let cur = self.s.store.current_rev();
+                    return self
+                        .send(WatchResponse {
+                            header: self.header(cur),
+                            watch_id: c.watch_id,
+                            canceled: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                true
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                let rev = self.delivered;
+                self.send(WatchResponse {
+                    header: self.header(rev),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => true,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        metrics::grpc_started("bidi_stream", SVC, "Watch");
+        let input = req.into_inner();
+        let sub = self.s.hub.subscribe();
+        let (tx, rx) = mpsc::channel(128);
+        metrics::WATCH_STREAMS.add(1);
+        let st = Stream {
+            s: self.s.clone(),
+            out: tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            delivered: self.s.store.current_rev(),
+        };
+        tokio::spawn(st.run(input, sub));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,202 @@
+//! The `etcd` server binary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use etcd_rs::config::{self, Command, Config};
+use etcd_rs::server::EtcdServer;
+use etcd_rs::{api, error, info, log, warn};
+
+fn level(l: config::LogLevel) -> log::Level {
+    match l {
+        config::LogLevel::Debug => log::Level::Debug,
+        config::LogLevel::Info => log::Level::Info,
+        config::LogLevel::Warn => log::Level::Warn,
+        config::LogLevel::Error => log::Level::Error,
+        config::LogLevel::Panic | config::LogLevel::Fatal => log::Level::Fatal,
+    }
+}
+
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cfg = match config::parse(args, &env) {
+        Ok(Command::Run(cfg)) => *cfg,
+        Ok(Command::PrintVersion(s)) | Ok(Command::PrintHelp(s)) => {
+            print!("{s}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("etcd: {e}");
+            std::process::exit(1);
+        }
+    };
+    log::set_level(level(cfg.log_level));
+    for w in &cfg.warnings {
+        warn!(w.clone());
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime", error = e);
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(run(cfg));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+async fn run(cfg: Config) -> i32 {
+    info!(
+        "starting etcd",
+        etcd_version = config::SERVER_VERSION,
+        implementation = concat!("etcd-rs ", env!("CARGO_PKG_VERSION")),
+        name = cfg.name,
+        data_dir = cfg.data_dir.display(),
+        listen_client_urls = cfg.listen_client_urls.join(","),
+        advertise_client_urls = cfg.advertise_client_urls.join(","),
+        initial_cluster = cfg.initial_cluster_string(),
+        initial_cluster_state = cfg.initial_cluster_state.as_str()
+    );
+    for u in cfg
+        .listen_client_urls
+        .iter()
+        .chain(cfg.listen_metrics_urls.iter())
+    {
+        if !u.starts_with("http://") {
+            error!("unsupported listen URL scheme in this build", url = u);
+            return 1;
+        }
+    }
+    // Bind first so that an address in use fails before any state is touched.
+    let mut client_listeners = Vec::new();
+    for u in &cfg.listen_client_urls {
+        match bind(u).await {
+            Ok(l) => client_listeners.push((u.clone(), l)),
+            Err(e) => {
+                error!("failed to listen on client URL", url = u, error = e);
+                return 1;
+            }
+        }
+    }
+    let mut metrics_listeners = Vec::new();
+    for u in &cfg.listen_metrics_urls {
+        match bind(u).await {
+            Ok(l) => metrics_listeners.push((u.clone(), l)),
+            Err(e) => {
+                error!("failed to listen on metrics URL", url = u, error = e);
+                return 1;
+            }
+        }
+    }
+    let max_streams = cfg.max_concurrent_streams;
+    let server = match tokio::task::block_in_place(|| EtcdServer::start(cfg)) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("failed to start etcd", error = e);
+            return 1;
+        }
+    };
+    if let Err(e) = wait_publish(&server).await {
+        error!("failed to publish local member to cluster", error = e);
+        let _ = server.stop();
+        return 1;
+    }
+    info!(
+        "published local member to cluster",
+        local_member_id = format!("{:x}", server.member_id()),
+        cluster_id = format!("{:x}", server.cluster.cluster_id)
+    );
+    etcd_rs::server::compactor::spawn(server.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(server.clone()).await;
+    for (u, l) in client_listeners {
+        info!("ready to serve client requests");
+        warn!(
+            "serving client traffic insecurely; this is strongly discouraged!",
+            address = u
+        );
+        tokio::spawn(api::serve(l, app.clone(), max_streams, stop_rx.clone()));
+    }
+    for (u, l) in metrics_listeners {
+        info!("serving metrics", address = format!("{u}/metrics"));
+        tokio::spawn(api::serve(l, app.clone(), max_streams, stop_rx.clone()));
+    }
+    let code = wait_for_stop(&server).await;
+    let _ = stop_tx.send(true);
+    info!("closing etcd server", name = server.cfg.name);
+    match tokio::task::block_in_place(|| server.stop()) {
+        Ok(()) => {
+            info!("stopped etcd server", name = server.cfg.name);
+            code
+        }
+        Err(e) => {
+            error!("etcd server stopped with an error", error = e);
+            1
+        }
+    }
+}
+
+async fn bind(url: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr = api::resolve(url).await?;
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+async fn wait_publish(s: &Arc<EtcdServer>) -> Result<(), etcd_rs::error::Error> {
+    let mut last = None;
+    for _ in 0..50 {
+        match s.publish().await {
+            Ok(()) => return Ok(()),
+            Err(e @ etcd_rs::error::Error::Storage(_)) => return Err(e),
+            Err(e) => {
+                if s.is_stopped() {
+                    return Err(e);
+                }
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or(etcd_rs::error::Error::Timeout))
+}
+
+/// Waits for SIGTERM or SIGINT (exit 0), or for the Raft loop to die (exit 1).
+async fn wait_for_stop(s: &Arc<EtcdServer>) -> i32 {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("cannot install the SIGTERM handler", error = e);
+            return 1;
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                info!("received signal; shutting down", signal = "terminated");
+                return 0;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                info!("received signal; shutting down", signal = "interrupt");
+                return 0;
+            }
+            _ = tick.tick() => {
+                if s.is_stopped() {
+                    error!("the raft loop stopped unexpectedly");
+                    return 1;
+                }
+            }
+        }
+    }
+}

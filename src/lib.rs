@@ -1,0 +1,16 @@
+//! etcd-rs: a wire-compatible etcd v3 server. See ARCHITECTURE.md for the map.
+
+#[macro_use]
+pub mod log;
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod membership;
+pub mod metrics;
+pub mod mvcc;
+pub mod pb;
+pub mod raft;
+pub mod server;
+pub mod storage;

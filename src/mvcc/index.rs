@@ -1,0 +1,312 @@
+//! The in-memory key index: for every key, its generations of revisions, as etcd
+//! keeps them. A generation runs from a key's creation to its deletion (the
+//! tombstone is the generation's last revision); the index answers "which revision
+//! of this key is visible at revision R" without touching the database.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// A point in the store's history: `main` grows by one per modifying request, `sub`
+/// numbers the changes within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Revision {
+    pub main: i64,
+    pub sub: i64,
+}
+
+impl Revision {
+    pub fn new(main: i64, sub: i64) -> Self {
+        Revision { main, sub }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generation {
+    /// Number of puts in this generation (the key's `version` at its last put).
+    pub ver: i64,
+    pub created: Revision,
+    pub revs: Vec<Revision>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyIndex {
+    /// The last generation is the current one; it is empty when the key is deleted.
+    pub generations: Vec<Generation>,
+}
+
+/// What the index knows about a key at a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visible {
+    pub modified: Revision,
+    pub created: Revision,
+    pub version: i64,
+}
+
+impl KeyIndex {
+    fn put(&mut self, rev: Revision) {
+        if self.generations.is_empty() {
+            self.generations.push(Generation::default());
+        }
+        let g = self.generations.last_mut().expect("non-empty");
+        if g.revs.is_empty() {
+            g.created = rev;
+        }
+        g.revs.push(rev);
+        g.ver += 1;
+    }
+
+    fn tombstone(&mut self, rev: Revision) -> bool {
+        match self.generations.last_mut() {
+            Some(g) if !g.revs.is_empty() => {
+                g.revs.push(rev);
+                self.generations.push(Generation::default());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The live revision of the key at `at` (None when absent or deleted then).
+    pub fn get(&self, at: i64) -> Option<Visible> {
+        let n = self.generations.len();
+        for (i, g) in self.generations.iter().enumerate().rev() {
+            if g.revs.is_empty() {
+                continue;
+            }
+            if g.created.main > at {
+                continue;
+            }
+            let closed = i + 1 < n; // its last revision is a tombstone
+            // Find the last revision <= at.
+            let pos = g.revs.partition_point(|r| r.main <= at);
+            if pos == 0 {
+                return None;
+            }
+            if closed && pos == g.revs.len() {
+                return None; // deleted at or before `at`
+            }
+            // Version counts the puts up to pos; `ver` counts all puts of the generation
+            // and earlier revisions may have been compacted away.
+            let puts_after = (g.revs.len() - pos) as i64 - if closed { 1 } else { 0 };
+            return Some(Visible {
+                modified: g.revs[pos - 1],
+                created: g.created,
+                version: g.ver - puts_after,
+            });
+        }
+        None
+    }
+
+    /// Keeps what reads at or after `at` still need; returns false when nothing is left.
+    /// Revisions <= `at` that stay in storage are added to `keep`.
+    fn compact(&mut self, at: i64, keep: &mut std::collections::HashSet<Revision>) -> bool {
+        let n = self.generations.len();
+        let mut out = Vec::with_capacity(n);
+        for (i, mut g) in self.generations.drain(..).enumerate() {
+            let closed = i + 1 < n;
+            let last = match g.revs.last() {
+                Some(r) => r.main,
+                None => {
+                    if !closed {
+                        out.push(g);
+                    }
+                    continue;
+                }
+            };
+            if closed && last <= at {
+                // The generation ended (tombstone) at or before `at`: nothing of it is visible.
+                continue;
+            }
+            let pos = g.revs.partition_point(|r| r.main <= at);
+            if pos > 0 {
+                keep.insert(g.revs[pos - 1]);
+                g.revs.drain(..pos - 1);
+            }
+            out.push(g);
+        }
+        self.generations = out;
+        self.generations.iter().any(|g| !g.revs.is_empty())
+    }
+}
+
+/// All keys of the store.
+#[derive(Debug, Default)]
+pub struct TreeIndex {
+    tree: BTreeMap<Vec<u8>, KeyIndex>,
+}
+
+/// How a range request names its keys: one key, a half-open range, or every key from
+/// a start (etcd's `range_end = "\0"`).
+pub fn key_bounds<'a>(key: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    if end.is_empty() {
+        (Bound::Included(key), Bound::Included(key))
+    } else if end == [0] {
+        (Bound::Included(key), Bound::Unbounded)
+    } else {
+        (Bound::Included(key), Bound::Excluded(end))
+    }
+}
+
+impl TreeIndex {
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    pub fn put(&mut self, key: &[u8], rev: Revision) {
+        match self.tree.get_mut(key) {
+            Some(ki) => ki.put(rev),
+            None => {
+                let mut ki = KeyIndex::default();
+                ki.put(rev);
+                self.tree.insert(key.to_vec(), ki);
+            }
+        }
+    }
+
+    /// Marks `key` deleted at `rev`; false when it was not live.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
+        match self.tree.get_mut(key) {
+            Some(ki) => ki.tombstone(rev),
+            None => false,
+        }
+    }
+
+    pub fn get(&self, key: &[u8], at: i64) -> Option<Visible> {
+        self.tree.get(key).and_then(|ki| ki.get(at))
+    }
+
+    /// Visits every key in the range that is live at `at`, in key order, until `f`
+    /// returns false.
+    pub fn range<F: FnMut(&[u8], Visible) -> bool>(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        at: i64,
+        mut f: F,
+    ) {
+        if !end.is_empty() && end != [0] && key >= end {
+            return;
+        }
+        let (lo, hi) = key_bounds(key, end);
+        for (k, ki) in self.tree.range::<[u8], _>((lo, hi)) {
+            if let Some(v) = ki.get(at) {
+                if !f(k, v) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Counts the keys live at `at` in the range.
+    pub fn count(&self, key: &[u8], end: &[u8], at: i64) -> usize {
+        let mut n = 0;
+        self.range(key, end, at, |_, _| {
+            n += 1;
+            true
+        });
+        n
+    }
+
+    /// The revision of `key` that was live just before `rev` (for an event's prev_kv).
+    pub fn before(&self, key: &[u8], rev: Revision) -> Option<Revision> {
+        let ki = self.tree.get(key)?;
+        for g in ki.generations.iter().rev() {
+            let pos = g.revs.partition_point(|r| *r < rev);
+            if pos == 0 {
+                continue;
+            }
+            let prev = g.revs[pos - 1];
+            // The tombstone of a closed generation is never a previous value.
+            let is_tomb = pos == g.revs.len() && !std::ptr::eq(g, ki.generations.last()?);
+            if is_tomb {
+                return None;
+            }
+            return Some(prev);
+        }
+        None
+    }
+
+    /// Compacts every key at `at`; returns the revisions <= `at` that stay in storage.
+    pub fn compact(&mut self, at: i64) -> std::collections::HashSet<Revision> {
+        let mut keep = std::collections::HashSet::new();
+        self.tree.retain(|_, ki| ki.compact(at, &mut keep));
+        keep
+    }
+
+    /// Restores a key's history from storage, record by record in revision order.
+    pub fn restore(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        created: Revision,
+        version: i64,
+        tombstone: bool,
+    ) {
+        let ki = self.tree.entry(key.to_vec()).or_default();
+        if tombstone {
+            ki.tombstone(rev);
+            return;
+        }
+        if ki.generations.is_empty() {
+            ki.generations.push(Generation::default());
+        }
+        let g = ki.generations.last_mut().expect("non-empty");
+        if g.revs.is_empty() {
+            g.created = created;
+        }
+        g.revs.push(rev);
+        g.ver = version;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(m: i64) -> Revision {
+        Revision::new(m, 0)
+    }
+
+    #[test]
+    fn generations_and_visibility() {
+        let mut t = TreeIndex::default();
+        t.put(b"a", r(2));
+        t.put(b"a", r(3));
+        assert!(t.tombstone(b"a", r(4)));
+        t.put(b"a", r(6));
+        assert_eq!(t.get(b"a", 1), None);
+        let v = t.get(b"a", 3).unwrap();
+        assert_eq!((v.modified, v.created, v.version), (r(3), r(2), 2));
+        assert_eq!(t.get(b"a", 4), None);
+        assert_eq!(t.get(b"a", 5), None);
+        let v = t.get(b"a", 7).unwrap();
+        assert_eq!((v.modified, v.created, v.version), (r(6), r(6), 1));
+        assert!(!t.tombstone(b"b", r(8)));
+        assert_eq!(t.before(b"a", r(6)), None);
+        assert_eq!(t.before(b"a", r(3)), Some(r(2)));
+        assert_eq!(t.before(b"a", r(4)), Some(r(3)));
+    }
+
+    #[test]
+    fn compaction_keeps_latest() {
+        let mut t = TreeIndex::default();
+        t.put(b"a", r(2));
+        t.put(b"a", r(3));
+        t.put(b"b", r(4));
+        t.tombstone(b"b", r(5));
+        t.put(b"a", r(6));
+        let keep = t.compact(5);
+        assert!(keep.contains(&r(3)));
+        assert!(!keep.contains(&r(2)));
+        assert_eq!(t.get(b"b", 6), None);
+        assert_eq!(t.count(b"", &[0], 6), 1);
+        let v = t.get(b"a", 5).unwrap();
+        assert_eq!((v.modified, v.version), (r(3), 2));
+        let v = t.get(b"a", 6).unwrap();
+        assert_eq!(v.version, 3);
+    }
+}

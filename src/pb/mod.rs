@@ -1,0 +1,12 @@
+//! Generated protocol types (from `proto/`, by `proto/regen`). Do not edit by hand.
+#![allow(clippy::all, missing_docs, non_snake_case, non_camel_case_types)]
+
+pub mod mvccpb {
+    include!("mvccpb.rs");
+}
+pub mod authpb {
+    include!("authpb.rs");
+}
+pub mod etcdserverpb {
+    include!("etcdserverpb.rs");
+}

@@ -1,0 +1,203 @@
+//! The Raft log as raft-rs sees it: an in-memory [`MemStorage`] window over the
+//! durable log kept in the member's database (`raft_log` table, hard state and conf
+//! state in `meta`). Entries are written to the database before raft-rs is told they
+//! are stable; compaction removes them from both.
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use redb::ReadableTable;
+
+use crate::storage::{self, Backend, LOG, META, StorageError};
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+fn dec<M: PbMessage>(what: &str, b: &[u8]) -> Result<M> {
+    M::parse_from_bytes(b).map_err(|e| StorageError::Decode {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn enc<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
+    m.write_to_bytes().map_err(|e| StorageError::Decode {
+        what: "raft message".into(),
+        detail: e.to_string(),
+    })
+}
+
+pub struct LogStore {
+    mem: MemStorage,
+}
+
+impl LogStore {
+    /// A fresh log for a new cluster whose voters are `voters`.
+    pub fn bootstrap(backend: &Backend, voters: Vec<u64>, learners: Vec<u64>) -> Result<LogStore> {
+        let cs = ConfState::from((voters, learners));
+        let txn = backend.write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(storage::meta::CONF_STATE, enc(&cs)?.as_slice())?;
+            meta.insert(
+                storage::meta::HARD_STATE,
+                enc(&HardState::default())?.as_slice(),
+            )?;
+        }
+        txn.commit()?;
+        Ok(LogStore {
+            mem: MemStorage::new_with_conf_state(cs),
+        })
+    }
+
+    /// The log as persisted; None when the database holds no Raft state yet.
+    pub fn load(backend: &Backend) -> Result<Option<LogStore>> {
+        let txn = backend.read()?;
+        let meta = txn.open_table(META)?;
+        let Some(hs) = meta.get(storage::meta::HARD_STATE)? else {
+            return Ok(None);
+        };
+        let hs: HardState = dec("meta/raft_hard_state", hs.value())?;
+        let cs: ConfState = match meta.get(storage::meta::CONF_STATE)? {
+            Some(v) => dec("meta/raft_conf_state", v.value())?,
+            None => ConfState::default(),
+        };
+        let (snap_index, snap_term) = match meta.get(storage::meta::LOG_SNAPSHOT)? {
+            Some(v) => {
+                let b = v.value();
+                if b.len() != 16 {
+                    return Err(StorageError::Decode {
+                        what: "meta/raft_log_snapshot".into(),
+                        detail: format!("expected 16 bytes, found {}", b.len()),
+                    });
+                }
+                let mut i = [0u8; 8];
+                let mut t = [0u8; 8];
+                i.copy_from_slice(&b[..8]);
+                t.copy_from_slice(&b[8..]);
+                (u64::from_be_bytes(i), u64::from_be_bytes(t))
+            }
+            None => (0, 0),
+        };
+        let mem = MemStorage::new();
+        {
+            let mut core = mem.wl();
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = snap_index;
+            snap.mut_metadata().term = snap_term;
+            snap.mut_metadata().set_conf_state(cs.clone());
+            core.apply_snapshot(snap)
+                .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+            let log = txn.open_table(LOG)?;
+            let mut ents = Vec::new();
+            let mut expect = snap_index + 1;
+            for item in log.range(snap_index + 1..)? {
+                let (k, v) = item?;
+                let e: Entry = dec(&format!("raft_log/{}", k.value()), v.value())?;
+                if e.index != expect || k.value() != e.index {
+                    return Err(StorageError::Corrupt {
+                        path: backend.path().to_path_buf(),
+                        detail: format!(
+                            "raft log has a gap: expected entry {expect}, found {} (key {})",
+                            e.index,
+                            k.value()
+                        ),
+                    });
+                }
+                expect += 1;
+                ents.push(e);
+            }
+            core.append(&ents)
+                .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+            core.set_hardstate(hs);
+            core.set_conf_state(cs);
+        }
+        Ok(Some(LogStore { mem }))
+    }
+
+    /// The handle raft-rs reads from.
+    pub fn storage(&self) -> MemStorage {
+        self.mem.clone()
+    }
+
+    pub fn first_index(&self) -> u64 {
+        raft::Storage::first_index(&self.mem).unwrap_or(1)
+    }
+
+    /// Writes new entries and the hard state into `txn`; call [`Self::stable`] once
+    /// the transaction has committed.
+    pub fn write(
+        &self,
+        txn: &redb::WriteTransaction,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<()> {
+        if let Some(first) = entries.first() {
+            let mut log = txn.open_table(LOG)?;
+            // A new leader may overwrite an uncommitted tail.
+            let stale: Vec<u64> = log
+                .range(first.index..)?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<std::result::Result<_, _>>()?;
+            for k in stale {
+                log.remove(k)?;
+            }
+            for e in entries {
+                log.insert(e.index, enc(e)?.as_slice())?;
+            }
+        }
+        if let Some(hs) = hs {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(storage::meta::HARD_STATE, enc(hs)?.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Makes committed writes visible to raft-rs.
+    pub fn stable(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+        let mut core = self.mem.wl();
+        core.append(entries)
+            .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+        if let Some(hs) = hs {
+            core.set_hardstate(hs.clone());
+        }
+        Ok(())
+    }
+
+    /// Records a new conf state (inside the apply transaction).
+    pub fn write_conf_state(&self, txn: &redb::WriteTransaction, cs: &ConfState) -> Result<()> {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(storage::meta::CONF_STATE, enc(cs)?.as_slice())?;
+        self.mem.wl().set_conf_state(cs.clone());
+        Ok(())
+    }
+
+    /// Drops entries before `index` (all applied and durable) from memory and disk.
+    pub fn compact(&self, txn: &redb::WriteTransaction, index: u64) -> Result<()> {
+        let first = self.first_index();
+        if index <= first {
+            return Ok(());
+        }
+        let term = raft::Storage::term(&self.mem, index - 1)
+            .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            for i in first..index {
+                log.remove(i)?;
+            }
+            let mut meta = txn.open_table(META)?;
+            let mut b = Vec::with_capacity(16);
+            b.extend_from_slice(&(index - 1).to_be_bytes());
+            b.extend_from_slice(&term.to_be_bytes());
+            meta.insert(storage::meta::LOG_SNAPSHOT, b.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Applies a compaction committed by [`Self::compact`] to the in-memory window.
+    pub fn compacted(&self, index: u64) -> Result<()> {
+        let mut core = self.mem.wl();
+        // Keep the term of the last compacted entry answerable.
+        core.compact(index)
+            .map_err(|e| StorageError::Db(format!("raft log: {e}")))
+    }
+}

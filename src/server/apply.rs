@@ -1,0 +1,435 @@
+//! The apply loop's state machine: applies committed log entries, in order, in one
+//! database transaction per batch that also records the applied index.
+
+use std::sync::Arc;
+
+use prost::Message;
+use raft::eraftpb::{Entry, EntryType};
+
+use super::alarm::Alarms;
+use super::request::{Applied, InternalRequest, Op};
+use crate::error::{Error, Result};
+use crate::lease::Lessor;
+use crate::membership::Cluster;
+use crate::mvcc::Store;
+use crate::mvcc::writer::{Writer, meta_table};
+use crate::pb::etcdserverpb::{
+    AlarmRequest, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutRequest, PutResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, alarm_request, compare,
+    request_op, response_op,
+};
+use crate::pb::mvccpb::{Event, KeyValue};
+use crate::storage::{self, ALARMS, LEASES, MEMBERS, StorageError};
+
+/// What one applied batch produced.
+pub struct BatchOutcome {
+    /// (request ID, result) for every normal entry with a request.
+    pub results: Vec<(u64, Result<Applied>)>,
+    /// Watch events, in revision order.
+    pub events: Vec<Event>,
+    pub rev: i64,
+}
+
+pub struct Applier {
+    pub store: Arc<Store>,
+    pub lessor: Arc<Lessor>,
+    pub cluster: Arc<Cluster>,
+    pub alarms: Arc<Alarms>,
+}
+
+fn header(rev: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+impl Applier {
+    /// Applies `entries` (skipping any at or below `applied`). Conf-change entries are
+    /// handed to `conf`, which applies them to Raft and persists the new conf state.
+    pub fn apply(
+        &self,
+        entries: &[Entry],
+        applied: u64,
+        term: u64,
+        conf: &mut dyn FnMut(&redb::WriteTransaction, &Entry) -> Result<(), StorageError>,
+    ) -> Result<BatchOutcome, StorageError> {
+        let mut txn = self.store.backend().write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let mut results = Vec::new();
+        let mut st = self.store.lock_for_apply();
+        let mut last = applied;
+        let events;
+        let rev;
+        {
+            let mut w = Writer::new(&txn, &mut st)?;
+            for e in entries {
+                if e.index <= applied {
+                    continue;
+                }
+                last = e.index;
+                match e.get_entry_type() {
+                    EntryType::EntryNormal => {
+                        if e.data.is_empty() {
+                            continue;
+                        }
+                        let req = match InternalRequest::decode(&e.data[..]) {
+                            Ok(r) => r,
+                            Err(err) => {
+                                return Err(StorageError::Decode {
+                                    what: format!("raft entry {}", e.index),
+                                    detail: err.to_string(),
+                                });
+                            }
+                        };
+                        let Some(op) = req.op else { continue };
+                        let res = self.apply_op(&txn, &mut w, op);
+                        if let Err(Error::Storage(detail)) = &res {
+                            return Err(StorageError::Db(detail.clone()));
+                        }
+                        results.push((req.id, res));
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => conf(&txn, e)?,
+                }
+            }
+            let mut meta = meta_table(&txn)?;
+            storage::put_u64(&mut meta, storage::meta::APPLIED_INDEX, last)?;
+            storage::put_u64(&mut meta, storage::meta::CONSISTENT_TERM, term)?;
+            events = std::mem::take(&mut w.events);
+            rev = w.state().rev;
+        }
+        txn.commit()?;
+        drop(st);
+        Ok(BatchOutcome {
+            results,
+            events,
+            rev,
+        })
+    }
+
+    fn apply_op(&self, txn: &redb::WriteTransaction, w: &mut Writer, op: Op) -> Result<Applied> {
+        match op {
+            Op::Put(p) => {
+                self.check_put(w, &p)?;
+                w.begin();
+                let r = self.put(w, p);
+                let rev = w.end();
+                r.map(|mut r| {
+                    r.header = header(rev);
+                    Applied::Put(r)
+                })
+            }
+            Op::DeleteRange(d) => {
+                w.begin();
+                let r = self.delete(w, &d);
+                let rev = w.end();
+                r.map(|mut r| {
+                    r.header = header(rev);
+                    Applied::DeleteRange(r)
+                })
+            }
+            Op::Txn(t) => {
+                let path = compare_path(w, &t)?;
+                let mut it = path.iter().copied();
+                check_txn_puts(self, w, &t, &mut path.iter().copied())?;
+                w.begin();
+                let r = self.txn(w, &t, &mut it);
+                let rev = w.end();
+                r.map(|mut r| {
+                    r.header = header(rev);
+                    Applied::Txn(r)
+                })
+            }
+            Op::Compaction(c) => {
+                let (cur, compacted) = (w.state().rev, w.state().compact_rev);
+                if c.revision <= compacted {
+                    return Err(Error::Compacted);
+                }
+                if c.revision > cur {
+                    return Err(Error::FutureRev);
+                }
+                let mut meta = meta_table(txn).map_err(Error::from)?;
+                w.compact(&mut meta, c.revision)?;
+                Ok(Applied::Compaction(CompactionResponse {
+                    header: header(cur),
+                }))
+            }
+            Op::LeaseGrant(g) => {
+                if self.lessor.exists(g.id) {
+                    return Err(Error::LeaseExist);
+                }
+                let ttl = self.lessor.grant(g.id, g.ttl);
+                let mut t = txn.open_table(LEASES).map_err(StorageError::from)?;
+                t.insert(g.id, ttl.to_be_bytes().as_slice())
+                    .map_err(StorageError::from)?;
+                Ok(Applied::LeaseGrant(LeaseGrantResponse {
+                    header: header(w.state().rev),
+                    id: g.id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            Op::LeaseRevoke(r) => {
+                let Some(keys) = self.lessor.revoke(r.id) else {
+                    return Err(Error::LeaseNotFound);
+                };
+                w.begin();
+                for k in keys {
+                    w.delete_range(&k, &[])?;
+                }
+                let rev = w.end();
+                let mut t = txn.open_table(LEASES).map_err(StorageError::from)?;
+                t.remove(r.id).map_err(StorageError::from)?;
+                Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(rev),
+                }))
+            }
+            Op::Alarm(a) => self.alarm(txn, w, &a),
+            Op::Publish(m) => {
+                let mut current = self.cluster.get(m.id).unwrap_or(Member {
+                    id: m.id,
+                    ..Default::default()
+                });
+                current.name = m.name;
+                current.client_ur_ls = m.client_ur_ls;
+                let mut t = txn.open_table(MEMBERS).map_err(StorageError::from)?;
+                t.insert(m.id, current.encode_to_vec().as_slice())
+                    .map_err(StorageError::from)?;
+                self.cluster.upsert(current);
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn alarm(&self, txn: &redb::WriteTransaction, w: &Writer, a: &AlarmRequest) -> Result<Applied> {
+        let mut resp = AlarmResponse {
+            header: header(w.state().rev),
+            alarms: vec![],
+        };
+        let mut t = txn.open_table(ALARMS).map_err(StorageError::from)?;
+        match alarm_request::AlarmAction::try_from(a.action) {
+            Ok(alarm_request::AlarmAction::Activate) => {
+                if a.alarm == 0 {
+                    return Ok(Applied::Alarm(resp));
+                }
+                self.alarms.activate(a.member_id, a.alarm);
+                t.insert((a.member_id, a.alarm), [].as_slice())
+                    .map_err(StorageError::from)?;
+                resp.alarms.push(crate::pb::etcdserverpb::AlarmMember {
+                    member_id: a.member_id,
+                    alarm: a.alarm,
+                });
+            }
+            Ok(alarm_request::AlarmAction::Deactivate) => {
+                if self.alarms.deactivate(a.member_id, a.alarm) {
+                    t.remove((a.member_id, a.alarm))
+                        .map_err(StorageError::from)?;
+                    resp.alarms.push(crate::pb::etcdserverpb::AlarmMember {
+                        member_id: a.member_id,
+                        alarm: a.alarm,
+                    });
+                }
+            }
+            _ => resp.alarms = self.alarms.list(),
+        }
+        Ok(Applied::Alarm(resp))
+    }
+
+    /// etcd refuses a put on an unknown lease, and ignore_value/ignore_lease on a
+    /// missing key, before anything is written.
+    fn check_put(&self, w: &Writer, p: &PutRequest) -> Result<()> {
+        if p.lease != 0 && !self.lessor.exists(p.lease) {
+            return Err(Error::LeaseNotFound);
+        }
+        if (p.ignore_value || p.ignore_lease) && w.get(&p.key)?.is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        Ok(())
+    }
+
+    fn put(&self, w: &mut Writer, p: PutRequest) -> Result<PutResponse> {
+        let need_prev = p.prev_kv || p.ignore_value || p.ignore_lease;
+        let prev = if need_prev { w.get(&p.key)? } else { None };
+        let value = match (&prev, p.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => p.value,
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => p.lease,
+        };
+        w.put(&p.key, value, lease)?;
+        self.lessor.attach(&p.key, lease);
+        Ok(PutResponse {
+            header: None,
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete(&self, w: &mut Writer, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let deleted = w.delete_range(&d.key, &d.range_end)?;
+        for kv in &deleted {
+            if kv.lease != 0 {
+                self.lessor.detach(&kv.key);
+            }
+        }
+        Ok(DeleteRangeResponse {
+            header: None,
+            deleted: deleted.len() as i64,
+            prev_kvs: if d.prev_kv { deleted } else { vec![] },
+        })
+    }
+
+    fn txn(
+        &self,
+        w: &mut Writer,
+        t: &TxnRequest,
+        path: &mut dyn Iterator<Item = bool>,
+    ) -> Result<TxnResponse> {
+        let ok = path.next().unwrap_or(false);
+        let ops = if ok { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    let mut resp = w.range(r)?;
+                    resp.header = header(w.read_rev());
+                    response_op::Response::ResponseRange(resp)
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    let mut resp = self.put(w, p.clone())?;
+                    resp.header = header(w.read_rev());
+                    response_op::Response::ResponsePut(resp)
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    let mut resp = self.delete(w, d)?;
+                    resp.header = header(w.read_rev());
+                    response_op::Response::ResponseDeleteRange(resp)
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    let mut resp = self.txn(w, nested, path)?;
+                    resp.header = header(w.read_rev());
+                    response_op::Response::ResponseTxn(resp)
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp { response: Some(r) });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded: ok,
+            responses,
+        })
+    }
+}
+
+/// Evaluates every compare of a txn, nested ones included, before anything is
+/// written (as etcd does): the branch taken at each level, in execution order.
+fn compare_path(w: &Writer, t: &TxnRequest) -> Result<Vec<bool>> {
+    let mut out = Vec::new();
+    fn walk(w: &Writer, t: &TxnRequest, out: &mut Vec<bool>) -> Result<()> {
+        let mut ok = true;
+        for c in &t.compare {
+            if !apply_compare(w, c)? {
+                ok = false;
+                break;
+            }
+        }
+        out.push(ok);
+        let ops = if ok { &t.success } else { &t.failure };
+        for op in ops {
+            if let Some(request_op::Request::RequestTxn(n)) = &op.request {
+                walk(w, n, out)?;
+            }
+        }
+        Ok(())
+    }
+    walk(w, t, &mut out)?;
+    Ok(out)
+}
+
+fn check_txn_puts(
+    a: &Applier,
+    w: &Writer,
+    t: &TxnRequest,
+    path: &mut dyn Iterator<Item = bool>,
+) -> Result<()> {
+    let ok = path.next().unwrap_or(false);
+    let ops: &[RequestOp] = if ok { &t.success } else { &t.failure };
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) => a.check_put(w, p)?,
+            Some(request_op::Request::RequestTxn(n)) => check_txn_puts(a, w, n, path)?,
+            Some(request_op::Request::RequestRange(r)) => {
+                if r.revision > w.read_rev() {
+                    return Err(Error::FutureRev);
+                }
+                if r.revision > 0 && r.revision < w.state().compact_rev {
+                    return Err(Error::Compacted);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn apply_compare(w: &Writer, c: &Compare) -> Result<bool> {
+    let req = crate::pb::etcdserverpb::RangeRequest {
+        key: c.key.clone(),
+        range_end: c.range_end.clone(),
+        ..Default::default()
+    };
+    let kvs = match w.range(&req) {
+        Ok(r) => r.kvs,
+        Err(Error::Storage(s)) => return Err(Error::Storage(s)),
+        Err(_) => return Ok(false),
+    };
+    let target =
+        compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version);
+    if kvs.is_empty() {
+        if target == compare::CompareTarget::Value {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, target, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, target, kv)))
+}
+
+fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
+    use compare::{CompareTarget as T, TargetUnion as U};
+    use std::cmp::Ordering;
+    let ord: Ordering = match target {
+        T::Value => {
+            let v: &[u8] = match &c.target_union {
+                Some(U::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(v)
+        }
+        T::Create => kv.create_revision.cmp(&match c.target_union {
+            Some(U::CreateRevision(r)) => r,
+            _ => 0,
+        }),
+        T::Mod => kv.mod_revision.cmp(&match c.target_union {
+            Some(U::ModRevision(r)) => r,
+            _ => 0,
+        }),
+        T::Version => kv.version.cmp(&match c.target_union {
+            Some(U::Version(r)) => r,
+            _ => 0,
+        }),
+        T::Lease => kv.lease.cmp(&match c.target_union {
+            Some(U::Lease(r)) => r,
+            _ => 0,
+        }),
+    };
+    match compare::CompareResult::try_from(c.result) {
+        Ok(compare::CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(compare::CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(compare::CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(compare::CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,341 @@
+//! The member: bootstrap or restart from the data directory, the request path
+//! (proposals through Raft, linearizable read barriers), and the shared handles the
+//! API layer serves from.
+
+pub mod alarm;
+pub mod apply;
+pub mod compactor;
+pub mod node;
+pub mod request;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prost::Message;
+use redb::ReadableTable;
+use tokio::sync::oneshot;
+
+use crate::config::{ClusterState, Config};
+use crate::error::{Error, Result};
+use crate::lease::Lessor;
+use crate::membership::{self, Cluster};
+use crate::mvcc::Store;
+use crate::mvcc::watch::WatchHub;
+use crate::pb::etcdserverpb::{Member, ResponseHeader};
+use crate::raft::LogStore;
+use crate::storage::{self, ALARMS, Backend, LEASES, MEMBERS, META, StorageError};
+use alarm::Alarms;
+use apply::Applier;
+use node::{IdGen, Msg, Node, NodeConfig, RaftStatus};
+pub use request::{Applied, InternalRequest, Op};
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot use data directory {path}: {detail}")]
+    DataDir { path: String, detail: String },
+    #[error("couldn't find local name {0:?} in the initial cluster configuration")]
+    NameNotInCluster(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot start the raft loop: {0}")]
+    Thread(String),
+}
+
+pub struct EtcdServer {
+    pub cfg: Arc<Config>,
+    pub backend: Arc<Backend>,
+    pub store: Arc<Store>,
+    pub lessor: Arc<Lessor>,
+    pub cluster: Arc<Cluster>,
+    pub alarms: Arc<Alarms>,
+    pub hub: Arc<WatchHub>,
+    pub status: Arc<RaftStatus>,
+    pub ids: Arc<IdGen>,
+    tx: Mutex<std::sync::mpsc::Sender<Msg>>,
+    thread: Mutex<Option<std::thread::JoinHandle<Result<(), StorageError>>>>,
+    pub request_timeout: Duration,
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |e: std::io::Error| StartError::DataDir {
+        path: dir.display().to_string(),
+        detail: e.to_string(),
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+impl EtcdServer {
+    /// Opens (or bootstraps) the member's state and starts its Raft loop.
+    pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, StartError> {
+        let cfg = Arc::new(cfg);
+        prepare_data_dir(&cfg.data_dir)?;
+        let backend = Arc::new(Backend::open(&cfg.data_dir)?);
+
+        let (member_id, cluster_id, log) = {
+            let txn = backend.read()?;
+            let meta = txn.open_table(META).map_err(StorageError::from)?;
+            let m = storage::get_u64(&meta, storage::meta::MEMBER_ID)?;
+            let c = storage::get_u64(&meta, storage::meta::CLUSTER_ID)?;
+            drop(meta);
+            drop(txn);
+            match (m, c, LogStore::load(&backend)?) {
+                (Some(m), Some(c), Some(log)) => {
+                    crate::info!(
+                        "restarting member",
+                        local_member_id = format!("{m:x}"),
+                        cluster_id = format!("{c:x}")
+                    );
+                    (m, c, log)
+                }
+                _ => Self::bootstrap(&cfg, &backend)?,
+            }
+        };
+
+        let members = {
+            let txn = backend.read()?;
+            let t = txn.open_table(MEMBERS).map_err(StorageError::from)?;
+            let mut v = Vec::new();
+            for item in t.iter().map_err(StorageError::from)? {
+                let (k, val) = item.map_err(StorageError::from)?;
+                let m = Member::decode(val.value()).map_err(|e| StorageError::Decode {
+                    what: format!("members/{:x}", k.value()),
+                    detail: e.to_string(),
+                })?;
+                v.push(m);
+            }
+            v
+        };
+        let cluster = Arc::new(Cluster::new(cluster_id, member_id, members));
+
+        let (store, leased) = Store::open(backend.clone())?;
+        let store = Arc::new(store);
+        let election_ticks = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2);
+        // etcd's floor for a lease TTL: 1.5 election timeouts, in whole seconds.
+        let min_ttl_ms = 3 * election_ticks * cfg.heartbeat_interval_ms.max(1) / 2;
+        let lessor = Arc::new(Lessor::new(min_ttl_ms.div_ceil(1000) as i64));
+        let alarms = Arc::new(Alarms::default());
+        let applied;
+        {
+            let txn = backend.read()?;
+            let t = txn.open_table(LEASES).map_err(StorageError::from)?;
+            for item in t.iter().map_err(StorageError::from)? {
+                let (k, v) = item.map_err(StorageError::from)?;
+                let b: [u8; 8] = v.value().try_into().map_err(|_| StorageError::Decode {
+                    what: format!("lease/{:x}", k.value()),
+                    detail: "expected an 8-byte TTL".into(),
+                })?;
+                lessor.restore(k.value(), i64::from_be_bytes(b));
+            }
+            for (key, lease) in leased {
+                lessor.attach(&key, lease);
+            }
+            let t = txn.open_table(ALARMS).map_err(StorageError::from)?;
+            for item in t.iter().map_err(StorageError::from)? {
+                let (k, _) = item.map_err(StorageError::from)?;
+                let (m, a) = k.value();
+                alarms.activate(m, a);
+            }
+            let meta = txn.open_table(META).map_err(StorageError::from)?;
+            applied = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?.unwrap_or(0);
+        }
+
+        let hub = Arc::new(WatchHub::new());
+        let status = Arc::new(RaftStatus::default());
+        let ids = Arc::new(IdGen::new(member_id));
+        let voters = raft::Storage::initial_state(&log.storage())
+            .map(|s| s.conf_state.voters)
+            .unwrap_or_default();
+        let single_voter = voters == vec![member_id];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let node = Node::new(
+            NodeConfig {
+                id: member_id,
+                heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
+                election_ticks: election_ticks as usize,
+                applied,
+                snapshot_count: cfg.snapshot_count,
+                single_voter,
+            },
+            log,
+            Applier {
+                store: store.clone(),
+                lessor: lessor.clone(),
+                cluster: cluster.clone(),
+                alarms: alarms.clone(),
+            },
+            backend.clone(),
+            hub.clone(),
+            status.clone(),
+            ids.clone(),
+            rx,
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || {
+                let r = node.run();
+                if let Err(e) = &r {
+                    crate::error!("raft loop stopped", error = e);
+                }
+                r
+            })
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        crate::metrics::SERVER_ID.store(member_id, Ordering::Relaxed);
+        let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout_ms);
+        Ok(Arc::new(EtcdServer {
+            cfg,
+            backend,
+            store,
+            lessor,
+            cluster,
+            alarms,
+            hub,
+            status,
+            ids,
+            tx: Mutex::new(tx),
+            thread: Mutex::new(Some(thread)),
+            request_timeout,
+        }))
+    }
+
+    fn bootstrap(cfg: &Config, backend: &Backend) -> Result<(u64, u64, LogStore), StartError> {
+        if cfg.initial_cluster_state == ClusterState::Existing {
+            return Err(StartError::Unsupported(
+                "--initial-cluster-state=existing with an empty data directory: joining an existing cluster is not supported by this build".into(),
+            ));
+        }
+        let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+        let local = members
+            .iter()
+            .find(|m| m.name == cfg.name)
+            .ok_or_else(|| StartError::NameNotInCluster(cfg.name.clone()))?;
+        let member_id = local.id;
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let cluster_id = membership::cluster_id(&ids);
+        let txn = backend.write()?;
+        {
+            let mut meta = txn.open_table(META).map_err(StorageError::from)?;
+            storage::put_u64(&mut meta, storage::meta::MEMBER_ID, member_id)?;
+            storage::put_u64(&mut meta, storage::meta::CLUSTER_ID, cluster_id)?;
+            let mut t = txn.open_table(MEMBERS).map_err(StorageError::from)?;
+            for m in &members {
+                t.insert(m.id, m.encode_to_vec().as_slice())
+                    .map_err(StorageError::from)?;
+            }
+        }
+        txn.commit().map_err(StorageError::from)?;
+        let log = LogStore::bootstrap(backend, ids, vec![])?;
+        crate::info!(
+            "starting a new cluster",
+            local_member_id = format!("{member_id:x}"),
+            cluster_id = format!("{cluster_id:x}"),
+            initial_cluster_state = "new"
+        );
+        Ok((member_id, cluster_id, log))
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.cluster.local_id
+    }
+
+    /// A response header at `rev`.
+    pub fn header(&self, rev: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster.cluster_id,
+            member_id: self.cluster.local_id,
+            revision: rev,
+            raft_term: self.status.term.load(Ordering::Relaxed),
+        }
+    }
+
+    fn send(&self, m: Msg) -> Result<()> {
+        self.tx.lock().send(m).map_err(|_| Error::Stopped)
+    }
+
+    /// Proposes `op` and waits until it is applied.
+    pub async fn propose(&self, op: Op) -> Result<Applied> {
+        let id = self.ids.next();
+        let req = InternalRequest { id, op: Some(op) };
+        let data = req.encode_to_vec();
+        if data.len() > self.cfg.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Propose {
+            id,
+            data,
+            reply: Some(reply),
+        })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Waits until this member has applied everything committed before the call.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::ReadIndex(tx))?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    pub async fn defragment(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Defragment(tx))?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Freezes the apply loop (debug aid).
+    pub fn freeze(&self) {
+        let _ = self.send(Msg::Freeze);
+    }
+
+    /// Announces this member's name and client URLs to the cluster.
+    pub async fn publish(&self) -> Result<()> {
+        let m = Member {
+            id: self.member_id(),
+            name: self.cfg.name.clone(),
+            client_ur_ls: self.cfg.advertise_client_urls.clone(),
+            ..Default::default()
+        };
+        self.propose(Op::Publish(m)).await.map(|_| ())
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.status.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Stops the Raft loop and waits for it.
+    pub fn stop(&self) -> Result<(), StorageError> {
+        let _ = self.send(Msg::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            return t
+                .join()
+                .unwrap_or_else(|_| Err(StorageError::Db("raft loop panicked".into())));
+        }
+        Ok(())
+    }
+
+    /// The backend quota in bytes (u64::MAX when disabled by a negative value).
+    pub fn quota_bytes(&self) -> u64 {
+        self.cfg.effective_quota_backend_bytes().unwrap_or(u64::MAX)
+    }
+}

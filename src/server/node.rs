@@ -1,0 +1,470 @@
+//! The member's Raft and apply loop: one OS thread owns the raft-rs `RawNode`, the
+//! log storage and the state machine writer. Proposals and read-index requests arrive
+//! on a channel; everything that arrived while the previous batch was being made
+//! durable is appended together, so concurrent writes share one fsync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use super::apply::Applier;
+use super::request::{Applied, InternalRequest, Op};
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::mvcc::watch::WatchHub;
+use crate::pb::etcdserverpb::LeaseRevokeRequest;
+use crate::raft::LogStore;
+use crate::storage::{Backend, StorageError};
+
+pub type Reply = oneshot::Sender<Result<Applied>>;
+
+pub enum Msg {
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        reply: Option<Reply>,
+    },
+    /// Answered once the local state has applied everything committed at the time
+    /// of the request (a linearizable read barrier).
+    ReadIndex(oneshot::Sender<Result<()>>),
+    Defragment(oneshot::Sender<Result<()>>),
+    /// Freezes the apply loop (a debug aid for watchdog tests).
+    Freeze,
+    Stop,
+}
+
+/// Raft facts the request path reads without asking the loop.
+#[derive(Debug, Default)]
+pub struct RaftStatus {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub is_leader: AtomicBool,
+    /// Bumped by the loop on every pass; the watchdog checks that it moves.
+    pub heartbeat: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+/// Generates request IDs unique to this member (etcd's idutil shape: member bits,
+/// then time, then a counter).
+#[derive(Debug)]
+pub struct IdGen {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl IdGen {
+    pub fn new(member_id: u64) -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        IdGen {
+            prefix: (member_id & 0xffff) << 48,
+            counter: AtomicU64::new((ms & 0xff_ffff_ffff) << 8),
+        }
+    }
+
+    pub fn next(&self) -> u64 {
+        let c = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+        self.prefix | c
+    }
+}
+
+pub struct NodeConfig {
+    pub id: u64,
+    pub heartbeat: Duration,
+    pub election_ticks: usize,
+    pub applied: u64,
+    pub snapshot_count: u64,
+    pub single_voter: bool,
+}
+
+pub struct Node {
+    raw: RawNode<MemStorage>,
+    log: LogStore,
+    applier: Applier,
+    backend: Arc<Backend>,
+    hub: Arc<WatchHub>,
+    status: Arc<RaftStatus>,
+    ids: Arc<IdGen>,
+    rx: Receiver<Msg>,
+    heartbeat: Duration,
+    waiters: HashMap<u64, Reply>,
+    pending_reads: Vec<oneshot::Sender<Result<()>>>,
+    read_batches: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<()>>>>,
+    ready_reads: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    read_seq: u64,
+    applied: u64,
+    compact_threshold: u64,
+    compact_keep: u64,
+    pending_compact: Option<u64>,
+    revoking: HashMap<i64, Instant>,
+    last_size_check: Instant,
+    frozen: bool,
+    persisted_term_vote: (u64, u64),
+}
+
+fn raft_err(e: raft::Error) -> StorageError {
+    StorageError::Db(format!("raft: {e}"))
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: NodeConfig,
+        log: LogStore,
+        applier: Applier,
+        backend: Arc<Backend>,
+        hub: Arc<WatchHub>,
+        status: Arc<RaftStatus>,
+        ids: Arc<IdGen>,
+        rx: Receiver<Msg>,
+    ) -> Result<Node, StorageError> {
+        let rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks.max(2),
+            heartbeat_tick: 1,
+            applied: cfg.applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        rc.validate().map_err(raft_err)?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut raw = RawNode::new(&rc, log.storage(), &logger).map_err(raft_err)?;
+        if cfg.single_voter {
+            // Nobody to wait for: take leadership at once.
+            raw.campaign().map_err(raft_err)?;
+        }
+        let threshold = cfg.snapshot_count.clamp(2, 10_000);
+        status.applied.store(cfg.applied, Ordering::Relaxed);
+        Ok(Node {
+            raw,
+            log,
+            applier,
+            backend,
+            hub,
+            status,
+            ids,
+            rx,
+            heartbeat: cfg.heartbeat,
+            waiters: HashMap::new(),
+            pending_reads: Vec::new(),
+            read_batches: HashMap::new(),
+            ready_reads: Vec::new(),
+            read_seq: 0,
+            applied: cfg.applied,
+            compact_threshold: threshold,
+            compact_keep: (threshold / 2).clamp(1, 5_000),
+            pending_compact: None,
+            revoking: HashMap::new(),
+            last_size_check: Instant::now(),
+            frozen: false,
+            persisted_term_vote: (u64::MAX, u64::MAX),
+        })
+    }
+
+    /// Runs until stopped; an error means the member can no longer apply safely.
+    pub fn run(mut self) -> Result<(), StorageError> {
+        let res = self.run_inner();
+        self.status.stopped.store(true, Ordering::SeqCst);
+        for (_, w) in self.waiters.drain() {
+            let _ = w.send(Err(Error::Stopped));
+        }
+        for r in self.pending_reads.drain(..) {
+            let _ = r.send(Err(Error::Stopped));
+        }
+        for (_, rs) in self.read_batches.drain() {
+            for r in rs {
+                let _ = r.send(Err(Error::Stopped));
+            }
+        }
+        for (_, rs) in self.ready_reads.drain(..) {
+            for r in rs {
+                let _ = r.send(Err(Error::Stopped));
+            }
+        }
+        res
+    }
+
+    fn run_inner(&mut self) -> Result<(), StorageError> {
+        let mut next_tick = Instant::now() + self.heartbeat;
+        loop {
+            self.status.heartbeat.fetch_add(1, Ordering::Relaxed);
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(timeout) {
+                Ok(m) => {
+                    if !self.handle(m) {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                if !self.handle(m) {
+                    return Ok(());
+                }
+            }
+            while self.frozen {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !self.pending_reads.is_empty() {
+                self.read_seq += 1;
+                let ctx = self.read_seq.to_be_bytes().to_vec();
+                self.read_batches
+                    .insert(ctx.clone(), std::mem::take(&mut self.pending_reads));
+                self.raw.read_index(ctx);
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.heartbeat;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.heartbeat;
+                }
+                self.expire_leases();
+                if self.last_size_check.elapsed() >= Duration::from_secs(1) {
+                    self.last_size_check = Instant::now();
+                    metrics::DB_SIZE.set(self.backend.size() as i64);
+                    metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
+                    metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
+                }
+            }
+            self.on_ready()?;
+        }
+    }
+
+    /// Returns false to stop.
+    fn handle(&mut self, m: Msg) -> bool {
+        match m {
+            Msg::Propose { id, data, reply } => {
+                if self.status.leader.load(Ordering::Relaxed) == 0 {
+                    metrics::PROPOSALS_FAILED.inc();
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(Error::NoLeader));
+                    }
+                    return true;
+                }
+                match self.raw.propose(vec![], data) {
+                    Ok(()) => {
+                        metrics::PROPOSALS_PENDING.add(1);
+                        if let Some(r) = reply {
+                            self.waiters.insert(id, r);
+                        }
+                    }
+                    Err(_) => {
+                        metrics::PROPOSALS_FAILED.inc();
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(Error::NoLeader));
+                        }
+                    }
+                }
+            }
+            Msg::ReadIndex(r) => self.pending_reads.push(r),
+            Msg::Defragment(r) => {
+                let _ = r.send(self.backend.defragment().map_err(Error::from));
+                metrics::DB_SIZE.set(self.backend.size() as i64);
+            }
+            Msg::Freeze => self.frozen = true,
+            Msg::Stop => return false,
+        }
+        true
+    }
+
+    fn expire_leases(&mut self) {
+        if !self.status.is_leader.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        self.revoking
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+        for id in self.applier.lessor.expired(now) {
+            if self.revoking.contains_key(&id) {
+                continue;
+            }
+            self.revoking.insert(id, now);
+            let req = InternalRequest {
+                id: self.ids.next(),
+                op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
+            };
+            if self.raw.propose(vec![], req.encode_to_vec()).is_ok() {
+                metrics::PROPOSALS_PENDING.add(1);
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            let was_leader = self.status.is_leader.load(Ordering::Relaxed);
+            let prev_leader = self.status.leader.swap(ss.leader_id, Ordering::Relaxed);
+            let is_leader = ss.raft_state == StateRole::Leader;
+            self.status.is_leader.store(is_leader, Ordering::Relaxed);
+            metrics::HAS_LEADER.set((ss.leader_id != 0) as i64);
+            metrics::IS_LEADER.set(is_leader as i64);
+            if ss.leader_id != prev_leader && ss.leader_id != 0 {
+                metrics::LEADER_CHANGES.inc();
+                crate::info!(
+                    "raft leader elected",
+                    leader = format!("{:x}", ss.leader_id),
+                    term = self.raw.raft.term
+                );
+            }
+            if is_leader && !was_leader {
+                // No lease may expire early because leadership moved.
+                self.applier.lessor.refresh_all();
+            }
+            if was_leader && !is_leader {
+                for (_, w) in self.waiters.drain() {
+                    let _ = w.send(Err(Error::LeaderChanged));
+                }
+            }
+        }
+        self.status
+            .term
+            .store(self.raw.raft.term, Ordering::Relaxed);
+        // Peer messages belong to the transport, which a one-member group does not use.
+        let _ = rd.take_messages();
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        for rs in rd.take_read_states() {
+            if let Some(batch) = self.read_batches.remove(&rs.request_ctx) {
+                self.ready_reads.push((rs.index, batch));
+            }
+        }
+        let entries = rd.take_entries();
+        let hs = rd.hs().cloned();
+        if !entries.is_empty() || hs.is_some() || self.pending_compact.is_some() {
+            // Term and vote must be durable before anyone hears of them; a commit
+            // index alone can be recomputed after a crash.
+            let durable = !entries.is_empty()
+                || hs
+                    .as_ref()
+                    .map(|h| (h.term, h.vote) != self.persisted_term_vote)
+                    .unwrap_or(false);
+            if let Some(h) = &hs {
+                self.persisted_term_vote = (h.term, h.vote);
+            }
+            let start = Instant::now();
+            let mut txn = self.backend.write()?;
+            txn.set_durability(if durable {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            })?;
+            self.log.write(&txn, &entries, hs.as_ref())?;
+            let compact = self.pending_compact.take();
+            if let Some(ci) = compact {
+                self.log.compact(&txn, ci)?;
+            }
+            txn.commit()?;
+            if durable {
+                metrics::WAL_FSYNC.observe(start.elapsed());
+            }
+            self.log.stable(&entries, hs.as_ref())?;
+            if let Some(ci) = compact {
+                self.log.compacted(ci)?;
+            }
+        }
+        let _ = rd.take_persisted_messages();
+        let mut light = self.raw.advance(rd);
+        if let Some(c) = light.commit_index() {
+            self.status.commit.store(c, Ordering::Relaxed);
+        }
+        let _ = light.take_messages();
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.answer_reads();
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.ready_reads.len() {
+            if self.ready_reads[i].0 <= applied {
+                let (_, batch) = self.ready_reads.swap_remove(i);
+                for r in batch {
+                    let _ = r.send(Ok(()));
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let commit = self.status.commit.load(Ordering::Relaxed).max(last);
+        self.status.commit.store(commit, Ordering::Relaxed);
+        metrics::PROPOSALS_COMMITTED.set(commit as i64);
+        let term = self.raw.raft.term;
+        let start = Instant::now();
+        let raw = &mut self.raw;
+        let log = &self.log;
+        let mut conf = |txn: &redb::WriteTransaction, e: &Entry| -> Result<(), StorageError> {
+            let cs = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| {
+                    StorageError::Decode {
+                        what: format!("raft entry {}", e.index),
+                        detail: err.to_string(),
+                    }
+                })?;
+                raw.apply_conf_change(&cc).map_err(raft_err)?
+            } else {
+                let cc =
+                    ConfChange::parse_from_bytes(&e.data).map_err(|err| StorageError::Decode {
+                        what: format!("raft entry {}", e.index),
+                        detail: err.to_string(),
+                    })?;
+                raw.apply_conf_change(&cc).map_err(raft_err)?
+            };
+            log.write_conf_state(txn, &cs)
+        };
+        let out = self
+            .applier
+            .apply(&entries, self.applied, term, &mut conf)?;
+        metrics::BACKEND_COMMIT.observe(start.elapsed());
+        if start.elapsed() > Duration::from_millis(100) {
+            metrics::SLOW_APPLY.inc();
+        }
+        let n = entries.iter().filter(|e| e.index > self.applied).count();
+        self.applied = self.applied.max(last);
+        self.status.applied.store(self.applied, Ordering::Relaxed);
+        metrics::PROPOSALS_APPLIED.set(self.applied as i64);
+        let _ = n;
+        self.hub.publish(out.events, out.rev);
+        for (id, res) in out.results {
+            metrics::PROPOSALS_PENDING.add(-1);
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.send(res);
+            }
+        }
+        if metrics::PROPOSALS_PENDING.get() < 0 {
+            metrics::PROPOSALS_PENDING.set(0);
+        }
+        let first = self.log.first_index();
+        if self.applied >= first + self.compact_threshold {
+            self.pending_compact = Some(self.applied + 1 - self.compact_keep);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! The one place that opens, commits and checks the database file.
+//!
+//! One redb file, `<data-dir>/member/snap/db.redb`, holds everything a member keeps:
+//! the Raft log and hard state, and the state machine (key-value revisions, leases,
+//! members, alarms, auth, and the meta record with the applied index). The state
+//! machine and its applied index are always written in the same transaction.
+
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
+
+/// Revision-keyed key-value records: (main, sub) -> flag byte + encoded `mvccpb.KeyValue`.
+pub const KV: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("kv");
+/// Small named values: applied index, cluster and member IDs, hard state, ...
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The Raft log: index -> encoded `eraftpb.Entry`.
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Leases: ID -> granted TTL (seconds, i64 big-endian).
+pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
+/// Members: ID -> encoded `etcdserverpb.Member`.
+pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// Active alarms: (member ID, alarm type) -> empty.
+pub const ALARMS: TableDefinition<(u64, i32), &[u8]> = TableDefinition::new("alarm");
+
+pub mod meta {
+    pub const APPLIED_INDEX: &str = "applied_index";
+    pub const CONSISTENT_TERM: &str = "term";
+    pub const CLUSTER_ID: &str = "cluster_id";
+    pub const MEMBER_ID: &str = "member_id";
+    pub const HARD_STATE: &str = "raft_hard_state";
+    pub const CONF_STATE: &str = "raft_conf_state";
+    /// (index, term) of the last entry removed from the log by compaction.
+    pub const LOG_SNAPSHOT: &str = "raft_log_snapshot";
+    pub const COMPACT_REV: &str = "compact_rev";
+    pub const CURRENT_REV: &str = "current_rev";
+    pub const CLUSTER_VERSION: &str = "cluster_version";
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open data file {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("data file {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("data record {what} is malformed: {detail}")]
+    Decode { what: String, detail: String },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self { StorageError::Db(e.to_string()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The database file of one member.
+pub struct Backend {
+    db: RwLock<Database>,
+    path: PathBuf,
+}
+
+impl Backend {
+    /// The file's location inside a data directory (etcd keeps its bbolt file at the same place).
+    pub fn file_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("member").join("snap").join("db.redb")
+    }
+
+    /// Opens (or creates) the database in `data_dir`. Every page's checksum is verified
+    /// on open, so a damaged file stops the member with a precise message instead of
+    /// being trusted.
+    pub fn open(data_dir: &Path) -> Result<Backend> {
+        let path = Self::file_in(data_dir);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
+                path: dir.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        }
+        let existed = std::fs::metadata(&path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        let mut builder = Database::builder();
+        builder.set_cache_size(256 << 20);
+        builder.set_check_integrity_on_open(existed);
+        let db = builder.create(&path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)) => {
+                StorageError::Corrupt {
+                    path: path.clone(),
+                    detail: d,
+                }
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StorageError::Open {
+                path: path.clone(),
+                detail: io.to_string(),
+            },
+            other => StorageError::Corrupt {
+                path: path.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+        let backend = Backend {
+            db: RwLock::new(db),
+            path,
+        };
+        // Make sure every table exists so readers never see "table does not exist".
+        let txn = backend.write()?;
+        {
+            txn.open_table(KV)?;
+            txn.open_table(META)?;
+            txn.open_table(LOG)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(MEMBERS)?;
+            txn.open_table(ALARMS)?;
+        }
+        txn.commit()?;
+        Ok(backend)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A consistent read-only view of the last commit.
+    pub fn read(&self) -> Result<ReadTransaction> {
+        Ok(self.db.read().begin_read()?)
+    }
+
+    /// A write transaction; only the member's Raft/apply thread writes.
+    pub fn write(&self) -> Result<WriteTransaction> {
+        Ok(self.db.read().begin_write()?)
+    }
+
+    /// Size of the file on disk, in bytes.
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes of the file that hold live data (the rest is free pages).
+    pub fn size_in_use(&self) -> u64 {
+        let stats = self.write().and_then(|t| {
+            let s = t.stats().map_err(StorageError::from)?;
+            t.abort().map_err(StorageError::from)?;
+            Ok(s)
+        });
+        match stats {
+            Ok(s) => s.allocated_pages() * s.page_size() as u64,
+            Err(_) => self.size(),
+        }
+    }
+
+    /// Rewrites the file without its free pages. Fails while a read transaction (a
+    /// snapshot stream, for example) is open.
+    pub fn defragment(&self) -> Result<()> {
+        let mut db = self.db.write();
+        for _ in 0..8 {
+            match db.compact() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(redb::CompactionError::TransactionInProgress) => {
+                    return Err(StorageError::Db(
+                        "defragment: a read transaction is in progress".into(),
+                    ));
+                }
+                Err(e) => return Err(StorageError::Db(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a u64 meta value.
+pub fn get_u64<T: redb::ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    key: &str,
+) -> Result<Option<u64>> {
+    match table.get(key)? {
+        Some(v) => {
+            let b: [u8; 8] = v.value().try_into().map_err(|_| StorageError::Decode {
+                what: format!("meta/{key}"),
+                detail: "expected 8 bytes".into(),
+            })?;
+            Ok(Some(u64::from_be_bytes(b)))
+        }
+        None => Ok(None),
+    }
+}
+
+pub fn put_u64(table: &mut redb::Table<&str, &[u8]>, key: &str, v: u64) -> Result<()> {
+    table.insert(key, v.to_be_bytes().as_slice())?;
+    Ok(())
+}
+pub mod snapshot;
