@@ -135,10 +135,13 @@ pub static LEASES_REVOKED: Counter = Counter::new();
 pub static SLOW_APPLY: Counter = Counter::new();
 pub static SERVER_ID: AtomicU64 = AtomicU64::new(0);
 
-static GRPC: Mutex<BTreeMap<(&'static str, &'static str, &'static str, &'static str), u64>> =
-    Mutex::new(BTreeMap::new());
-static GRPC_STARTED: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>> =
-    Mutex::new(BTreeMap::new());
+/// (grpc_type, grpc_service, grpc_method, grpc_code)
+type HandledKey = (&'static str, &'static str, &'static str, &'static str);
+/// (grpc_type, grpc_service, grpc_method)
+type StartedKey = (&'static str, &'static str, &'static str);
+
+static GRPC: Mutex<BTreeMap<HandledKey, u64>> = Mutex::new(BTreeMap::new());
+static GRPC_STARTED: Mutex<BTreeMap<StartedKey, u64>> = Mutex::new(BTreeMap::new());
 
 /// gRPC code names as go-grpc-prometheus prints them.
 pub fn code_name(code: tonic::Code) -> &'static str {

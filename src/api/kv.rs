@@ -85,10 +85,8 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Interval>, HashSet<Vec<u8>>)>
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 dels.push((d.key.clone(), d.range_end.clone()));
             }
-            Some(request_op::Request::RequestPut(p)) => {
-                if !puts.insert(p.key.clone()) {
-                    return Err(Error::DuplicateKey);
-                }
+            Some(request_op::Request::RequestPut(p)) if !puts.insert(p.key.clone()) => {
+                return Err(Error::DuplicateKey);
             }
             Some(request_op::Request::RequestTxn(t)) => {
                 let (sd, sp) = branch_writes(&t.success)?;

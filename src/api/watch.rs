@@ -207,15 +207,13 @@ impl Stream {
     async fn deliver(&self, id: i64, w: &mut Watcher, mut events: Vec<Event>, rev: i64) -> bool {
         if w.prev_kv {
             for e in &mut events {
-                if e.prev_kv.is_none() {
-                    if let Some(kv) = &e.kv {
-                        e.prev_kv = self
-                            .s
-                            .store
-                            .prev_kv(&kv.key, Revision::new(kv.mod_revision, 0))
-                            .ok()
-                            .flatten();
-                    }
+                if let (None, Some(kv)) = (&e.prev_kv, &e.kv) {
+                    e.prev_kv = self
+                        .s
+                        .store
+                        .prev_kv(&kv.key, Revision::new(kv.mod_revision, 0))
+                        .ok()
+                        .flatten();
                 }
             }
         }

@@ -108,11 +108,9 @@ impl Lessor {
             }
             t.items.remove(key);
         }
-        if lease != 0 {
-            if let Some(l) = t.leases.get_mut(&lease) {
-                l.keys.insert(key.to_vec());
-                t.items.insert(key.to_vec(), lease);
-            }
+        if let Some(l) = t.leases.get_mut(&lease).filter(|_| lease != 0) {
+            l.keys.insert(key.to_vec());
+            t.items.insert(key.to_vec(), lease);
         }
     }
 

@@ -193,10 +193,10 @@ impl TreeIndex {
         }
         let (lo, hi) = key_bounds(key, end);
         for (k, ki) in self.tree.range::<[u8], _>((lo, hi)) {
-            if let Some(v) = ki.get(at) {
-                if !f(k, v) {
-                    break;
-                }
+            if let Some(v) = ki.get(at)
+                && !f(k, v)
+            {
+                break;
             }
         }
     }

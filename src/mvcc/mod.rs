@@ -55,6 +55,9 @@ pub fn rev_key(r: Revision) -> (u64, u64) {
     (r.main as u64, r.sub as u64)
 }
 
+/// Live keys attached to a lease: (key, lease ID).
+pub type LeasedKeys = Vec<(Vec<u8>, i64)>;
+
 /// The index and the revision counters, guarded together.
 #[derive(Debug, Default)]
 pub struct State {
@@ -73,7 +76,7 @@ pub struct Store {
 impl Store {
     /// Rebuilds the key index from the `kv` table. Also returns the live keys that
     /// are attached to a lease, for the lessor.
-    pub fn open(backend: Arc<Backend>) -> Result<(Store, Vec<(Vec<u8>, i64)>), StorageError> {
+    pub fn open(backend: Arc<Backend>) -> Result<(Store, LeasedKeys), StorageError> {
         let mut st = State::default();
         let mut leased: std::collections::HashMap<Vec<u8>, i64> = Default::default();
         let txn = backend.read()?;

@@ -89,8 +89,7 @@ impl LogStore {
                 .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
             let log = txn.open_table(LOG)?;
             let mut ents = Vec::new();
-            let mut expect = snap_index + 1;
-            for item in log.range(snap_index + 1..)? {
+            for (expect, item) in (snap_index + 1..).zip(log.range(snap_index + 1..)?) {
                 let (k, v) = item?;
                 let e: Entry = dec(&format!("raft_log/{}", k.value()), v.value())?;
                 if e.index != expect || k.value() != e.index {
@@ -103,7 +102,6 @@ impl LogStore {
                         ),
                     });
                 }
-                expect += 1;
                 ents.push(e);
             }
             core.append(&ents)

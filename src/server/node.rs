@@ -219,8 +219,11 @@ impl Node {
                     return Ok(());
                 }
             }
-            while self.frozen {
-                std::thread::sleep(Duration::from_millis(100));
+            if self.frozen {
+                // Deliberately stuck: the watchdog must notice and restart us.
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
             if !self.pending_reads.is_empty() {
                 self.read_seq += 1;

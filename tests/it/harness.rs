@@ -1,0 +1,292 @@
+//! Starting and stopping servers for tests: ours (the binary under test) and, for
+//! comparisons, Debian's etcd. Every server gets free loopback ports and a fresh
+//! data directory, and is killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which implementation a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ours,
+    Reference,
+}
+
+pub fn ours_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_etcd"))
+}
+
+/// Debian's etcd (package etcd-server); override with ETCD_REFERENCE_BIN.
+pub fn reference_bin() -> PathBuf {
+    std::env::var_os("ETCD_REFERENCE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+/// Debian's etcdctl (package etcd-client); override with ETCDCTL_BIN.
+pub fn etcdctl_bin() -> PathBuf {
+    std::env::var_os("ETCDCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcdctl"))
+}
+
+/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub struct Server {
+    pub kind: Kind,
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub extra: Vec<String>,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Server {
+    /// Starts our server with `extra` flags and waits until it serves clients.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_kind(Kind::Ours, extra)
+    }
+
+    /// Starts Debian's etcd with the same conventions.
+    pub fn start_reference(extra: &[&str]) -> Server {
+        Self::start_kind(Kind::Reference, extra)
+    }
+
+    pub fn start_kind(kind: Kind, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Server {
+            kind,
+            dir,
+            name: "default".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log_path: PathBuf::new(),
+        };
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn args(&self) -> Vec<String> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut a = vec![
+            "--name".to_string(),
+            self.name.clone(),
+            "--data-dir".into(),
+            self.data_dir().display().to_string(),
+            "--listen-client-urls".into(),
+            self.endpoint(),
+            "--advertise-client-urls".into(),
+            self.endpoint(),
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("{}={}", self.name, peer),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// (Re)starts the process with the same ports, data directory and flags.
+    pub fn spawn(&mut self) {
+        let bin = match self.kind {
+            Kind::Ours => ours_bin(),
+            Kind::Reference => reference_bin(),
+        };
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.log_path = self.dir.path().join(format!("server-{n}.log"));
+        let log = std::fs::File::create(&self.log_path).expect("log file");
+        let child = Command::new(bin)
+            .args(self.args())
+            // Keep the operator's conf file and environment out of tests.
+            .env("ETCD_CONF_FILE", self.dir.path().join("none.conf"))
+            .env_remove("ETCD_NAME")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start server");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits for etcd's "ready to serve client requests" line and a working
+    /// `etcdctl endpoint health`.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("server exited early ({status}):\n{}", self.log());
+            }
+            if self.log().contains("ready to serve client requests") {
+                let out = self.etcdctl(&["endpoint", "health"]);
+                if out.status.success() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("server not ready after 30s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs Debian's etcdctl (v3 API) against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_stdin(args, None)
+    }
+
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        etcdctl_at(&self.endpoint(), args, stdin)
+    }
+
+    /// etcdctl's stdout; panics with stderr when it fails.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) with a PID we own and a valid signal number.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Restarts after a kill or stop and waits until ready.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the binary with the given flags (no defaults) and returns its output,
+    /// for tests of refusals to start.
+    pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+        let mut cmd = Command::new(ours_bin());
+        cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+        cmd.env("ETCD_CONF_FILE", cwd.join("none.conf"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("output");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait_with_output().expect("output");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn etcdctl_at(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd
+        .spawn()
+        .expect("run etcdctl (is Debian's etcd-client installed?)");
+    if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
+        let _ = si.write_all(input.as_bytes());
+    }
+    child.wait_with_output().expect("etcdctl output")
+}
