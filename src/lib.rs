@@ -14,3 +14,4 @@ pub mod pb;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod systemd;

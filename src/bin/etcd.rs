@@ -32,6 +32,7 @@ fn main() {
         }
     };
     log::set_level(level(cfg.log_level));
+    etcd_rs::systemd::init_journal_logging();
     for w in &cfg.warnings {
         warn!(w.clone());
     }
@@ -73,13 +74,34 @@ async fn run(cfg: Config) -> i32 {
         }
     }
     // Bind first so that an address in use fails before any state is touched.
+    // Sockets passed by systemd (etcd.socket) replace binding.
+    let mut activated = etcd_rs::systemd::activated_listeners();
     let mut client_listeners = Vec::new();
-    for u in &cfg.listen_client_urls {
-        match bind(u).await {
-            Ok(l) => client_listeners.push((u.clone(), l)),
-            Err(e) => {
-                error!("failed to listen on client URL", url = u, error = e);
-                return 1;
+    if let Some(ls) = activated.remove("client") {
+        for l in ls {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let l = l
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpListener::from_std(l));
+            match l {
+                Ok(l) => {
+                    info!("using socket-activated client listener", address = addr);
+                    client_listeners.push((format!("http://{addr}"), l));
+                }
+                Err(e) => {
+                    error!("cannot use the socket-activated listener", error = e);
+                    return 1;
+                }
+            }
+        }
+    } else {
+        for u in &cfg.listen_client_urls {
+            match bind(u).await {
+                Ok(l) => client_listeners.push((u.clone(), l)),
+                Err(e) => {
+                    error!("failed to listen on client URL", url = u, error = e);
+                    return 1;
+                }
             }
         }
     }
@@ -111,6 +133,7 @@ async fn run(cfg: Config) -> i32 {
         local_member_id = format!("{:x}", server.member_id()),
         cluster_id = format!("{:x}", server.cluster.cluster_id)
     );
+    etcd_rs::systemd::set_ids(server.member_id(), server.cluster.cluster_id);
     etcd_rs::server::compactor::spawn(server.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(server.clone()).await;
@@ -126,7 +149,11 @@ async fn run(cfg: Config) -> i32 {
         info!("serving metrics", address = format!("{u}/metrics"));
         tokio::spawn(api::serve(l, app.clone(), max_streams, stop_rx.clone()));
     }
+    etcd_rs::systemd::notify_ready();
+    tokio::spawn(supervise(server.clone()));
     let code = wait_for_stop(&server).await;
+    etcd_rs::systemd::notify_stopping();
+    etcd_rs::systemd::notify_status("stopping");
     let _ = stop_tx.send(true);
     info!("closing etcd server", name = server.cfg.name);
     match tokio::task::block_in_place(|| server.stop()) {
@@ -137,6 +164,45 @@ async fn run(cfg: Config) -> i32 {
         Err(e) => {
             error!("etcd server stopped with an error", error = e);
             1
+        }
+    }
+}
+
+/// Keeps systemd's STATUS line current and pings the watchdog while the Raft and
+/// apply loop is making progress (it counts its passes; a stuck loop stops them).
+async fn supervise(s: Arc<EtcdServer>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let watchdog = etcd_rs::systemd::watchdog_interval();
+    let every = watchdog
+        .unwrap_or(std::time::Duration::from_secs(1))
+        .min(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    let mut last_beat = u64::MAX;
+    let mut last_status = String::new();
+    loop {
+        tick.tick().await;
+        let st = &s.status;
+        let beat = st.heartbeat.load(Relaxed);
+        if watchdog.is_some() && beat != last_beat && !s.is_stopped() {
+            etcd_rs::systemd::notify_watchdog();
+        }
+        last_beat = beat;
+        let leader = st.leader.load(Relaxed);
+        let role = if st.is_leader.load(Relaxed) {
+            "leader"
+        } else if leader == 0 {
+            "no leader"
+        } else {
+            "follower"
+        };
+        let status = format!(
+            "serving clients; role: {role}, leader: {leader:x}, term: {}, applied index: {}",
+            st.term.load(Relaxed),
+            st.applied.load(Relaxed)
+        );
+        if status != last_status {
+            etcd_rs::systemd::notify_status(&status);
+            last_status = status;
         }
     }
 }

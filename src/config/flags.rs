@@ -601,6 +601,10 @@ pub(super) static FLAGS: &[FlagSpec] = &[
     legacy!("vv"),
     legacy!("test.coverprofile"),
     legacy!("test.outputdir"),
+
+    // Test aid: freeze the apply loop once `<data-dir>/member/freeze-apply` exists.
+    flag!("debug-freeze-apply", Hidden, Bool, Yes, "false", "",
+        |d, v| { d.cfg.debug_freeze_apply = parse_bool(v)?; Ok(()) }),
 ];
 
 /// Builds the `--help` text from the table.

@@ -169,6 +169,9 @@ impl EtcdServer {
                 applied,
                 snapshot_count: cfg.snapshot_count,
                 single_voter,
+                freeze_file: cfg
+                    .debug_freeze_apply
+                    .then(|| cfg.data_dir.join("member").join("freeze-apply")),
             },
             log,
             Applier {

@@ -88,6 +88,8 @@ pub struct NodeConfig {
     pub applied: u64,
     pub snapshot_count: u64,
     pub single_voter: bool,
+    /// When set, the loop freezes once this file exists (a watchdog test aid).
+    pub freeze_file: Option<std::path::PathBuf>,
 }
 
 pub struct Node {
@@ -112,6 +114,7 @@ pub struct Node {
     revoking: HashMap<i64, Instant>,
     last_size_check: Instant,
     frozen: bool,
+    freeze_file: Option<std::path::PathBuf>,
     persisted_term_vote: (u64, u64),
 }
 
@@ -173,6 +176,7 @@ impl Node {
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
             frozen: false,
+            freeze_file: cfg.freeze_file,
             persisted_term_vote: (u64::MAX, u64::MAX),
         })
     }
@@ -239,6 +243,10 @@ impl Node {
                     next_tick = Instant::now() + self.heartbeat;
                 }
                 self.expire_leases();
+                if self.freeze_file.as_ref().is_some_and(|f| f.exists()) {
+                    crate::warn!("apply loop frozen by the debug switch");
+                    self.frozen = true;
+                }
                 if self.last_size_check.elapsed() >= Duration::from_secs(1) {
                     self.last_size_check = Instant::now();
                     metrics::DB_SIZE.set(self.backend.size() as i64);
