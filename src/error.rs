@@ -40,6 +40,8 @@ pub enum Error {
     MemberNotFound,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
     #[error("etcdserver: re-configuration failed due to not enough started members")]

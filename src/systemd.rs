@@ -125,7 +125,13 @@ fn priority(l: Level) -> u8 {
 fn field_name(k: &str) -> String {
     let mut s: String = k
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     while s.starts_with('_') || s.starts_with(|c: char| c.is_ascii_digit()) {
         s.remove(0);
@@ -159,11 +165,18 @@ pub fn journal_entry(level: Level, msg: &str, fields: &[(&str, String)]) -> Vec<
     let m = MEMBER_ID.load(Ordering::Relaxed);
     if m != 0 {
         push_field(&mut buf, "MEMBER_ID", &format!("{m:x}"));
-        push_field(&mut buf, "CLUSTER_ID", &format!("{:x}", CLUSTER_ID.load(Ordering::Relaxed)));
+        push_field(
+            &mut buf,
+            "CLUSTER_ID",
+            &format!("{:x}", CLUSTER_ID.load(Ordering::Relaxed)),
+        );
     }
     for (k, v) in fields {
         let name = field_name(k);
-        if matches!(name.as_str(), "MESSAGE" | "PRIORITY" | "SYSLOG_IDENTIFIER" | "MEMBER_ID" | "CLUSTER_ID") {
+        if matches!(
+            name.as_str(),
+            "MESSAGE" | "PRIORITY" | "SYSLOG_IDENTIFIER" | "MEMBER_ID" | "CLUSTER_ID"
+        ) {
             continue;
         }
         push_field(&mut buf, &name, v);
@@ -173,7 +186,10 @@ pub fn journal_entry(level: Level, msg: &str, fields: &[(&str, String)]) -> Vec<
 
 fn journal_sink(level: Level, msg: &str, fields: &[(&str, String)]) {
     let entry = journal_entry(level, msg, fields);
-    let sent = JOURNAL.get().map(|s| s.send(&entry).is_ok()).unwrap_or(false);
+    let sent = JOURNAL
+        .get()
+        .map(|s| s.send(&entry).is_ok())
+        .unwrap_or(false);
     if !sent {
         // Too large for a datagram, or the journal is gone: fall back to stderr.
         use std::io::Write;
@@ -192,7 +208,11 @@ mod tests {
 
     #[test]
     fn journal_entries_are_native_protocol() {
-        let e = journal_entry(Level::Warn, "hello", &[("took", "5ms".into()), ("multi", "a\nb".into())]);
+        let e = journal_entry(
+            Level::Warn,
+            "hello",
+            &[("took", "5ms".into()), ("multi", "a\nb".into())],
+        );
         let s = String::from_utf8_lossy(&e);
         assert!(s.starts_with("MESSAGE=hello\nPRIORITY=4\nSYSLOG_IDENTIFIER=etcd\n"));
         assert!(s.contains("TOOK=5ms\n"));

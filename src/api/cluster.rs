@@ -1,19 +1,22 @@
-//! etcdserverpb.Cluster: the member list. Membership changes need the peer
-//! transport and are refused by a build without it.
+//! etcdserverpb.Cluster: the member list and membership changes, each one Raft
+//! configuration change at a time.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use raft::eraftpb::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
 use super::unary;
 use crate::error::{Error, Result};
+use crate::membership;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::{
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::server::EtcdServer;
+use crate::server::{Applied, EtcdServer, Op};
 
 const SVC: &str = "etcdserverpb.Cluster";
 
@@ -21,41 +24,175 @@ pub struct ClusterService {
     pub s: Arc<EtcdServer>,
 }
 
+fn cc(kind: ConfChangeType, id: u64, ctx: Option<&Member>) -> ConfChange {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(kind);
+    cc.node_id = id;
+    if let Some(m) = ctx {
+        cc.context = prost::Message::encode_to_vec(m).into();
+    }
+    cc
+}
+
+fn members_of(a: Applied) -> (Option<Member>, Vec<Member>) {
+    match a {
+        Applied::Members { member, members } => (member, members),
+        _ => (None, vec![]),
+    }
+}
+
+impl ClusterService {
+    /// etcd's --strict-reconfig-check: refuse a change that would leave fewer
+    /// started voters than a quorum of the new configuration.
+    fn check_quorum_after(&self, add: i64) -> Result<()> {
+        if !self.s.cfg.strict_reconfig_check {
+            return Ok(());
+        }
+        let voters: Vec<Member> = self
+            .s
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_learner)
+            .collect();
+        let started = voters.iter().filter(|m| !m.name.is_empty()).count() as i64;
+        let size = voters.len() as i64 + add;
+        let quorum = size / 2 + 1;
+        if add > 0 && started < quorum {
+            return Err(Error::NotEnoughStartedMembers);
+        }
+        if add < 0 && started + add < quorum {
+            return Err(Error::NotEnoughStartedMembers);
+        }
+        Ok(())
+    }
+
+    async fn add(&self, r: MemberAddRequest) -> Result<MemberAddResponse> {
+        if r.peer_ur_ls.is_empty() {
+            return Err(Error::InvalidArgument(
+                "etcdserver: member peer URLs must be given".into(),
+            ));
+        }
+        for m in self.s.cluster.members() {
+            if m.peer_ur_ls.iter().any(|u| r.peer_ur_ls.contains(u)) {
+                return Err(Error::PeerUrlExist);
+            }
+        }
+        if !r.is_learner {
+            self.check_quorum_after(1)?;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // As etcd: a member added at runtime gets an ID from its URLs, the
+        // cluster token and the time.
+        let id = membership::member_id(
+            &r.peer_ur_ls,
+            &format!("{}{now}", self.s.cfg.initial_cluster_token),
+        );
+        let m = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls.clone(),
+            client_ur_ls: vec![],
+            is_learner: r.is_learner,
+        };
+        let kind = if r.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let (member, members) = members_of(self.s.conf_change(cc(kind, id, Some(&m))).await?);
+        Ok(MemberAddResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+            member: member.or(Some(m)),
+            members,
+        })
+    }
+
+    async fn remove(&self, r: MemberRemoveRequest) -> Result<MemberRemoveResponse> {
+        let Some(m) = self.s.cluster.get(r.id) else {
+            return Err(Error::MemberNotFound);
+        };
+        if !m.is_learner {
+            self.check_quorum_after(-1)?;
+        }
+        let (_, members) = members_of(
+            self.s
+                .conf_change(cc(ConfChangeType::RemoveNode, r.id, None))
+                .await?,
+        );
+        Ok(MemberRemoveResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+            members,
+        })
+    }
+
+    async fn update(&self, r: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
+        if self.s.cluster.get(r.id).is_none() {
+            return Err(Error::MemberNotFound);
+        }
+        for m in self.s.cluster.members() {
+            if m.id != r.id && m.peer_ur_ls.iter().any(|u| r.peer_ur_ls.contains(u)) {
+                return Err(Error::PeerUrlExist);
+            }
+        }
+        let m = Member {
+            id: r.id,
+            peer_ur_ls: r.peer_ur_ls,
+            ..Default::default()
+        };
+        let (_, members) = members_of(self.s.propose(Op::MemberUpdate(m)).await?);
+        Ok(MemberUpdateResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+            members,
+        })
+    }
+
+    async fn promote(&self, r: MemberPromoteRequest) -> Result<MemberPromoteResponse> {
+        let Some(m) = self.s.cluster.get(r.id) else {
+            return Err(Error::MemberNotFound);
+        };
+        if !m.is_learner {
+            return Err(Error::MemberNotLearner);
+        }
+        if self.s.status.is_leader.load(Ordering::Relaxed) && !self.s.learner_ready(r.id).await? {
+            return Err(Error::LearnerNotReady);
+        }
+        let (_, members) = members_of(
+            self.s
+                .conf_change(cc(ConfChangeType::AddNode, r.id, Some(&m)))
+                .await?,
+        );
+        Ok(MemberPromoteResponse {
+            header: Some(self.s.header(self.s.store.current_rev())),
+            members,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        unary(
-            SVC,
-            "MemberAdd",
-            Err::<MemberAddResponse, _>(Error::NotCapable),
-        )
+        unary(SVC, "MemberAdd", self.add(req.into_inner()).await)
     }
 
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let r = if self.s.cluster.get(req.into_inner().id).is_none() {
-            Err(Error::MemberNotFound)
-        } else {
-            Err(Error::NotCapable)
-        };
-        unary::<MemberRemoveResponse>(SVC, "MemberRemove", r)
+        unary(SVC, "MemberRemove", self.remove(req.into_inner()).await)
     }
 
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let r = if self.s.cluster.get(req.into_inner().id).is_none() {
-            Err(Error::MemberNotFound)
-        } else {
-            Err(Error::NotCapable)
-        };
-        unary::<MemberUpdateResponse>(SVC, "MemberUpdate", r)
+        unary(SVC, "MemberUpdate", self.update(req.into_inner()).await)
     }
 
     async fn member_list(
@@ -79,11 +216,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let r = if self.s.cluster.get(req.into_inner().id).is_none() {
-            Err(Error::MemberNotFound)
-        } else {
-            Err(Error::MemberNotLearner)
-        };
-        unary::<MemberPromoteResponse>(SVC, "MemberPromote", r)
+        unary(SVC, "MemberPromote", self.promote(req.into_inner()).await)
     }
 }

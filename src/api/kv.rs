@@ -194,8 +194,9 @@ impl KvService {
         metrics::MVCC_TXN.inc();
         match self.s.propose(Op::Txn(r)).await? {
             Applied::Txn(mut p) => {
+                // Only the outer header carries the cluster, member and term, as
+                // in etcd; the responses inside a txn carry just the revision.
                 fill(&self.s, &mut p.header);
-                fill_nested(&self.s, &mut p);
                 Ok(p)
             }
             _ => Err(Error::Storage("unexpected apply result".into())),
@@ -209,22 +210,6 @@ impl KvService {
                 Ok(p)
             }
             _ => Err(Error::Storage("unexpected apply result".into())),
-        }
-    }
-}
-
-fn fill_nested(s: &EtcdServer, t: &mut TxnResponse) {
-    use crate::pb::etcdserverpb::response_op::Response as R;
-    for r in &mut t.responses {
-        match &mut r.response {
-            Some(R::ResponseRange(x)) => fill(s, &mut x.header),
-            Some(R::ResponsePut(x)) => fill(s, &mut x.header),
-            Some(R::ResponseDeleteRange(x)) => fill(s, &mut x.header),
-            Some(R::ResponseTxn(x)) => {
-                fill(s, &mut x.header);
-                fill_nested(s, x);
-            }
-            None => {}
         }
     }
 }

@@ -18,7 +18,8 @@ pub fn code_of(e: &Error) -> Code {
         | NotLeader
         | AuthNotEnabled
         | NotEnoughStartedMembers
-        | MemberNotLearner => Code::FailedPrecondition,
+        | MemberNotLearner
+        | LearnerNotReady => Code::FailedPrecondition,
         Unhealthy | NoLeader | LeaderChanged | Timeout | Stopped | NotCapable => Code::Unavailable,
         Corrupt => Code::DataLoss,
         PermissionDenied => Code::PermissionDenied,

@@ -105,6 +105,35 @@ async fn run(cfg: Config) -> i32 {
             }
         }
     }
+    let mut peer_listeners = Vec::new();
+    if let Some(ls) = activated.remove("peer") {
+        for l in ls {
+            match l
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpListener::from_std(l))
+            {
+                Ok(l) => peer_listeners.push(l),
+                Err(e) => {
+                    error!("cannot use the socket-activated peer listener", error = e);
+                    return 1;
+                }
+            }
+        }
+    } else {
+        for u in &cfg.listen_peer_urls {
+            if !u.starts_with("http://") {
+                error!("unsupported peer URL scheme in this build", url = u);
+                return 1;
+            }
+            match bind(u).await {
+                Ok(l) => peer_listeners.push(l),
+                Err(e) => {
+                    error!("failed to listen on peer URL", url = u, error = e);
+                    return 1;
+                }
+            }
+        }
+    }
     let mut metrics_listeners = Vec::new();
     for u in &cfg.listen_metrics_urls {
         match bind(u).await {
@@ -123,6 +152,9 @@ async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
+    for l in peer_listeners {
+        tokio::spawn(server.transport.clone().serve(l));
+    }
     if let Err(e) = wait_publish(&server).await {
         error!("failed to publish local member to cluster", error = e);
         let _ = server.stop();
@@ -220,8 +252,10 @@ async fn bind(url: &str) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 async fn wait_publish(s: &Arc<EtcdServer>) -> Result<(), etcd_rs::error::Error> {
-    let mut last = None;
-    for _ in 0..50 {
+    // As etcd, keep trying until the cluster has a leader that commits it.
+    let started = std::time::Instant::now();
+    let mut warned = std::time::Instant::now();
+    loop {
         match s.publish().await {
             Ok(()) => return Ok(()),
             Err(e @ etcd_rs::error::Error::Storage(_)) => return Err(e),
@@ -229,12 +263,18 @@ async fn wait_publish(s: &Arc<EtcdServer>) -> Result<(), etcd_rs::error::Error> 
                 if s.is_stopped() {
                     return Err(e);
                 }
-                last = Some(e);
+                if warned.elapsed() >= std::time::Duration::from_secs(5) {
+                    warned = std::time::Instant::now();
+                    warn!(
+                        "failed to publish local member to cluster; retrying",
+                        error = e,
+                        waited = format!("{:?}", started.elapsed())
+                    );
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
-    Err(last.unwrap_or(etcd_rs::error::Error::Timeout))
 }
 
 /// Waits for SIGTERM or SIGINT (exit 0), or for the Raft loop to die (exit 1).

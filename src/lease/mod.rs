@@ -23,13 +23,10 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Seconds left, rounded up as etcd reports them.
+    /// Whole seconds left, rounded down as etcd reports them (a lease just
+    /// granted or renewed with TTL 60 reports 59).
     pub fn remaining(&self, now: Instant) -> i64 {
-        let d = self.deadline.saturating_duration_since(now);
-        if d.is_zero() {
-            return 0;
-        }
-        d.as_secs() as i64 + if d.subsec_nanos() > 0 { 1 } else { 0 }
+        self.deadline.saturating_duration_since(now).as_secs() as i64
     }
 }
 
@@ -53,6 +50,13 @@ impl Lessor {
             table: Mutex::new(Table::default()),
             min_ttl: min_ttl.max(1),
         }
+    }
+
+    /// Forgets every lease (before reloading them from storage).
+    pub fn clear(&self) {
+        let mut t = self.table.lock();
+        t.leases.clear();
+        t.items.clear();
     }
 
     pub fn min_ttl(&self) -> i64 {

@@ -83,6 +83,10 @@ impl Cluster {
         self.members.read().get(&id).cloned()
     }
 
+    pub fn replace(&self, members: Vec<Member>) {
+        *self.members.write() = members.into_iter().map(|m| (m.id, m)).collect();
+    }
+
     pub fn upsert(&self, m: Member) {
         self.members.write().insert(m.id, m);
     }

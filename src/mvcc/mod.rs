@@ -77,6 +77,25 @@ impl Store {
     /// Rebuilds the key index from the `kv` table. Also returns the live keys that
     /// are attached to a lease, for the lessor.
     pub fn open(backend: Arc<Backend>) -> Result<(Store, LeasedKeys), StorageError> {
+        let (st, leased) = Self::scan(&backend)?;
+        Ok((
+            Store {
+                backend,
+                state: RwLock::new(st),
+            },
+            leased,
+        ))
+    }
+
+    /// Rebuilds the index from storage after the state machine was replaced (a
+    /// snapshot from the leader).
+    pub fn reload(&self) -> Result<LeasedKeys, StorageError> {
+        let (st, leased) = Self::scan(&self.backend)?;
+        *self.state.write() = st;
+        Ok(leased)
+    }
+
+    fn scan(backend: &Backend) -> Result<(State, LeasedKeys), StorageError> {
         let mut st = State::default();
         let mut leased: std::collections::HashMap<Vec<u8>, i64> = Default::default();
         let txn = backend.read()?;
@@ -109,13 +128,7 @@ impl Store {
         if st.rev < st.compact_rev {
             st.rev = st.compact_rev;
         }
-        Ok((
-            Store {
-                backend,
-                state: RwLock::new(st),
-            },
-            leased.into_iter().collect(),
-        ))
+        Ok((st, leased.into_iter().collect()))
     }
 
     pub fn backend(&self) -> &Arc<Backend> {

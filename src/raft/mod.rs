@@ -5,6 +5,8 @@
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use std::sync::Arc;
+
 use raft::storage::MemStorage;
 use redb::ReadableTable;
 
@@ -28,11 +30,16 @@ fn enc<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
 
 pub struct LogStore {
     mem: MemStorage,
+    backend: Arc<Backend>,
 }
 
 impl LogStore {
     /// A fresh log for a new cluster whose voters are `voters`.
-    pub fn bootstrap(backend: &Backend, voters: Vec<u64>, learners: Vec<u64>) -> Result<LogStore> {
+    pub fn bootstrap(
+        backend: &Arc<Backend>,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    ) -> Result<LogStore> {
         let cs = ConfState::from((voters, learners));
         let txn = backend.write()?;
         {
@@ -45,18 +52,63 @@ impl LogStore {
         }
         txn.commit()?;
         Ok(LogStore {
+            backend: backend.clone(),
             mem: MemStorage::new_with_conf_state(cs),
         })
     }
 
+    /// A log that starts with `entries` (all committed; etcd bootstraps a new
+    /// cluster with one membership change per initial member), or empty for a
+    /// member joining an existing cluster.
+    pub fn bootstrap_entries(backend: &Arc<Backend>, entries: Vec<Entry>) -> Result<LogStore> {
+        let mut hs = HardState::default();
+        if let Some(last) = entries.last() {
+            hs.term = last.term;
+            hs.commit = last.index;
+        }
+        let mut txn = backend.write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            for e in &entries {
+                log.insert(e.index, enc(e)?.as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(
+                storage::meta::CONF_STATE,
+                enc(&ConfState::default())?.as_slice(),
+            )?;
+            meta.insert(storage::meta::HARD_STATE, enc(&hs)?.as_slice())?;
+        }
+        txn.commit()?;
+        let mem = MemStorage::new();
+        {
+            let mut core = mem.wl();
+            core.append(&entries)
+                .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+            core.set_hardstate(hs);
+        }
+        Ok(LogStore {
+            mem,
+            backend: backend.clone(),
+        })
+    }
+
     /// The log as persisted; None when the database holds no Raft state yet.
-    pub fn load(backend: &Backend) -> Result<Option<LogStore>> {
+    pub fn load(backend: &Arc<Backend>) -> Result<Option<LogStore>> {
         let txn = backend.read()?;
         let meta = txn.open_table(META)?;
         let Some(hs) = meta.get(storage::meta::HARD_STATE)? else {
             return Ok(None);
         };
-        let hs: HardState = dec("meta/raft_hard_state", hs.value())?;
+        let mut hs: HardState = dec("meta/raft_hard_state", hs.value())?;
+        // Whatever the state machine applied was committed, even when the commit
+        // index itself (reported by raft-rs after a local append) was not yet durable.
+        if let Some(applied) = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?
+            && applied > hs.commit
+        {
+            hs.commit = applied;
+        }
         let cs: ConfState = match meta.get(storage::meta::CONF_STATE)? {
             Some(v) => dec("meta/raft_conf_state", v.value())?,
             None => ConfState::default(),
@@ -85,8 +137,12 @@ impl LogStore {
             snap.mut_metadata().index = snap_index;
             snap.mut_metadata().term = snap_term;
             snap.mut_metadata().set_conf_state(cs.clone());
-            core.apply_snapshot(snap)
-                .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+            // A log never compacted starts at index 1, which a fresh MemStorage
+            // already describes (and would refuse as an out-of-date snapshot).
+            if snap_index > 0 {
+                core.apply_snapshot(snap)
+                    .map_err(|e| StorageError::Db(format!("raft log: {e}")))?;
+            }
             let log = txn.open_table(LOG)?;
             let mut ents = Vec::new();
             for (expect, item) in (snap_index + 1..).zip(log.range(snap_index + 1..)?) {
@@ -109,12 +165,50 @@ impl LogStore {
             core.set_hardstate(hs);
             core.set_conf_state(cs);
         }
-        Ok(Some(LogStore { mem }))
+        Ok(Some(LogStore {
+            mem,
+            backend: backend.clone(),
+        }))
     }
 
     /// The handle raft-rs reads from.
-    pub fn storage(&self) -> MemStorage {
-        self.mem.clone()
+    pub fn storage(&self) -> PeerStorage {
+        PeerStorage {
+            mem: self.mem.clone(),
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// Installs a snapshot received from the leader: the state machine is replaced
+    /// and the log restarts after the snapshot's index, in one durable transaction.
+    pub fn install_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let mut txn = self.backend.write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        crate::storage::snapshot::load(&txn, &snap.data)?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            log.retain(|_, _| false)?;
+            let mut m = txn.open_table(META)?;
+            let mut b = Vec::with_capacity(16);
+            b.extend_from_slice(&meta.index.to_be_bytes());
+            b.extend_from_slice(&meta.term.to_be_bytes());
+            m.insert(storage::meta::LOG_SNAPSHOT, b.as_slice())?;
+            m.insert(
+                storage::meta::CONF_STATE,
+                enc(meta.get_conf_state())?.as_slice(),
+            )?;
+            storage::put_u64(&mut m, storage::meta::APPLIED_INDEX, meta.index)?;
+            let mut hs = self.mem.rl().hard_state().clone();
+            hs.commit = hs.commit.max(meta.index);
+            hs.term = hs.term.max(meta.term);
+            m.insert(storage::meta::HARD_STATE, enc(&hs)?.as_slice())?;
+        }
+        txn.commit()?;
+        self.mem
+            .wl()
+            .apply_snapshot(snap.clone())
+            .map_err(|e| StorageError::Db(format!("raft log: {e}")))
     }
 
     pub fn first_index(&self) -> u64 {
@@ -197,5 +291,62 @@ impl LogStore {
         // Keep the term of the last compacted entry answerable.
         core.compact(index)
             .map_err(|e| StorageError::Db(format!("raft log: {e}")))
+    }
+}
+pub mod transport;
+
+/// What raft-rs reads: the in-memory log window, and snapshots made from the
+/// state machine at its applied index.
+#[derive(Clone)]
+pub struct PeerStorage {
+    mem: MemStorage,
+    backend: Arc<Backend>,
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
+        let (data, applied) =
+            crate::storage::snapshot::save_to_vec(&self.backend).map_err(|e| {
+                crate::warn!("cannot make a snapshot", error = e);
+                unavailable()
+            })?;
+        if applied < request_index {
+            return Err(unavailable());
+        }
+        let term = self.mem.term(applied).map_err(|_| unavailable())?;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.mem.initial_state()?.conf_state);
+        Ok(snap)
     }
 }

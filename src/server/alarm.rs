@@ -33,6 +33,10 @@ impl Alarms {
         self.set.read().iter().any(|&(_, a)| a == alarm as i32)
     }
 
+    pub fn clear(&self) {
+        self.set.write().clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.set.read().is_empty()
     }

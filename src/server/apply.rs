@@ -46,6 +46,44 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 }
 
 impl Applier {
+    /// Loads the in-memory state (key index, leases, members, alarms) from storage.
+    pub fn reload(&self) -> Result<(), StorageError> {
+        use redb::ReadableTable;
+        let leased = self.store.reload()?;
+        let txn = self.store.backend().read()?;
+        self.lessor.clear();
+        let t = txn.open_table(LEASES)?;
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let b: [u8; 8] = v.value().try_into().map_err(|_| StorageError::Decode {
+                what: format!("lease/{:x}", k.value()),
+                detail: "expected an 8-byte TTL".into(),
+            })?;
+            self.lessor.restore(k.value(), i64::from_be_bytes(b));
+        }
+        for (key, lease) in leased {
+            self.lessor.attach(&key, lease);
+        }
+        let t = txn.open_table(MEMBERS)?;
+        let mut members = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            members.push(Member::decode(v.value()).map_err(|e| StorageError::Decode {
+                what: format!("members/{:x}", k.value()),
+                detail: e.to_string(),
+            })?);
+        }
+        self.cluster.replace(members);
+        self.alarms.clear();
+        let t = txn.open_table(ALARMS)?;
+        for item in t.iter()? {
+            let (k, _) = item?;
+            let (m, a) = k.value();
+            self.alarms.activate(m, a);
+        }
+        Ok(())
+    }
+
     /// Applies `entries` (skipping any at or below `applied`). Conf-change entries are
     /// handed to `conf`, which applies them to Raft and persists the new conf state.
     pub fn apply(
@@ -53,7 +91,10 @@ impl Applier {
         entries: &[Entry],
         applied: u64,
         term: u64,
-        conf: &mut dyn FnMut(&redb::WriteTransaction, &Entry) -> Result<(), StorageError>,
+        conf: &mut dyn FnMut(
+            &redb::WriteTransaction,
+            &Entry,
+        ) -> Result<Option<(u64, Result<Applied>)>, StorageError>,
     ) -> Result<BatchOutcome, StorageError> {
         let mut txn = self.store.backend().write()?;
         txn.set_durability(redb::Durability::None)?;
@@ -90,7 +131,11 @@ impl Applier {
                         }
                         results.push((req.id, res));
                     }
-                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => conf(&txn, e)?,
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        if let Some(r) = conf(&txn, e)? {
+                            results.push(r);
+                        }
+                    }
                 }
             }
             let mut meta = meta_table(&txn)?;
@@ -186,6 +231,20 @@ impl Applier {
                 }))
             }
             Op::Alarm(a) => self.alarm(txn, w, &a),
+            Op::MemberUpdate(m) => {
+                let Some(mut current) = self.cluster.get(m.id) else {
+                    return Err(Error::MemberNotFound);
+                };
+                current.peer_ur_ls = m.peer_ur_ls;
+                let mut t = txn.open_table(MEMBERS).map_err(StorageError::from)?;
+                t.insert(m.id, current.encode_to_vec().as_slice())
+                    .map_err(StorageError::from)?;
+                self.cluster.upsert(current);
+                Ok(Applied::Members {
+                    member: None,
+                    members: self.cluster.members(),
+                })
+            }
             Op::Publish(m) => {
                 let mut current = self.cluster.get(m.id).unwrap_or(Member {
                     id: m.id,

@@ -30,6 +30,7 @@ use crate::storage::{self, ALARMS, Backend, LEASES, MEMBERS, META, StorageError}
 use alarm::Alarms;
 use apply::Applier;
 use node::{IdGen, Msg, Node, NodeConfig, RaftStatus};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 pub use request::{Applied, InternalRequest, Op};
 
 /// Why a member could not start.
@@ -60,6 +61,7 @@ pub struct EtcdServer {
     tx: Mutex<std::sync::mpsc::Sender<Msg>>,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StorageError>>>>,
     pub request_timeout: Duration,
+    pub transport: Arc<crate::raft::transport::Transport>,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
@@ -85,7 +87,7 @@ impl EtcdServer {
         prepare_data_dir(&cfg.data_dir)?;
         let backend = Arc::new(Backend::open(&cfg.data_dir)?);
 
-        let (member_id, cluster_id, log) = {
+        let (member_id, cluster_id, log, seed) = {
             let txn = backend.read()?;
             let meta = txn.open_table(META).map_err(StorageError::from)?;
             let m = storage::get_u64(&meta, storage::meta::MEMBER_ID)?;
@@ -99,7 +101,7 @@ impl EtcdServer {
                         local_member_id = format!("{m:x}"),
                         cluster_id = format!("{c:x}")
                     );
-                    (m, c, log)
+                    (m, c, log, Vec::new())
                 }
                 _ => Self::bootstrap(&cfg, &backend)?,
             }
@@ -161,6 +163,16 @@ impl EtcdServer {
             .unwrap_or_default();
         let single_voter = voters == vec![member_id];
         let (tx, rx) = std::sync::mpsc::channel();
+        let peer_tx = tx.clone();
+        let transport = crate::raft::transport::Transport::new(
+            cluster_id,
+            member_id,
+            Arc::new(move |ev| {
+                let _ = peer_tx.send(Msg::Peer(ev));
+            }),
+            tokio::runtime::Handle::try_current()
+                .map_err(|e| StartError::Thread(format!("no async runtime: {e}")))?,
+        );
         let node = Node::new(
             NodeConfig {
                 id: member_id,
@@ -185,7 +197,11 @@ impl EtcdServer {
             status.clone(),
             ids.clone(),
             rx,
+            Some(transport.clone()),
         )?;
+        if !seed.is_empty() {
+            transport.seed(seed);
+        }
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || {
@@ -211,43 +227,122 @@ impl EtcdServer {
             tx: Mutex::new(tx),
             thread: Mutex::new(Some(thread)),
             request_timeout,
+            transport,
         }))
     }
 
-    fn bootstrap(cfg: &Config, backend: &Backend) -> Result<(u64, u64, LogStore), StartError> {
-        if cfg.initial_cluster_state == ClusterState::Existing {
-            return Err(StartError::Unsupported(
-                "--initial-cluster-state=existing with an empty data directory: joining an existing cluster is not supported by this build".into(),
-            ));
-        }
-        let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
-        let local = members
-            .iter()
-            .find(|m| m.name == cfg.name)
-            .ok_or_else(|| StartError::NameNotInCluster(cfg.name.clone()))?;
-        let member_id = local.id;
-        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-        let cluster_id = membership::cluster_id(&ids);
+    #[allow(clippy::type_complexity)]
+    fn bootstrap(
+        cfg: &Config,
+        backend: &Arc<Backend>,
+    ) -> Result<(u64, u64, LogStore, Vec<Member>), StartError> {
+        let mut seed = Vec::new();
+        let same_urls = |a: &[String], b: &[String]| {
+            let mut a = a.to_vec();
+            let mut b = b.to_vec();
+            a.sort();
+            b.sort();
+            a == b
+        };
+        let (member_id, cluster_id, log) = match cfg.initial_cluster_state {
+            ClusterState::New => {
+                let members =
+                    membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+                let local = members
+                    .iter()
+                    .find(|m| m.name == cfg.name)
+                    .ok_or_else(|| StartError::NameNotInCluster(cfg.name.clone()))?;
+                if !same_urls(&local.peer_ur_ls, &cfg.initial_advertise_peer_urls) {
+                    return Err(StartError::Unsupported(format!(
+                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+                        cfg.name,
+                        local.peer_ur_ls.join(","),
+                        cfg.initial_advertise_peer_urls.join(",")
+                    )));
+                }
+                let member_id = local.id;
+                let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+                let cluster_id = membership::cluster_id(&ids);
+                // As etcd: the log starts with one committed membership change per
+                // initial member, identical on every member.
+                let mut entries = Vec::with_capacity(members.len());
+                for (i, m) in members.iter().enumerate() {
+                    let mut cc = ConfChange::default();
+                    cc.set_change_type(ConfChangeType::AddNode);
+                    cc.node_id = m.id;
+                    cc.context = m.encode_to_vec().into();
+                    let mut e = Entry::default();
+                    e.set_entry_type(EntryType::EntryConfChange);
+                    e.term = 1;
+                    e.index = i as u64 + 1;
+                    e.data = protobuf::Message::write_to_bytes(&cc)
+                        .map_err(|e| StorageError::Db(e.to_string()))?
+                        .into();
+                    entries.push(e);
+                }
+                Self::write_ids(backend, member_id, cluster_id)?;
+                let log = LogStore::bootstrap_entries(backend, entries)?;
+                crate::info!(
+                    "starting a new cluster",
+                    local_member_id = format!("{member_id:x}"),
+                    cluster_id = format!("{cluster_id:x}"),
+                    initial_cluster = cfg.initial_cluster_string(),
+                    initial_cluster_state = "new"
+                );
+                (member_id, cluster_id, log)
+            }
+            ClusterState::Existing => {
+                let peers: Vec<String> = cfg
+                    .initial_cluster
+                    .iter()
+                    .filter(|(n, _)| n != &cfg.name)
+                    .map(|(_, u)| u.clone())
+                    .collect();
+                let info = tokio::runtime::Handle::try_current()
+                    .map_err(|e| StartError::Unsupported(e.to_string()))?
+                    .block_on(crate::raft::transport::fetch_cluster(&peers))
+                    .map_err(|e| {
+                        StartError::Unsupported(format!(
+                            "cannot fetch cluster info from peers {}: {e}",
+                            peers.join(",")
+                        ))
+                    })?;
+                let cluster_id = info.header.map(|h| h.cluster_id).unwrap_or(0);
+                let local = info
+                    .members
+                    .iter()
+                    .find(|m| same_urls(&m.peer_ur_ls, &cfg.initial_advertise_peer_urls))
+                    .ok_or_else(|| {
+                        StartError::Unsupported(format!(
+                            "member with peer URLs {} is not part of cluster {cluster_id:x}; add it first (etcdctl member add)",
+                            cfg.initial_advertise_peer_urls.join(",")
+                        ))
+                    })?;
+                let member_id = local.id;
+                Self::write_ids(backend, member_id, cluster_id)?;
+                seed = info.members.clone();
+                let log = LogStore::bootstrap_entries(backend, vec![])?;
+                crate::info!(
+                    "joining an existing cluster",
+                    local_member_id = format!("{member_id:x}"),
+                    cluster_id = format!("{cluster_id:x}"),
+                    initial_cluster_state = "existing"
+                );
+                (member_id, cluster_id, log)
+            }
+        };
+        Ok((member_id, cluster_id, log, seed))
+    }
+
+    fn write_ids(backend: &Backend, member_id: u64, cluster_id: u64) -> Result<(), StartError> {
         let txn = backend.write()?;
         {
             let mut meta = txn.open_table(META).map_err(StorageError::from)?;
             storage::put_u64(&mut meta, storage::meta::MEMBER_ID, member_id)?;
             storage::put_u64(&mut meta, storage::meta::CLUSTER_ID, cluster_id)?;
-            let mut t = txn.open_table(MEMBERS).map_err(StorageError::from)?;
-            for m in &members {
-                t.insert(m.id, m.encode_to_vec().as_slice())
-                    .map_err(StorageError::from)?;
-            }
         }
         txn.commit().map_err(StorageError::from)?;
-        let log = LogStore::bootstrap(backend, ids, vec![])?;
-        crate::info!(
-            "starting a new cluster",
-            local_member_id = format!("{member_id:x}"),
-            cluster_id = format!("{cluster_id:x}"),
-            initial_cluster_state = "new"
-        );
-        Ok((member_id, cluster_id, log))
+        Ok(())
     }
 
     pub fn member_id(&self) -> u64 {
@@ -303,6 +398,42 @@ impl EtcdServer {
     pub async fn defragment(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Defragment(tx))?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Proposes a membership change and waits until it is applied.
+    pub async fn conf_change(&self, cc: ConfChange) -> Result<Applied> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::ConfChange { cc, reply })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Asks the leader loop to hand leadership to `target` and waits until a new
+    /// leader is known (or the election timeout passes twice).
+    pub async fn transfer_leader(&self, target: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::TransferLeader(target, reply))?;
+        rx.await.map_err(|_| Error::Stopped)??;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(2 * self.cfg.election_timeout_ms);
+        while tokio::time::Instant::now() < deadline {
+            let l = self.status.leader.load(Ordering::Relaxed);
+            if l == target {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Error::Timeout)
+    }
+
+    /// Whether a learner has caught up enough to be promoted (leader only).
+    pub async fn learner_ready(&self, id: u64) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::LearnerReady(id, reply))?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 

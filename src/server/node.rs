@@ -11,18 +11,20 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use super::apply::Applier;
 use super::request::{Applied, InternalRequest, Op};
 use crate::error::{Error, Result};
+use crate::membership::Cluster;
 use crate::metrics;
 use crate::mvcc::watch::WatchHub;
 use crate::pb::etcdserverpb::LeaseRevokeRequest;
-use crate::raft::LogStore;
+use crate::pb::etcdserverpb::Member;
+use crate::raft::transport::{self, Transport};
+use crate::raft::{LogStore, PeerStorage};
 use crate::storage::{Backend, StorageError};
 
 pub type Reply = oneshot::Sender<Result<Applied>>;
@@ -39,6 +41,18 @@ pub enum Msg {
     Defragment(oneshot::Sender<Result<()>>),
     /// Freezes the apply loop (a debug aid for watchdog tests).
     Freeze,
+    /// A membership change (its `id` names the waiter).
+    ConfChange {
+        cc: ConfChange,
+        reply: Reply,
+    },
+    /// From the peer transport.
+    Peer(transport::Event),
+    /// Hands leadership to `target` (0: the most caught-up voter).
+    TransferLeader(u64, oneshot::Sender<Result<()>>),
+    /// Whether a learner's log is close enough to the leader's to be promoted.
+    LearnerReady(u64, oneshot::Sender<Result<bool>>),
+    /// Stops the loop; a leader first hands leadership to a caught-up voter.
     Stop,
 }
 
@@ -93,7 +107,14 @@ pub struct NodeConfig {
 }
 
 pub struct Node {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<PeerStorage>,
+    transport: Option<Arc<Transport>>,
+    cluster: Arc<Cluster>,
+    local_id: u64,
+    election_timeout: Duration,
+    /// Set once this member has been removed from the cluster.
+    removed: bool,
+    campaign_pending: bool,
     log: LogStore,
     applier: Applier,
     backend: Arc<Backend>,
@@ -133,6 +154,7 @@ impl Node {
         status: Arc<RaftStatus>,
         ids: Arc<IdGen>,
         rx: Receiver<Msg>,
+        transport: Option<Arc<Transport>>,
     ) -> Result<Node, StorageError> {
         let rc = raft::Config {
             id: cfg.id,
@@ -154,8 +176,18 @@ impl Node {
         }
         let threshold = cfg.snapshot_count.clamp(2, 10_000);
         status.applied.store(cfg.applied, Ordering::Relaxed);
+        let cluster = applier.cluster.clone();
+        if let Some(t) = &transport {
+            t.set_members(&cluster.members());
+        }
         Ok(Node {
             raw,
+            transport,
+            cluster,
+            local_id: cfg.id,
+            election_timeout: cfg.heartbeat * cfg.election_ticks as u32,
+            removed: false,
+            campaign_pending: false,
             log,
             applier,
             backend,
@@ -255,6 +287,9 @@ impl Node {
                 }
             }
             self.on_ready()?;
+            if self.removed {
+                return Ok(());
+            }
         }
     }
 
@@ -290,9 +325,123 @@ impl Node {
                 metrics::DB_SIZE.set(self.backend.size() as i64);
             }
             Msg::Freeze => self.frozen = true,
-            Msg::Stop => return false,
+            Msg::ConfChange { mut cc, reply } => {
+                if self.status.leader.load(Ordering::Relaxed) == 0 {
+                    let _ = reply.send(Err(Error::NoLeader));
+                } else if self.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(Error::Unhealthy));
+                } else {
+                    let id = self.ids.next();
+                    cc.id = id;
+                    match self.raw.propose_conf_change(vec![], cc) {
+                        Ok(()) => {
+                            self.waiters.insert(id, reply);
+                        }
+                        Err(_) => {
+                            let _ = reply.send(Err(Error::NoLeader));
+                        }
+                    }
+                }
+            }
+            Msg::Peer(ev) => match ev {
+                transport::Event::Message(m) => {
+                    let _ = self.raw.step(m);
+                }
+                transport::Event::Unreachable(id) => self.raw.report_unreachable(id),
+                transport::Event::SnapshotDone(id, ok) => self.raw.report_snapshot(
+                    id,
+                    if ok {
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    },
+                ),
+            },
+            Msg::TransferLeader(target, reply) => {
+                let target = if target == 0 {
+                    self.best_transferee()
+                } else {
+                    Some(target)
+                };
+                match target {
+                    Some(t) if self.status.is_leader.load(Ordering::Relaxed) => {
+                        self.raw.transfer_leader(t);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Some(_) => {
+                        let _ = reply.send(Err(Error::NotLeader));
+                    }
+                    None => {
+                        let _ = reply.send(Err(Error::MemberNotFound));
+                    }
+                }
+            }
+            Msg::LearnerReady(id, reply) => {
+                let r = if !self.status.is_leader.load(Ordering::Relaxed) {
+                    Err(Error::NotLeader)
+                } else {
+                    let commit = self.raw.raft.raft_log.committed;
+                    match self.raw.raft.prs().get(id) {
+                        // etcd: a learner is ready once it has 90% of the leader's log.
+                        Some(pr) => Ok(pr.matched as f64 >= commit as f64 * 0.9),
+                        None => Err(Error::MemberNotFound),
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Msg::Stop => {
+                self.hand_off_leadership();
+                return false;
+            }
         }
         true
+    }
+
+    /// The voter (not us) whose log matches ours the furthest.
+    fn best_transferee(&self) -> Option<u64> {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.local_id && voters.contains(**id))
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id)
+    }
+
+    /// On stop, a leader with caught-up followers moves leadership first, so the
+    /// cluster does not wait an election timeout.
+    fn hand_off_leadership(&mut self) {
+        if !self.status.is_leader.load(Ordering::Relaxed) || self.transport.is_none() {
+            return;
+        }
+        let Some(target) = self.best_transferee() else {
+            return;
+        };
+        crate::info!(
+            "leader is stopping; transferring leadership",
+            transferee = format!("{target:x}")
+        );
+        self.raw.transfer_leader(target);
+        let deadline = Instant::now() + self.election_timeout * 2;
+        while Instant::now() < deadline {
+            let _ = self.on_ready();
+            if self.raw.raft.state != StateRole::Leader {
+                crate::info!("leadership transferred", transferee = format!("{target:x}"));
+                return;
+            }
+            if let Ok(Msg::Peer(ev)) = self.rx.recv_timeout(self.heartbeat) {
+                let _ = self.handle(Msg::Peer(ev));
+            }
+            self.raw.tick();
+        }
+        crate::warn!("leadership transfer did not complete before stopping");
+    }
+
+    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+        if let Some(t) = &self.transport {
+            t.send(msgs);
+        }
     }
 
     fn expire_leases(&mut self) {
@@ -350,8 +499,23 @@ impl Node {
         self.status
             .term
             .store(self.raw.raft.term, Ordering::Relaxed);
-        // Peer messages belong to the transport, which a one-member group does not use.
-        let _ = rd.take_messages();
+        self.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            let index = snap.get_metadata().index;
+            crate::info!(
+                "applying snapshot from leader",
+                snapshot_index = index,
+                size = snap.data.len()
+            );
+            self.log.install_snapshot(&snap)?;
+            self.applier.reload()?;
+            self.applied = index;
+            self.status.applied.store(index, Ordering::Relaxed);
+            if let Some(t) = &self.transport {
+                t.set_members(&self.cluster.members());
+            }
+        }
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         for rs in rd.take_read_states() {
@@ -393,14 +557,18 @@ impl Node {
                 self.log.compacted(ci)?;
             }
         }
-        let _ = rd.take_persisted_messages();
+        self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(c) = light.commit_index() {
             self.status.commit.store(c, Ordering::Relaxed);
         }
-        let _ = light.take_messages();
+        self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        if self.campaign_pending {
+            self.campaign_pending = false;
+            let _ = self.raw.campaign();
+        }
         self.answer_reads();
         Ok(())
     }
@@ -431,28 +599,97 @@ impl Node {
         let start = Instant::now();
         let raw = &mut self.raw;
         let log = &self.log;
-        let mut conf = |txn: &redb::WriteTransaction, e: &Entry| -> Result<(), StorageError> {
-            let cs = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-                let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| {
-                    StorageError::Decode {
-                        what: format!("raft entry {}", e.index),
-                        detail: err.to_string(),
-                    }
-                })?;
-                raw.apply_conf_change(&cc).map_err(raft_err)?
-            } else {
-                let cc =
-                    ConfChange::parse_from_bytes(&e.data).map_err(|err| StorageError::Decode {
-                        what: format!("raft entry {}", e.index),
-                        detail: err.to_string(),
-                    })?;
-                raw.apply_conf_change(&cc).map_err(raft_err)?
+        let cluster = &self.cluster;
+        let local_id = self.local_id;
+        let mut removed = false;
+        let mut members_changed = false;
+        let mut conf = |txn: &redb::WriteTransaction,
+                        e: &Entry|
+         -> Result<Option<(u64, Result<Applied>)>, StorageError> {
+            let decode_err = |err: protobuf::ProtobufError| StorageError::Decode {
+                what: format!("raft entry {}", e.index),
+                detail: err.to_string(),
             };
-            log.write_conf_state(txn, &cs)
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(decode_err)?;
+                let cs = raw.apply_conf_change(&cc).map_err(raft_err)?;
+                log.write_conf_state(txn, &cs)?;
+                return Ok(None);
+            }
+            let cc = ConfChange::parse_from_bytes(&e.data).map_err(decode_err)?;
+            let cs = match raw.apply_conf_change(&cc) {
+                Ok(cs) => cs,
+                Err(err) => {
+                    crate::warn!("refused membership change", error = err);
+                    return Ok(Some((cc.id, Err(Error::Unhealthy))));
+                }
+            };
+            log.write_conf_state(txn, &cs)?;
+            let mut t = txn
+                .open_table(crate::storage::MEMBERS)
+                .map_err(StorageError::from)?;
+            let ctx = Member::decode(&cc.context[..]).unwrap_or_default();
+            let member = match cc.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
+                    let mut m = cluster.get(cc.node_id).unwrap_or(Member {
+                        id: cc.node_id,
+                        ..ctx.clone()
+                    });
+                    if !ctx.peer_ur_ls.is_empty() && m.peer_ur_ls.is_empty() {
+                        m.peer_ur_ls = ctx.peer_ur_ls.clone();
+                    }
+                    m.is_learner = learner;
+                    t.insert(m.id, m.encode_to_vec().as_slice())
+                        .map_err(StorageError::from)?;
+                    cluster.upsert(m.clone());
+                    crate::info!(
+                        "added member",
+                        member_id = format!("{:x}", m.id),
+                        peer_urls = m.peer_ur_ls.join(","),
+                        learner = learner
+                    );
+                    Some(m)
+                }
+                ConfChangeType::RemoveNode => {
+                    t.remove(cc.node_id).map_err(StorageError::from)?;
+                    let m = cluster.remove(cc.node_id);
+                    crate::info!("removed member", member_id = format!("{:x}", cc.node_id));
+                    if cc.node_id == local_id {
+                        removed = true;
+                    }
+                    m
+                }
+            };
+            members_changed = true;
+            Ok(Some((
+                cc.id,
+                Ok(Applied::Members {
+                    member,
+                    members: cluster.members(),
+                }),
+            )))
         };
         let out = self
             .applier
             .apply(&entries, self.applied, term, &mut conf)?;
+        if members_changed {
+            if let Some(t) = &self.transport {
+                t.set_members(&self.cluster.members());
+            }
+            let voters = self.raw.raft.prs().conf().voters().ids();
+            if voters.len() == 1
+                && voters.contains(self.local_id)
+                && self.raw.raft.state != StateRole::Leader
+            {
+                // raft-rs refuses to campaign before advance_apply.
+                self.campaign_pending = true;
+            }
+        }
+        if removed {
+            crate::warn!("the member has been permanently removed from the cluster");
+            self.removed = true;
+        }
         metrics::BACKEND_COMMIT.observe(start.elapsed());
         if start.elapsed() > Duration::from_millis(100) {
             metrics::SLOW_APPLY.inc();

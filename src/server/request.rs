@@ -12,7 +12,7 @@ pub struct InternalRequest {
     /// Names the waiter on the proposing member.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
 }
 
@@ -35,6 +35,9 @@ pub enum Op {
     /// A member announces its name and client URLs.
     #[prost(message, tag = "9")]
     Publish(Member),
+    /// New peer URLs for a member.
+    #[prost(message, tag = "10")]
+    MemberUpdate(Member),
 }
 
 /// The result of applying one request.
@@ -47,5 +50,10 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(AlarmResponse),
+    /// A membership change: the member it concerned and the members after it.
+    Members {
+        member: Option<Member>,
+        members: Vec<Member>,
+    },
     Done,
 }

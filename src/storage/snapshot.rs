@@ -2,8 +2,10 @@
 //!
 //! Layout: the magic line `etcd-rs snapshot v1\n`, then records
 //! `[table u8][key len u32 BE][key][value len u32 BE][value]`, then the end marker
-//! byte 0xFF, then the SHA-256 of everything before it (as etcd's snapshots end
-//! with a SHA-256 of their contents). The Raft log is not included; a member
+//! byte 0xFF, then zero bytes up to a multiple of 512, then the SHA-256 of
+//! everything before it (as etcd's snapshots end with a SHA-256 of their
+//! contents; etcdctl accepts a snapshot only if its size is 32 more than a
+//! multiple of 512). The Raft log is not included; a member
 //! restored from a snapshot starts a new log.
 
 use std::io::{Read, Write};
@@ -16,12 +18,15 @@ use super::{ALARMS, Backend, KV, LEASES, MEMBERS, META, StorageError};
 
 pub const MAGIC: &[u8] = b"etcd-rs snapshot v1\n";
 const END: u8 = 0xFF;
+/// The body (everything before the checksum) is padded to a multiple of this.
+const PAD_TO: u64 = 512;
 
 /// Meta keys that describe the Raft log and are not part of a snapshot.
 const SKIPPED_META: &[&str] = &[
     super::meta::HARD_STATE,
     super::meta::CONF_STATE,
     super::meta::LOG_SNAPSHOT,
+    super::meta::MEMBER_ID,
 ];
 
 struct Hashing<W: Write> {
@@ -60,58 +65,181 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
 /// Writes a snapshot of the committed state to `path`; returns its size in bytes.
 pub fn save(backend: &Backend, path: &Path) -> Result<u64, StorageError> {
     let file = std::fs::File::create(path).map_err(io(path))?;
+    let txn = backend.read()?;
+    let (file, len) = write_to(&txn, std::io::BufWriter::new(file)).map_err(|e| match e {
+        WriteError::Io(e) => io(path)(e),
+        WriteError::Db(e) => e,
+    })?;
+    let file = file.into_inner().map_err(|e| io(path)(e.into_error()))?;
+    file.sync_all().map_err(io(path))?;
+    Ok(len)
+}
+
+/// A snapshot in memory and the applied index it reflects (for Raft snapshots).
+pub fn save_to_vec(backend: &Backend) -> Result<(Vec<u8>, u64), StorageError> {
+    let txn = backend.read()?;
+    let applied = {
+        let meta = txn.open_table(META)?;
+        super::get_u64(&meta, super::meta::APPLIED_INDEX)?.unwrap_or(0)
+    };
+    let (buf, _) = write_to(&txn, Vec::new()).map_err(|e| match e {
+        WriteError::Io(e) => StorageError::Db(e.to_string()),
+        WriteError::Db(e) => e,
+    })?;
+    Ok((buf, applied))
+}
+
+enum WriteError {
+    Io(std::io::Error),
+    Db(StorageError),
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl<E: Into<StorageError>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError::Db(e.into())
+    }
+}
+
+fn write_to<W: Write>(txn: &redb::ReadTransaction, out: W) -> Result<(W, u64), WriteError> {
     let mut w = Hashing {
-        inner: std::io::BufWriter::new(file),
+        inner: out,
         hash: Sha256::new(),
         len: 0,
     };
-    let txn = backend.read()?;
-    w.write_all(MAGIC).map_err(io(path))?;
-    {
-        let t = txn.open_table(KV)?;
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let (a, b) = k.value();
-            let mut key = [0u8; 16];
-            key[..8].copy_from_slice(&a.to_be_bytes());
-            key[8..].copy_from_slice(&b.to_be_bytes());
-            record(&mut w, 1, &key, v.value()).map_err(io(path))?;
-        }
-        let t = txn.open_table(META)?;
-        for item in t.iter()? {
-            let (k, v) = item?;
-            if SKIPPED_META.contains(&k.value()) {
-                continue;
-            }
-            record(&mut w, 2, k.value().as_bytes(), v.value()).map_err(io(path))?;
-        }
-        let t = txn.open_table(LEASES)?;
-        for item in t.iter()? {
-            let (k, v) = item?;
-            record(&mut w, 3, &k.value().to_be_bytes(), v.value()).map_err(io(path))?;
-        }
-        let t = txn.open_table(MEMBERS)?;
-        for item in t.iter()? {
-            let (k, v) = item?;
-            record(&mut w, 4, &k.value().to_be_bytes(), v.value()).map_err(io(path))?;
-        }
-        let t = txn.open_table(ALARMS)?;
-        for item in t.iter()? {
-            let (k, _) = item?;
-            let (m, a) = k.value();
-            let mut key = [0u8; 12];
-            key[..8].copy_from_slice(&m.to_be_bytes());
-            key[8..].copy_from_slice(&a.to_be_bytes());
-            record(&mut w, 5, &key, &[]).map_err(io(path))?;
-        }
+    w.write_all(MAGIC)?;
+    let t = txn.open_table(KV)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let (a, b) = k.value();
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&a.to_be_bytes());
+        key[8..].copy_from_slice(&b.to_be_bytes());
+        record(&mut w, 1, &key, v.value())?;
     }
-    w.write_all(&[END]).map_err(io(path))?;
+    let t = txn.open_table(META)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        if SKIPPED_META.contains(&k.value()) {
+            continue;
+        }
+        record(&mut w, 2, k.value().as_bytes(), v.value())?;
+    }
+    let t = txn.open_table(LEASES)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        record(&mut w, 3, &k.value().to_be_bytes(), v.value())?;
+    }
+    let t = txn.open_table(MEMBERS)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        record(&mut w, 4, &k.value().to_be_bytes(), v.value())?;
+    }
+    let t = txn.open_table(ALARMS)?;
+    for item in t.iter()? {
+        let (k, _) = item?;
+        let (m, a) = k.value();
+        let mut key = [0u8; 12];
+        key[..8].copy_from_slice(&m.to_be_bytes());
+        key[8..].copy_from_slice(&a.to_be_bytes());
+        record(&mut w, 5, &key, &[])?;
+    }
+    w.write_all(&[END])?;
+    let pad = (PAD_TO - w.len % PAD_TO) % PAD_TO;
+    w.write_all(&vec![0u8; pad as usize])?;
     let digest = w.hash.clone().finalize();
     let mut inner = w.inner;
-    inner.write_all(&digest).map_err(io(path))?;
-    let file = inner.into_inner().map_err(|e| io(path)(e.into_error()))?;
-    file.sync_all().map_err(io(path))?;
-    Ok(w.len + 32)
+    inner.write_all(&digest)?;
+    Ok((inner, w.len + 32))
+}
+
+fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if data.len() < n {
+        return None;
+    }
+    let (a, b) = data.split_at(n);
+    *data = b;
+    Some(a)
+}
+
+fn take_u32(data: &mut &[u8]) -> Option<usize> {
+    take(data, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+/// Replaces the state machine in `txn` with the snapshot `data` (checked first).
+/// Raft log keys and this member's ID are left alone.
+pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageError> {
+    let bad = |d: &str| StorageError::Decode {
+        what: "snapshot".into(),
+        detail: d.to_string(),
+    };
+    if data.len() < MAGIC.len() + 33 || !data.starts_with(MAGIC) {
+        return Err(bad("not an etcd-rs snapshot"));
+    }
+    let (body, sum) = data.split_at(data.len() - 32);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err(bad("sha256 checksum mismatch"));
+    }
+    {
+        let mut kv = txn.open_table(KV)?;
+        kv.retain(|_, _| false)?;
+        let mut meta = txn.open_table(META)?;
+        meta.retain(|k, _| SKIPPED_META.contains(&k))?;
+        let mut leases = txn.open_table(LEASES)?;
+        leases.retain(|_, _| false)?;
+        let mut members = txn.open_table(MEMBERS)?;
+        members.retain(|_, _| false)?;
+        let mut alarms = txn.open_table(ALARMS)?;
+        alarms.retain(|_, _| false)?;
+        let mut rest = &body[MAGIC.len()..];
+        loop {
+            let t = take(&mut rest, 1).ok_or_else(|| bad("truncated"))?[0];
+            if t == END {
+                break;
+            }
+            let kl = take_u32(&mut rest).ok_or_else(|| bad("truncated"))?;
+            let k = take(&mut rest, kl).ok_or_else(|| bad("truncated"))?;
+            let vl = take_u32(&mut rest).ok_or_else(|| bad("truncated"))?;
+            let v = take(&mut rest, vl).ok_or_else(|| bad("truncated"))?;
+            let u64_at = |b: &[u8], i: usize| -> Result<u64, StorageError> {
+                b.get(i..i + 8)
+                    .and_then(|s| s.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| bad("short key"))
+            };
+            match t {
+                1 => {
+                    kv.insert((u64_at(k, 0)?, u64_at(k, 8)?), v)?;
+                }
+                2 => {
+                    let key = std::str::from_utf8(k).map_err(|_| bad("meta key is not UTF-8"))?;
+                    if !SKIPPED_META.contains(&key) {
+                        meta.insert(key, v)?;
+                    }
+                }
+                3 => {
+                    leases.insert(u64_at(k, 0)? as i64, v)?;
+                }
+                4 => {
+                    members.insert(u64_at(k, 0)?, v)?;
+                }
+                5 => {
+                    let a = k.get(8..12).ok_or_else(|| bad("short alarm key"))?;
+                    alarms.insert(
+                        (u64_at(k, 0)?, i32::from_be_bytes([a[0], a[1], a[2], a[3]])),
+                        [].as_slice(),
+                    )?;
+                }
+                _ => return Err(bad("unknown record type")),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a snapshot file's structure and checksum.
@@ -131,7 +259,7 @@ pub fn verify(path: &Path) -> Result<(), StorageError> {
     if Sha256::digest(body).as_slice() != sum {
         return Err(bad("sha256 checksum mismatch"));
     }
-    if body.last() != Some(&END) {
+    if body.iter().rev().find(|b| **b != 0) != Some(&END) {
         return Err(bad("missing end marker"));
     }
     Ok(())

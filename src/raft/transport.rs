@@ -1,0 +1,374 @@
+//! The peer transport: Raft messages between members over TCP on the peer URLs.
+//!
+//! Each member keeps one outbound connection per peer and accepts inbound ones on
+//! `--listen-peer-urls`. A connection starts with a handshake naming the cluster and
+//! both members; a peer of another cluster, or a connection meant for another
+//! member, is refused with a log line. After the handshake the stream carries
+//! length-prefixed encoded `eraftpb.Message`s (snapshots included, whole). A lost
+//! connection is re-dialled with backoff; messages sent meanwhile are dropped, which
+//! Raft tolerates, and the peer is reported unreachable.
+//!
+//! The same port answers a cluster-info request, which a member joining an
+//! existing cluster (`--initial-cluster-state existing`) uses to learn the cluster
+//! ID and members.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prost::Message as _;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::pb::etcdserverpb::{Member, MemberListResponse, ResponseHeader};
+
+const MAGIC: &[u8; 8] = b"ETCDRSP1";
+const KIND_RAFT: u8 = b'R';
+const KIND_INFO: u8 = b'I';
+const OK: u8 = 0;
+const WRONG_CLUSTER: u8 = 1;
+const WRONG_MEMBER: u8 = 2;
+/// Largest frame accepted (a snapshot travels in one frame).
+const MAX_FRAME: usize = 1 << 31;
+const QUEUE: usize = 4096;
+
+/// What the transport reports back to the Raft loop.
+pub enum Event {
+    Message(Message),
+    Unreachable(u64),
+    SnapshotDone(u64, bool),
+}
+
+pub type Deliver = Arc<dyn Fn(Event) + Send + Sync>;
+
+struct Peer {
+    urls: Vec<String>,
+    tx: mpsc::Sender<Message>,
+}
+
+pub struct Transport {
+    pub cluster_id: u64,
+    pub local_id: u64,
+    deliver: Deliver,
+    peers: Mutex<HashMap<u64, Peer>>,
+    rt: tokio::runtime::Handle,
+    /// Members for cluster-info requests.
+    members: Mutex<Vec<Member>>,
+    /// Members learned when joining, reachable before the log replay names them.
+    seed: Mutex<Vec<Member>>,
+}
+
+async fn read_u64(s: &mut TcpStream) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    s.read_exact(&mut b).await?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// host:port of a URL such as `http://10.0.0.1:2380`.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+impl Transport {
+    pub fn new(
+        cluster_id: u64,
+        local_id: u64,
+        deliver: Deliver,
+        rt: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(Transport {
+            cluster_id,
+            local_id,
+            deliver,
+            peers: Mutex::new(HashMap::new()),
+            rt,
+            members: Mutex::new(Vec::new()),
+            seed: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Members fetched from the cluster when joining it: they stay reachable while
+    /// this member replays a log that does not name them yet.
+    pub fn seed(self: &Arc<Self>, members: Vec<Member>) {
+        *self.seed.lock() = members.clone();
+        self.set_members(&members);
+    }
+
+    /// Makes the peer set match `members` (all but this member), plus the seed.
+    pub fn set_members(self: &Arc<Self>, members: &[Member]) {
+        *self.members.lock() = members.to_vec();
+        let mut members = members.to_vec();
+        for m in self.seed.lock().iter() {
+            if !members.iter().any(|x| x.id == m.id) {
+                members.push(m.clone());
+            }
+        }
+        let members = &members;
+        let mut peers = self.peers.lock();
+        peers.retain(|id, _| members.iter().any(|m| m.id == *id));
+        for m in members {
+            if m.id == self.local_id {
+                continue;
+            }
+            if let Some(p) = peers.get_mut(&m.id) {
+                if p.urls != m.peer_ur_ls {
+                    // Re-dial at the new address.
+                    peers.remove(&m.id);
+                } else {
+                    continue;
+                }
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            peers.insert(
+                m.id,
+                Peer {
+                    urls: m.peer_ur_ls.clone(),
+                    tx,
+                },
+            );
+            let this = self.clone();
+            let urls = m.peer_ur_ls.clone();
+            let id = m.id;
+            self.rt
+                .spawn(async move { this.sender(id, urls, rx).await });
+        }
+    }
+
+    /// Queues messages for their peers; never blocks.
+    pub fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let peers = self.peers.lock();
+        for m in msgs {
+            let to = m.to;
+            match peers.get(&to) {
+                Some(p) => {
+                    if p.tx.try_send(m).is_err() {
+                        (self.deliver)(Event::Unreachable(to));
+                    }
+                }
+                None => (self.deliver)(Event::Unreachable(to)),
+            }
+        }
+    }
+
+    async fn dial(&self, to: u64, urls: &[String]) -> std::io::Result<TcpStream> {
+        let mut last = std::io::Error::other("no peer URL");
+        for u in urls {
+            match TcpStream::connect(host_port(u)).await {
+                Ok(mut s) => {
+                    s.set_nodelay(true)?;
+                    let mut hello = Vec::with_capacity(33);
+                    hello.extend_from_slice(MAGIC);
+                    hello.push(KIND_RAFT);
+                    hello.extend_from_slice(&self.cluster_id.to_be_bytes());
+                    hello.extend_from_slice(&self.local_id.to_be_bytes());
+                    hello.extend_from_slice(&to.to_be_bytes());
+                    s.write_all(&hello).await?;
+                    let mut ans = [0u8; 1];
+                    s.read_exact(&mut ans).await?;
+                    match ans[0] {
+                        OK => return Ok(s),
+                        WRONG_CLUSTER => {
+                            last = std::io::Error::other(format!(
+                                "peer {u} belongs to another cluster"
+                            ))
+                        }
+                        _ => last = std::io::Error::other(format!("peer {u} is not member {to:x}")),
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn sender(self: Arc<Self>, to: u64, urls: Vec<String>, mut rx: mpsc::Receiver<Message>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut warned = false;
+        'outer: loop {
+            let mut stream = match self.dial(to, &urls).await {
+                Ok(s) => {
+                    backoff = Duration::from_millis(50);
+                    if warned {
+                        crate::info!("peer became active", peer_id = format!("{to:x}"));
+                    }
+                    warned = false;
+                    s
+                }
+                Err(e) => {
+                    if !warned {
+                        crate::warn!("cannot reach peer", peer_id = format!("{to:x}"), error = e);
+                        warned = true;
+                    }
+                    // Drop what queued up meanwhile; Raft resends.
+                    let mut snap_failed = false;
+                    while let Ok(m) = rx.try_recv() {
+                        snap_failed |= m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+                    }
+                    if snap_failed {
+                        (self.deliver)(Event::SnapshotDone(to, false));
+                    }
+                    (self.deliver)(Event::Unreachable(to));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    if !self.peers.lock().contains_key(&to) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let mut buf = Vec::new();
+            loop {
+                let Some(m) = rx.recv().await else { return };
+                let is_snap = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+                buf.clear();
+                let mut batch = vec![m];
+                while batch.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                for m in &batch {
+                    let Ok(bytes) = m.write_to_bytes() else {
+                        continue;
+                    };
+                    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(&bytes);
+                }
+                if let Err(e) = stream.write_all(&buf).await {
+                    crate::warn!(
+                        "lost connection to peer",
+                        peer_id = format!("{to:x}"),
+                        error = e
+                    );
+                    if is_snap {
+                        (self.deliver)(Event::SnapshotDone(to, false));
+                    }
+                    (self.deliver)(Event::Unreachable(to));
+                    continue 'outer;
+                }
+                if is_snap
+                    || batch
+                        .iter()
+                        .any(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+                {
+                    (self.deliver)(Event::SnapshotDone(to, true));
+                }
+            }
+        }
+    }
+
+    /// Accepts peer connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((s, addr)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.inbound(s).await {
+                    crate::debug!("peer connection closed", remote = addr, error = e);
+                }
+            });
+        }
+    }
+
+    async fn inbound(&self, mut s: TcpStream) -> std::io::Result<()> {
+        let mut magic = [0u8; 9];
+        s.read_exact(&mut magic).await?;
+        if &magic[..8] != MAGIC {
+            return Err(std::io::Error::other("not an etcd-rs peer"));
+        }
+        if magic[8] == KIND_INFO {
+            let members = self.members.lock().clone();
+            let resp = MemberListResponse {
+                header: Some(ResponseHeader {
+                    cluster_id: self.cluster_id,
+                    member_id: self.local_id,
+                    ..Default::default()
+                }),
+                members,
+            };
+            let bytes = resp.encode_to_vec();
+            s.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+            s.write_all(&bytes).await?;
+            return Ok(());
+        }
+        let cluster = read_u64(&mut s).await?;
+        let from = read_u64(&mut s).await?;
+        let to = read_u64(&mut s).await?;
+        if cluster != self.cluster_id {
+            crate::warn!(
+                "rejected connection from a peer of another cluster",
+                remote_peer_id = format!("{from:x}"),
+                remote_cluster_id = format!("{cluster:x}"),
+                local_cluster_id = format!("{:x}", self.cluster_id)
+            );
+            s.write_all(&[WRONG_CLUSTER]).await?;
+            return Ok(());
+        }
+        if to != self.local_id {
+            crate::warn!(
+                "rejected connection meant for another member",
+                remote_peer_id = format!("{from:x}"),
+                intended_member_id = format!("{to:x}"),
+                local_member_id = format!("{:x}", self.local_id)
+            );
+            s.write_all(&[WRONG_MEMBER]).await?;
+            return Ok(());
+        }
+        s.write_all(&[OK]).await?;
+        let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
+        let mut buf = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await?;
+            let n = u32::from_be_bytes(len) as usize;
+            if n > MAX_FRAME {
+                return Err(std::io::Error::other("frame too large"));
+            }
+            buf.resize(n, 0);
+            s.read_exact(&mut buf).await?;
+            match Message::parse_from_bytes(&buf) {
+                Ok(m) => (self.deliver)(Event::Message(m)),
+                Err(e) => return Err(std::io::Error::other(format!("bad raft message: {e}"))),
+            }
+        }
+    }
+}
+
+/// Asks the members at `urls` for the cluster ID and member list (for joining).
+pub async fn fetch_cluster(urls: &[String]) -> std::io::Result<MemberListResponse> {
+    let mut last = std::io::Error::other("no peer to ask");
+    for u in urls {
+        let r: std::io::Result<MemberListResponse> = async {
+            let mut s =
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(host_port(u)))
+                    .await
+                    .map_err(|_| std::io::Error::other("connect timed out"))??;
+            s.write_all(MAGIC).await?;
+            s.write_all(&[KIND_INFO]).await?;
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await?;
+            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).await?;
+            MemberListResponse::decode(buf.as_slice()).map_err(std::io::Error::other)
+        }
+        .await;
+        match r {
+            Ok(r) => return Ok(r),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
