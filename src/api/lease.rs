@@ -2,6 +2,13 @@
 //! leader's in-memory deadline.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -25,6 +32,8 @@ const SVC: &str = "etcdserverpb.Lease";
 
 pub struct LeaseService {
     pub s: Arc<EtcdServer>,
+    /// A client on the current leader, for requests a follower forwards.
+    pub leader: Mutex<Option<(u64, LeaseClient<Channel>)>>,
 }
 
 impl LeaseService {
@@ -61,6 +70,14 @@ impl LeaseService {
     }
 
     async fn ttl(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse> {
+        if !self.s.status.is_leader.load(Ordering::Relaxed) {
+            let mut c = self.leader_client().await?;
+            return c
+                .lease_time_to_live(r)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|_| Error::LeaderChanged);
+        }
         self.s.read_barrier().await?;
         let header = Some(self.s.header(self.s.store.current_rev()));
         Ok(match self.s.lessor.get(r.id) {
@@ -84,14 +101,48 @@ impl LeaseService {
         })
     }
 
-    fn keep_alive_one(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
-        if !self
-            .s
-            .status
-            .is_leader
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// A lease client on the leader's client URL (keep-alives and TTLs are the
+    /// leader's business, as in etcd, which forwards them the same way).
+    async fn leader_client(&self) -> Result<LeaseClient<Channel>> {
+        let leader = self.s.status.leader.load(Ordering::Relaxed);
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        if let Some((id, c)) = self.leader.lock().clone()
+            && id == leader
         {
-            return Err(Error::NotLeader);
+            return Ok(c);
+        }
+        let url = self
+            .s
+            .cluster
+            .get(leader)
+            .and_then(|m| m.client_ur_ls.first().cloned())
+            .ok_or(Error::NoLeader)?;
+        let ch = Channel::from_shared(url)
+            .map_err(|_| Error::NoLeader)?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|_| Error::NoLeader)?;
+        let c = LeaseClient::new(ch);
+        *self.leader.lock() = Some((leader, c.clone()));
+        Ok(c)
+    }
+
+    async fn keep_alive_one(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        if !self.s.status.is_leader.load(Ordering::Relaxed) {
+            let mut c = self.leader_client().await?;
+            let req = tokio_stream::once(LeaseKeepAliveRequest { id });
+            let mut out = c
+                .lease_keep_alive(req)
+                .await
+                .map_err(|_| Error::LeaderChanged)?
+                .into_inner();
+            return match out.message().await {
+                Ok(Some(r)) => Ok(r),
+                _ => Err(Error::LeaderChanged),
+            };
         }
         let ttl = self.s.lessor.renew(id).unwrap_or(0);
         Ok(LeaseKeepAliveResponse {
@@ -127,10 +178,16 @@ impl Lease for LeaseService {
         metrics::grpc_started("bidi_stream", SVC, "LeaseKeepAlive");
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let this = LeaseService { s: self.s.clone() };
+        let this = LeaseService {
+            s: self.s.clone(),
+            leader: Mutex::new(None),
+        };
         tokio::spawn(async move {
             while let Some(Ok(r)) = input.next().await {
-                let resp = this.keep_alive_one(r.id).map_err(super::status::to_status);
+                let resp = this
+                    .keep_alive_one(r.id)
+                    .await
+                    .map_err(super::status::to_status);
                 let stop = resp.is_err();
                 if tx.send(resp).await.is_err() || stop {
                     break;

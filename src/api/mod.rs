@@ -93,7 +93,10 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(
-            LeaseServer::new(lease::LeaseService { s: s.clone() })
+            LeaseServer::new(lease::LeaseService {
+                s: s.clone(),
+                leader: parking_lot::Mutex::new(None),
+            })
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         )
