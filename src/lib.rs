@@ -15,3 +15,4 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod systemd;
+pub mod tls;

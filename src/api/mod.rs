@@ -2,6 +2,7 @@
 //! the same port (HTTP/2 gRPC and HTTP/1.1 side by side, as etcd does).
 
 pub mod auth;
+mod authority;
 pub mod cluster;
 pub mod http;
 pub mod kv;
@@ -97,8 +98,8 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
                 s: s.clone(),
                 leader: parking_lot::Mutex::new(None),
             })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService { s: s.clone() })
@@ -127,6 +128,14 @@ pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
         .unwrap_or(url)
         .trim_end_matches('/');
     let hostport = rest.split('/').next().unwrap_or(rest);
+    // "localhost" is the loopback address (RFC 6761), also on hosts without an
+    // /etc/hosts entry for it.
+    if let Some((host, port)) = hostport.rsplit_once(':')
+        && host.eq_ignore_ascii_case("localhost")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+    }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport).await?.collect();
     addrs
         .iter()
@@ -136,19 +145,21 @@ pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other(format!("{url}: no address")))
 }
 
-/// Serves `app` on `listener` until `shutdown` fires.
+/// Serves `app` on `listener` until `shutdown` fires; with `tls`, every connection
+/// is a TLS connection (the handshake uses the certificates current at that moment).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     max_streams: u32,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
 ) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let (stream, _) = match accepted {
+        let (stream, remote) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 crate::warn!("accept failed", error = e);
@@ -158,12 +169,47 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
             let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             b.http2().max_concurrent_streams(max_streams);
-            let _ = b
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            match tls {
+                None => {
+                    let _ = b
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(authority::FixAuthority::new(stream)),
+                            svc,
+                        )
+                        .await;
+                }
+                Some(tls) => {
+                    let hs = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        tls.acceptor().accept(stream),
+                    )
+                    .await;
+                    match hs {
+                        Ok(Ok(s)) => {
+                            let _ = b
+                                .serve_connection_with_upgrades(
+                                    TokioIo::new(authority::FixAuthority::new(s)),
+                                    svc,
+                                )
+                                .await;
+                        }
+                        Ok(Err(e)) => {
+                            crate::warn!("rejected connection", remote_addr = remote, error = e);
+                        }
+                        Err(_) => {
+                            crate::warn!(
+                                "rejected connection",
+                                remote_addr = remote,
+                                error = "TLS handshake timed out"
+                            );
+                        }
+                    }
+                }
+            }
         });
     }
 }

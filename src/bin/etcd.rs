@@ -63,15 +63,27 @@ async fn run(cfg: Config) -> i32 {
         initial_cluster = cfg.initial_cluster_string(),
         initial_cluster_state = cfg.initial_cluster_state.as_str()
     );
-    for u in cfg
+    let needs_tls = cfg
         .listen_client_urls
         .iter()
         .chain(cfg.listen_metrics_urls.iter())
-    {
-        if !u.starts_with("http://") {
-            error!("unsupported listen URL scheme in this build", url = u);
+        .any(|u| u.starts_with("https://") || u.starts_with("unixs://"));
+    let client_tls = match etcd_rs::tls::server_from_flags(
+        &cfg.client_tls,
+        &cfg.data_dir.join("fixtures").join("client"),
+        &etcd_rs::tls::hosts_of(&cfg.listen_client_urls),
+        &cfg,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("failed to load client TLS configuration", error = e);
             return 1;
         }
+    };
+    if needs_tls && client_tls.is_none() {
+        error!("https client URLs need --cert-file and --key-file, or --auto-tls");
+        return 1;
     }
     // Bind first so that an address in use fails before any state is touched.
     // Sockets passed by systemd (etcd.socket) replace binding.
@@ -121,10 +133,6 @@ async fn run(cfg: Config) -> i32 {
         }
     } else {
         for u in &cfg.listen_peer_urls {
-            if !u.starts_with("http://") {
-                error!("unsupported peer URL scheme in this build", url = u);
-                return 1;
-            }
             match bind(u).await {
                 Ok(l) => peer_listeners.push(l),
                 Err(e) => {
@@ -171,15 +179,38 @@ async fn run(cfg: Config) -> i32 {
     let app = api::router(server.clone()).await;
     for (u, l) in client_listeners {
         info!("ready to serve client requests");
-        warn!(
-            "serving client traffic insecurely; this is strongly discouraged!",
-            address = u
-        );
-        tokio::spawn(api::serve(l, app.clone(), max_streams, stop_rx.clone()));
+        let tls = if u.starts_with("https://") {
+            info!("serving client traffic securely", address = u);
+            client_tls.clone()
+        } else {
+            warn!(
+                "serving client traffic insecurely; this is strongly discouraged!",
+                address = u
+            );
+            None
+        };
+        tokio::spawn(api::serve(
+            l,
+            app.clone(),
+            max_streams,
+            stop_rx.clone(),
+            tls,
+        ));
     }
     for (u, l) in metrics_listeners {
         info!("serving metrics", address = format!("{u}/metrics"));
-        tokio::spawn(api::serve(l, app.clone(), max_streams, stop_rx.clone()));
+        let tls = if u.starts_with("https://") {
+            client_tls.clone()
+        } else {
+            None
+        };
+        tokio::spawn(api::serve(
+            l,
+            app.clone(),
+            max_streams,
+            stop_rx.clone(),
+            tls,
+        ));
     }
     etcd_rs::systemd::notify_ready();
     tokio::spawn(supervise(server.clone()));

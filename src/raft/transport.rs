@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -45,6 +45,18 @@ pub enum Event {
 
 pub type Deliver = Arc<dyn Fn(Event) + Send + Sync>;
 
+/// A peer connection, plain or TLS.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+type Stream = Box<dyn PeerIo>;
+
+/// TLS for peer connections (`--peer-cert-file` and friends, or peer auto TLS).
+#[derive(Clone)]
+pub struct PeerTls {
+    pub server: Arc<crate::tls::ServerTls>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
 struct Peer {
     urls: Vec<String>,
     tx: mpsc::Sender<Message>,
@@ -60,9 +72,10 @@ pub struct Transport {
     members: Mutex<Vec<Member>>,
     /// Members learned when joining, reachable before the log replay names them.
     seed: Mutex<Vec<Member>>,
+    tls: Option<PeerTls>,
 }
 
-async fn read_u64(s: &mut TcpStream) -> std::io::Result<u64> {
+async fn read_u64<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<u64> {
     let mut b = [0u8; 8];
     s.read_exact(&mut b).await?;
     Ok(u64::from_be_bytes(b))
@@ -80,6 +93,7 @@ impl Transport {
         local_id: u64,
         deliver: Deliver,
         rt: tokio::runtime::Handle,
+        tls: Option<PeerTls>,
     ) -> Arc<Self> {
         Arc::new(Transport {
             cluster_id,
@@ -89,6 +103,7 @@ impl Transport {
             rt,
             members: Mutex::new(Vec::new()),
             seed: Mutex::new(Vec::new()),
+            tls,
         })
     }
 
@@ -158,12 +173,34 @@ impl Transport {
         }
     }
 
-    async fn dial(&self, to: u64, urls: &[String]) -> std::io::Result<TcpStream> {
+    async fn connect(&self, url: &str) -> std::io::Result<Stream> {
+        let hp = host_port(url);
+        let s = TcpStream::connect(&hp).await?;
+        s.set_nodelay(true)?;
+        match (&self.tls, url.starts_with("https://")) {
+            (Some(tls), true) => {
+                let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                let name =
+                    rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+                let c = tokio_rustls::TlsConnector::from(tls.client.clone());
+                Ok(Box::new(c.connect(name, s).await?))
+            }
+            (None, true) => Err(std::io::Error::other(
+                "peer URL is https but no peer TLS is configured",
+            )),
+            _ => Ok(Box::new(s)),
+        }
+    }
+
+    async fn dial(&self, to: u64, urls: &[String]) -> std::io::Result<Stream> {
         let mut last = std::io::Error::other("no peer URL");
         for u in urls {
-            match TcpStream::connect(host_port(u)).await {
+            match self.connect(u).await {
                 Ok(mut s) => {
-                    s.set_nodelay(true)?;
                     let mut hello = Vec::with_capacity(33);
                     hello.extend_from_slice(MAGIC);
                     hello.push(KIND_RAFT);
@@ -276,6 +313,20 @@ impl Transport {
             let _ = s.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
+                let s: Stream = match &this.tls {
+                    Some(tls) => {
+                        let acc = tls.server.acceptor();
+                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(s)).await {
+                            Ok(Ok(s)) => Box::new(s),
+                            Ok(Err(e)) => {
+                                crate::warn!("rejected peer connection", remote = addr, error = e);
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    None => Box::new(s),
+                };
                 if let Err(e) = this.inbound(s).await {
                     crate::debug!("peer connection closed", remote = addr, error = e);
                 }
@@ -283,7 +334,7 @@ impl Transport {
         }
     }
 
-    async fn inbound(&self, mut s: TcpStream) -> std::io::Result<()> {
+    async fn inbound(&self, mut s: Stream) -> std::io::Result<()> {
         let mut magic = [0u8; 9];
         s.read_exact(&mut magic).await?;
         if &magic[..8] != MAGIC {

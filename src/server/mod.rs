@@ -44,6 +44,8 @@ pub enum StartError {
     NameNotInCluster(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the raft loop: {0}")]
     Thread(String),
 }
@@ -172,6 +174,7 @@ impl EtcdServer {
             }),
             tokio::runtime::Handle::try_current()
                 .map_err(|e| StartError::Thread(format!("no async runtime: {e}")))?,
+            Self::peer_tls(&cfg)?,
         );
         let node = Node::new(
             NodeConfig {
@@ -343,6 +346,41 @@ impl EtcdServer {
         }
         txn.commit().map_err(StorageError::from)?;
         Ok(())
+    }
+
+    fn peer_tls(cfg: &Config) -> Result<Option<crate::raft::transport::PeerTls>, StartError> {
+        let mut urls = cfg.listen_peer_urls.clone();
+        urls.extend(cfg.initial_advertise_peer_urls.iter().cloned());
+        let server = crate::tls::server_from_flags(
+            &cfg.peer_tls,
+            &cfg.data_dir.join("fixtures").join("peer"),
+            &crate::tls::hosts_of(&urls),
+            cfg,
+            vec![],
+        )?;
+        let Some(server) = server else {
+            if urls.iter().any(|u| u.starts_with("https://")) {
+                return Err(StartError::Unsupported(
+                    "https peer URLs need --peer-cert-file and --peer-key-file, or --peer-auto-tls"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let (cert, key) = match (&cfg.peer_tls.cert_file, &cfg.peer_tls.key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let d = cfg.data_dir.join("fixtures").join("peer");
+                (d.join("cert.pem"), d.join("key.pem"))
+            }
+        };
+        let ca = if cfg.peer_tls.auto_tls && cfg.peer_tls.trusted_ca_file.is_none() {
+            None
+        } else {
+            cfg.peer_tls.trusted_ca_file.as_deref()
+        };
+        let client = crate::tls::peer_client_config(&cert, &key, ca)?;
+        Ok(Some(crate::raft::transport::PeerTls { server, client }))
     }
 
     pub fn member_id(&self) -> u64 {
