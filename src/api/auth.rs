@@ -1,13 +1,13 @@
-//! etcdserverpb.Auth. Authentication is off in this build: AuthStatus reports it
-//! disabled, Authenticate answers etcd's "authentication is not enabled", and user
-//! and role management is refused with `Unimplemented`.
+//! etcdserverpb.Auth: users, roles, permissions, enabling auth, and
+//! Authenticate (simple tokens). Management needs the root role once auth is on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
 
-use super::unary;
-use crate::error::Error;
+use super::{caller, unary};
+use crate::error::{Error, Result};
 use crate::pb::etcdserverpb::auth_server::Auth;
 use crate::pb::etcdserverpb::{
     AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse,
@@ -19,18 +19,99 @@ use crate::pb::etcdserverpb::{
     AuthUserChangePasswordResponse, AuthUserDeleteRequest, AuthUserDeleteResponse,
     AuthUserGetRequest, AuthUserGetResponse, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse,
     AuthUserListRequest, AuthUserListResponse, AuthUserRevokeRoleRequest,
-    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse,
+    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse, ResponseHeader,
 };
-use crate::server::EtcdServer;
+use crate::server::request::AssignToken;
+use crate::server::{EtcdServer, Op};
 
 const SVC: &str = "etcdserverpb.Auth";
+
+static TOKEN_SEQ: AtomicU64 = AtomicU64::new(1);
 
 pub struct AuthService {
     pub s: Arc<EtcdServer>,
 }
 
+impl AuthService {
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.s.header(self.s.store.current_rev()))
+    }
+
+    /// Admin check, then the change through the log.
+    async fn admin_op<T>(&self, req: &Request<T>, op: Op) -> Result<Option<ResponseHeader>> {
+        let c = caller(&self.s, req)?;
+        self.s.auth.check_admin(&c)?;
+        self.s.propose(op).await?;
+        Ok(self.header())
+    }
+
+    fn admin<T>(&self, req: &Request<T>) -> Result<()> {
+        let c = caller(&self.s, req)?;
+        self.s.auth.check_admin(&c)
+    }
+
+    async fn authenticate(&self, r: AuthenticateRequest) -> Result<AuthenticateResponse> {
+        if !self.s.auth.enabled() {
+            return Err(Error::AuthNotEnabled);
+        }
+        if r.name.is_empty() {
+            return Err(Error::AuthFailed);
+        }
+        let auth = self.s.auth.clone();
+        let (name, password) = (r.name.clone(), r.password);
+        tokio::task::spawn_blocking(move || auth.check_password(&name, &password))
+            .await
+            .map_err(|_| Error::AuthFailed)??;
+        let token = format!(
+            "{}.{}",
+            crate::auth::random_token(),
+            TOKEN_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        self.s
+            .propose(Op::AssignToken(AssignToken {
+                user: r.name.clone(),
+                token: token.clone(),
+            }))
+            .await?;
+        crate::info!("authenticated a user", user = r.name);
+        Ok(AuthenticateResponse {
+            header: self.header(),
+            token,
+        })
+    }
+
+    fn hash(&self, password: String) -> Result<String> {
+        self.s.auth.hash_password(&password)
+    }
+}
+
 #[tonic::async_trait]
 impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        req: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        let r = self
+            .admin_op(&req, Op::AuthEnable(AuthEnableRequest {}))
+            .await
+            .map(|header| AuthEnableResponse { header });
+        if r.is_ok() {
+            crate::info!("enabled authentication");
+        }
+        unary(SVC, "AuthEnable", r)
+    }
+
+    async fn auth_disable(
+        &self,
+        req: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let r = self
+            .admin_op(&req, Op::AuthDisable(AuthDisableRequest {}))
+            .await
+            .map(|header| AuthDisableResponse { header });
+        unary(SVC, "AuthDisable", r)
+    }
+
     async fn auth_status(
         &self,
         _req: Request<AuthStatusRequest>,
@@ -39,134 +120,211 @@ impl Auth for AuthService {
             SVC,
             "AuthStatus",
             Ok(AuthStatusResponse {
-                header: Some(self.s.header(self.s.store.current_rev())),
-                enabled: false,
-                auth_revision: 1,
+                header: self.header(),
+                enabled: self.s.auth.enabled(),
+                auth_revision: self.s.auth.revision(),
             }),
         )
     }
 
     async fn authenticate(
         &self,
-        _req: Request<AuthenticateRequest>,
+        req: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        unary::<AuthenticateResponse>(SVC, "Authenticate", Err(Error::AuthNotEnabled))
-    }
-
-    async fn auth_enable(
-        &self,
-        _req: Request<AuthEnableRequest>,
-    ) -> Result<Response<AuthEnableResponse>, Status> {
-        unary::<AuthEnableResponse>(SVC, "AuthEnable", Err(Error::Unimplemented))
-    }
-
-    async fn auth_disable(
-        &self,
-        _req: Request<AuthDisableRequest>,
-    ) -> Result<Response<AuthDisableResponse>, Status> {
-        unary::<AuthDisableResponse>(SVC, "AuthDisable", Err(Error::Unimplemented))
+        unary(
+            SVC,
+            "Authenticate",
+            AuthService::authenticate(self, req.into_inner()).await,
+        )
     }
 
     async fn user_add(
         &self,
-        _req: Request<AuthUserAddRequest>,
+        req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        unary::<AuthUserAddResponse>(SVC, "UserAdd", Err(Error::Unimplemented))
+        let r = async {
+            self.admin(&req)?;
+            let mut r = req.into_inner();
+            if r.name.is_empty() {
+                return Err(Error::UserEmpty);
+            }
+            let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
+            if !no_password && r.hashed_password.is_empty() {
+                let pw = std::mem::take(&mut r.password);
+                r.hashed_password = self.hash(pw)?;
+            }
+            r.password.clear();
+            self.s.propose(Op::UserAdd(r)).await?;
+            Ok(AuthUserAddResponse {
+                header: self.header(),
+            })
+        }
+        .await;
+        unary(SVC, "UserAdd", r)
     }
 
     async fn user_get(
         &self,
-        _req: Request<AuthUserGetRequest>,
+        req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        unary::<AuthUserGetResponse>(SVC, "UserGet", Err(Error::Unimplemented))
+        let r = (|| {
+            self.admin(&req)?;
+            let u = self
+                .s
+                .auth
+                .user(&req.get_ref().name)
+                .ok_or(Error::UserNotFound)?;
+            Ok(AuthUserGetResponse {
+                header: self.header(),
+                roles: u.roles,
+            })
+        })();
+        unary(SVC, "UserGet", r)
     }
 
     async fn user_list(
         &self,
-        _req: Request<AuthUserListRequest>,
+        req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        unary::<AuthUserListResponse>(SVC, "UserList", Err(Error::Unimplemented))
+        let r = self.admin(&req).map(|_| AuthUserListResponse {
+            header: self.header(),
+            users: self.s.auth.user_names(),
+        });
+        unary(SVC, "UserList", r)
     }
 
     async fn user_delete(
         &self,
-        _req: Request<AuthUserDeleteRequest>,
+        req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        unary::<AuthUserDeleteResponse>(SVC, "UserDelete", Err(Error::Unimplemented))
+        let op = Op::UserDelete(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthUserDeleteResponse { header });
+        unary(SVC, "UserDelete", r)
     }
 
     async fn user_change_password(
         &self,
-        _req: Request<AuthUserChangePasswordRequest>,
+        req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        unary::<AuthUserChangePasswordResponse>(
-            SVC,
-            "UserChangePassword",
-            Err(Error::Unimplemented),
-        )
+        let r = async {
+            self.admin(&req)?;
+            let mut r = req.into_inner();
+            if r.hashed_password.is_empty() {
+                let pw = std::mem::take(&mut r.password);
+                r.hashed_password = self.hash(pw)?;
+            }
+            r.password.clear();
+            self.s.propose(Op::UserChangePassword(r)).await?;
+            Ok(AuthUserChangePasswordResponse {
+                header: self.header(),
+            })
+        }
+        .await;
+        unary(SVC, "UserChangePassword", r)
     }
 
     async fn user_grant_role(
         &self,
-        _req: Request<AuthUserGrantRoleRequest>,
+        req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        unary::<AuthUserGrantRoleResponse>(SVC, "UserGrantRole", Err(Error::Unimplemented))
+        let op = Op::UserGrantRole(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthUserGrantRoleResponse { header });
+        unary(SVC, "UserGrantRole", r)
     }
 
     async fn user_revoke_role(
         &self,
-        _req: Request<AuthUserRevokeRoleRequest>,
+        req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        unary::<AuthUserRevokeRoleResponse>(SVC, "UserRevokeRole", Err(Error::Unimplemented))
+        let op = Op::UserRevokeRole(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthUserRevokeRoleResponse { header });
+        unary(SVC, "UserRevokeRole", r)
     }
 
     async fn role_add(
         &self,
-        _req: Request<AuthRoleAddRequest>,
+        req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        unary::<AuthRoleAddResponse>(SVC, "RoleAdd", Err(Error::Unimplemented))
+        let op = Op::RoleAdd(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthRoleAddResponse { header });
+        unary(SVC, "RoleAdd", r)
     }
 
     async fn role_get(
         &self,
-        _req: Request<AuthRoleGetRequest>,
+        req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        unary::<AuthRoleGetResponse>(SVC, "RoleGet", Err(Error::Unimplemented))
+        let r = (|| {
+            self.admin(&req)?;
+            let role = self
+                .s
+                .auth
+                .role(&req.get_ref().role)
+                .ok_or(Error::RoleNotFound)?;
+            Ok(AuthRoleGetResponse {
+                header: self.header(),
+                perm: role.key_permission,
+            })
+        })();
+        unary(SVC, "RoleGet", r)
     }
 
     async fn role_list(
         &self,
-        _req: Request<AuthRoleListRequest>,
+        req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        unary::<AuthRoleListResponse>(SVC, "RoleList", Err(Error::Unimplemented))
+        let r = self.admin(&req).map(|_| AuthRoleListResponse {
+            header: self.header(),
+            roles: self.s.auth.role_names(),
+        });
+        unary(SVC, "RoleList", r)
     }
 
     async fn role_delete(
         &self,
-        _req: Request<AuthRoleDeleteRequest>,
+        req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        unary::<AuthRoleDeleteResponse>(SVC, "RoleDelete", Err(Error::Unimplemented))
+        let op = Op::RoleDelete(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthRoleDeleteResponse { header });
+        unary(SVC, "RoleDelete", r)
     }
 
     async fn role_grant_permission(
         &self,
-        _req: Request<AuthRoleGrantPermissionRequest>,
+        req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        unary::<AuthRoleGrantPermissionResponse>(
-            SVC,
-            "RoleGrantPermission",
-            Err(Error::Unimplemented),
-        )
+        let op = Op::RoleGrantPermission(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthRoleGrantPermissionResponse { header });
+        unary(SVC, "RoleGrantPermission", r)
     }
 
     async fn role_revoke_permission(
         &self,
-        _req: Request<AuthRoleRevokePermissionRequest>,
+        req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        unary::<AuthRoleRevokePermissionResponse>(
-            SVC,
-            "RoleRevokePermission",
-            Err(Error::Unimplemented),
-        )
+        let op = Op::RoleRevokePermission(req.get_ref().clone());
+        let r = self
+            .admin_op(&req, op)
+            .await
+            .map(|header| AuthRoleRevokePermissionResponse { header });
+        unary(SVC, "RoleRevokePermission", r)
     }
 }

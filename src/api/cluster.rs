@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use raft::eraftpb::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
-use super::unary;
+use super::{caller, unary};
 use crate::error::{Error, Result};
 use crate::membership;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
@@ -178,21 +178,33 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        unary(SVC, "MemberAdd", self.add(req.into_inner()).await)
+        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
+            Ok(()) => self.add(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        unary(SVC, "MemberAdd", r)
     }
 
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        unary(SVC, "MemberRemove", self.remove(req.into_inner()).await)
+        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
+            Ok(()) => self.remove(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        unary(SVC, "MemberRemove", r)
     }
 
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        unary(SVC, "MemberUpdate", self.update(req.into_inner()).await)
+        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
+            Ok(()) => self.update(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        unary(SVC, "MemberUpdate", r)
     }
 
     async fn member_list(
@@ -216,6 +228,10 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        unary(SVC, "MemberPromote", self.promote(req.into_inner()).await)
+        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
+            Ok(()) => self.promote(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        unary(SVC, "MemberPromote", r)
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{fill, unary};
+use super::{caller, fill, unary};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::pb::etcdserverpb::kv_server::Kv;
@@ -52,7 +52,9 @@ pub fn check_delete(r: &DeleteRangeRequest) -> Result<()> {
 
 /// Validates a txn: op counts, every op, and no key written twice in one branch.
 pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
-    if r.compare.len() > max_ops || r.success.len() > max_ops || r.failure.len() > max_ops {
+    // Nested txns share the budget: they may use what this level leaves over.
+    let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if ops > max_ops {
         return Err(Error::TooManyOps);
     }
     for c in &r.compare {
@@ -65,7 +67,7 @@ pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
             Some(request_op::Request::RequestRange(x)) => check_range(x)?,
             Some(request_op::Request::RequestPut(x)) => check_put(x)?,
             Some(request_op::Request::RequestDeleteRange(x)) => check_delete(x)?,
-            Some(request_op::Request::RequestTxn(x)) => check_txn(x, max_ops)?,
+            Some(request_op::Request::RequestTxn(x)) => check_txn(x, max_ops - ops)?,
             None => return Err(Error::KeyNotFound),
         }
     }
@@ -123,6 +125,30 @@ fn check_intervals(ops: &[RequestOp]) -> Result<()> {
     for k in &puts {
         if dels.iter().any(|d| in_interval(k, d)) {
             return Err(Error::DuplicateKey);
+        }
+    }
+    Ok(())
+}
+
+/// Every compare needs read permission, every op its own, in both branches.
+fn check_txn_perms(s: &EtcdServer, c: &crate::auth::Caller, t: &TxnRequest) -> Result<()> {
+    if *c == crate::auth::Caller::Anyone {
+        return Ok(());
+    }
+    for cmp in &t.compare {
+        s.auth.check(c, false, &cmp.key, &cmp.range_end)?;
+    }
+    for op in t.success.iter().chain(t.failure.iter()) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                s.auth.check(c, false, &r.key, &r.range_end)?
+            }
+            Some(request_op::Request::RequestPut(p)) => s.auth.check(c, true, &p.key, &[])?,
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                s.auth.check(c, true, &d.key, &d.range_end)?
+            }
+            Some(request_op::Request::RequestTxn(n)) => check_txn_perms(s, c, n)?,
+            None => {}
         }
     }
     Ok(())
@@ -217,29 +243,61 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        unary(SVC, "Range", self.do_range(req.into_inner()).await)
+        let r = async {
+            let c = caller(&self.s, &req)?;
+            let q = req.get_ref();
+            self.s.auth.check(&c, false, &q.key, &q.range_end)?;
+            self.do_range(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "Range", r)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        unary(SVC, "Put", self.do_put(req.into_inner()).await)
+        let r = async {
+            let c = caller(&self.s, &req)?;
+            self.s.auth.check(&c, true, &req.get_ref().key, &[])?;
+            self.do_put(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "Put", r)
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        unary(SVC, "DeleteRange", self.do_delete(req.into_inner()).await)
+        let r = async {
+            let c = caller(&self.s, &req)?;
+            let q = req.get_ref();
+            self.s.auth.check(&c, true, &q.key, &q.range_end)?;
+            self.do_delete(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "DeleteRange", r)
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        unary(SVC, "Txn", self.do_txn(req.into_inner()).await)
+        let r = async {
+            let c = caller(&self.s, &req)?;
+            check_txn_perms(&self.s, &c, req.get_ref())?;
+            self.do_txn(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "Txn", r)
     }
 
     async fn compact(
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        unary(SVC, "Compact", self.do_compact(req.into_inner()).await)
+        let r = async {
+            // As etcd, compaction needs an authenticated caller, not the root role.
+            caller(&self.s, &req)?;
+            self.do_compact(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "Compact", r)
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{fill, unary};
+use super::{caller, fill, unary};
 use crate::error::{Error, Result};
 use crate::lease::MAX_LEASE_TTL;
 use crate::metrics;
@@ -166,7 +166,17 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        unary(SVC, "LeaseRevoke", self.revoke(req.into_inner()).await)
+        let r = async {
+            let c = caller(&self.s, &req)?;
+            if let Some(l) = self.s.lessor.get(req.get_ref().id) {
+                for k in &l.keys {
+                    self.s.auth.check(&c, true, k, &[])?;
+                }
+            }
+            self.revoke(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "LeaseRevoke", r)
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{fill, unary};
+use super::{caller, fill, unary};
 use crate::config::SERVER_VERSION;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -92,11 +92,21 @@ impl MaintenanceService {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        unary(
-            SVC,
-            "Alarm",
-            MaintenanceService::alarm(self, req.into_inner()).await,
-        )
+        // Listing alarms is open (etcdctl endpoint health does it); changing them
+        // needs the root role.
+        let get = req.get_ref().action == alarm_request::AlarmAction::Get as i32;
+        let admin = caller(&self.s, &req).and_then(|c| {
+            if get {
+                Ok(())
+            } else {
+                self.s.auth.check_admin(&c)
+            }
+        });
+        let r = match admin {
+            Ok(()) => MaintenanceService::alarm(self, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        unary(SVC, "Alarm", r)
     }
 
     async fn status(
@@ -115,6 +125,9 @@ impl Maintenance for MaintenanceService {
             header: Some(self.s.header(self.s.store.current_rev())),
         });
         crate::info!("finished defragment", db_size = self.s.backend.size());
+        let r = caller(&self.s, &_req)
+            .and_then(|c| self.s.auth.check_admin(&c))
+            .and(r);
         unary(SVC, "Defragment", r)
     }
 
@@ -123,6 +136,9 @@ impl Maintenance for MaintenanceService {
             header: Some(self.s.header(rev)),
             hash,
         });
+        let r = caller(&self.s, &_req)
+            .and_then(|c| self.s.auth.check_admin(&c))
+            .and(r);
         unary(SVC, "Hash", r)
     }
 
@@ -133,13 +149,16 @@ impl Maintenance for MaintenanceService {
         let r = self
             .s
             .store
-            .hash_kv(req.into_inner().revision)
+            .hash_kv(req.get_ref().revision)
             .map(|(hash, compact, rev)| HashKvResponse {
                 header: Some(self.s.header(self.s.store.current_rev())),
                 hash,
                 compact_revision: compact,
                 hash_revision: rev,
             });
+        let r = caller(&self.s, &req)
+            .and_then(|c| self.s.auth.check_admin(&c))
+            .and(r);
         unary(SVC, "HashKV", r)
     }
 
@@ -150,6 +169,9 @@ impl Maintenance for MaintenanceService {
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         metrics::grpc_started("server_stream", SVC, "Snapshot");
+        caller(&self.s, &_req)
+            .and_then(|c| self.s.auth.check_admin(&c))
+            .map_err(super::status::to_status)?;
         let s = self.s.clone();
         let path = s
             .cfg
@@ -200,6 +222,9 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        if let Err(e) = caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
+            return unary(SVC, "MoveLeader", Err(e));
+        }
         let target = req.into_inner().target_id;
         let r = if target == self.s.member_id() {
             Ok(MoveLeaderResponse {

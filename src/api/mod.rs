@@ -31,6 +31,26 @@ use crate::server::{EtcdServer, Op};
 /// gRPC's allowance on top of `--max-request-bytes`, as etcd sets it.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// The subject common name of a TLS client's certificate, put on every request of
+/// its connection.
+#[derive(Debug, Clone)]
+pub struct PeerCn(pub String);
+
+/// Who is calling: from the `token` metadata (or `authorization`, as the HTTP
+/// gateway sends it), else the client certificate's common name.
+pub(crate) fn caller<T>(s: &EtcdServer, req: &tonic::Request<T>) -> Result<crate::auth::Caller> {
+    if !s.auth.enabled() {
+        return Ok(crate::auth::Caller::Anyone);
+    }
+    let md = req.metadata();
+    let token = md
+        .get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok());
+    let cn = req.extensions().get::<PeerCn>().map(|c| c.0.as_str());
+    s.auth.caller(token, cn)
+}
+
 /// Completes a header that the apply loop filled with a revision.
 pub(crate) fn fill(s: &EtcdServer, h: &mut Option<ResponseHeader>) {
     let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
@@ -169,6 +189,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -190,6 +211,22 @@ pub async fn serve(
                     .await;
                     match hs {
                         Ok(Ok(s)) => {
+                            let cn = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| crate::auth::common_name(c));
+                            drop(svc);
+                            let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+                                app,
+                                move |mut r: ::http::Request<hyper::body::Incoming>| {
+                                    if let Some(cn) = &cn {
+                                        r.extensions_mut().insert(PeerCn(cn.clone()));
+                                    }
+                                    r
+                                },
+                            ));
                             let _ = b
                                 .serve_connection_with_upgrades(
                                     TokioIo::new(authority::FixAuthority::new(s)),

@@ -24,6 +24,11 @@ pub fn code_of(e: &Error) -> Code {
         Corrupt => Code::DataLoss,
         PermissionDenied => Code::PermissionDenied,
         InvalidAuthToken => Code::Unauthenticated,
+        RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+        | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted => {
+            Code::FailedPrecondition
+        }
+        RoleEmpty | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
         Unimplemented => Code::Unimplemented,
         Storage(_) => Code::Internal,
     }

@@ -72,6 +72,8 @@ struct Stream {
     next_id: i64,
     /// Every event up to this revision has been offered to every watcher.
     delivered: i64,
+    /// The stream's caller, for permission checks on each watcher.
+    who: crate::auth::Caller,
 }
 
 impl Stream {
@@ -108,6 +110,18 @@ impl Stream {
             id
         };
         let key = if c.key.is_empty() { vec![0] } else { c.key };
+        if let Err(e) = self.s.auth.check(&self.who, false, &key, &c.range_end) {
+            return self
+                .send(WatchResponse {
+                    header: self.header(self.s.store.current_rev()),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let (cur, compacted) = self.s.store.revs();
         let mut w = Watcher {
             key,
@@ -218,46 +232,54 @@ impl Stream {
             }
         }
         w.active = true;
-        let limit = self.s.cfg.max_request_bytes.max(1);
-        if w.fragment {
-            // Split into responses of at most `limit` bytes; all but the last are fragments.
-            let mut chunks: Vec<Vec<Event>> = vec![vec![]];
-            let mut size = 0;
-            for e in events {
-                let n = prost::Message::encoded_len(&e);
-                if size + n > limit && !chunks.last().map(|c| c.is_empty()).unwrap_or(true) {
-                    chunks.push(vec![]);
-                    size = 0;
-                }
-                size += n;
-                if let Some(c) = chunks.last_mut() {
-                    c.push(e);
-                }
-            }
-            let n = chunks.len();
-            for (i, c) in chunks.into_iter().enumerate() {
-                if !self
-                    .send(WatchResponse {
-                        header: self.header(rev),
-                        watch_id: id,
-                        events: c,
-                        fragment: i + 1 < n,
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    return false;
-                }
-            }
-            return true;
-        }
-        self.send(WatchResponse {
-            header: self.header(rev),
+        // etcd's limit for a watch response: the request limit plus gRPC overhead.
+        let limit = self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
+        let header = self.header(rev);
+        let whole = WatchResponse {
+            header: header.clone(),
             watch_id: id,
             events,
             ..Default::default()
-        })
-        .await
+        };
+        if !w.fragment || whole.events.len() < 2 || prost::Message::encoded_len(&whole) < limit {
+            return self.send(whole).await;
+        }
+        // Split as etcd does: each response takes events while its size stays below
+        // `limit` (at least one event each); all but the last are fragments.
+        let base = prost::Message::encoded_len(&WatchResponse {
+            header: header.clone(),
+            watch_id: id,
+            fragment: true,
+            ..Default::default()
+        });
+        let mut events = whole.events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut size = base;
+            while let Some(e) = events.peek() {
+                let n = prost::Message::encoded_len(e);
+                let add = 1 + prost::length_delimiter_len(n) + n;
+                if !chunk.is_empty() && size + add >= limit {
+                    break;
+                }
+                size += add;
+                chunk.extend(events.next());
+            }
+            let fragment = events.peek().is_some();
+            if !self
+                .send(WatchResponse {
+                    header: header.clone(),
+                    watch_id: id,
+                    events: chunk,
+                    fragment,
+                    ..Default::default()
+                })
+                .await
+            {
+                return false;
+            }
+        }
+        true
     }
 
     async fn on_batch(&mut self, events: &[Event], rev: i64) -> bool {
@@ -403,6 +425,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         metrics::grpc_started("bidi_stream", SVC, "Watch");
+        let who = super::caller(&self.s, &req).map_err(super::status::to_status)?;
         let input = req.into_inner();
         let sub = self.s.hub.subscribe();
         let (tx, rx) = mpsc::channel(128);
@@ -413,6 +436,7 @@ impl Watch for WatchService {
             watchers: BTreeMap::new(),
             next_id: 0,
             delivered: self.s.store.current_rev(),
+            who,
         };
         tokio::spawn(st.run(input, sub));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -160,6 +160,8 @@ async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
+    // Journal entries carry MEMBER_ID and CLUSTER_ID from here on.
+    etcd_rs::systemd::set_ids(server.member_id(), server.cluster.cluster_id);
     for l in peer_listeners {
         tokio::spawn(server.transport.clone().serve(l));
     }
@@ -173,7 +175,6 @@ async fn run(cfg: Config) -> i32 {
         local_member_id = format!("{:x}", server.member_id()),
         cluster_id = format!("{:x}", server.cluster.cluster_id)
     );
-    etcd_rs::systemd::set_ids(server.member_id(), server.cluster.cluster_id);
     etcd_rs::server::compactor::spawn(server.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(server.clone()).await;

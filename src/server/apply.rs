@@ -8,6 +8,7 @@ use raft::eraftpb::{Entry, EntryType};
 
 use super::alarm::Alarms;
 use super::request::{Applied, InternalRequest, Op};
+use crate::auth::AuthOp;
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::membership::Cluster;
@@ -20,7 +21,7 @@ use crate::pb::etcdserverpb::{
     request_op, response_op,
 };
 use crate::pb::mvccpb::{Event, KeyValue};
-use crate::storage::{self, ALARMS, LEASES, MEMBERS, StorageError};
+use crate::storage::{self, ALARMS, AUTH_ROLES, AUTH_USERS, LEASES, MEMBERS, StorageError};
 
 /// What one applied batch produced.
 pub struct BatchOutcome {
@@ -32,6 +33,7 @@ pub struct BatchOutcome {
 }
 
 pub struct Applier {
+    pub auth: Arc<crate::auth::AuthStore>,
     pub store: Arc<Store>,
     pub lessor: Arc<Lessor>,
     pub cluster: Arc<Cluster>,
@@ -74,6 +76,8 @@ impl Applier {
             })?);
         }
         self.cluster.replace(members);
+        let auth = load_auth(&txn)?;
+        self.auth.replace(auth);
         self.alarms.clear();
         let t = txn.open_table(ALARMS)?;
         for item in t.iter()? {
@@ -245,6 +249,56 @@ impl Applier {
                     members: self.cluster.members(),
                 })
             }
+            Op::AssignToken(t) => {
+                self.auth.assign_token(&t.token, &t.user);
+                Ok(Applied::Done)
+            }
+            Op::AuthEnable(_) => self.auth_op(txn, AuthOp::Enable),
+            Op::AuthDisable(_) => self.auth_op(txn, AuthOp::Disable),
+            Op::UserAdd(r) => self.auth_op(
+                txn,
+                AuthOp::UserAdd {
+                    name: r.name,
+                    hash: r.hashed_password,
+                    no_password: r.options.is_some_and(|o| o.no_password),
+                },
+            ),
+            Op::UserDelete(r) => self.auth_op(txn, AuthOp::UserDelete { name: r.name }),
+            Op::UserChangePassword(r) => self.auth_op(
+                txn,
+                AuthOp::UserChangePassword {
+                    name: r.name,
+                    hash: r.hashed_password,
+                },
+            ),
+            Op::UserGrantRole(r) => self.auth_op(
+                txn,
+                AuthOp::UserGrantRole {
+                    user: r.user,
+                    role: r.role,
+                },
+            ),
+            Op::UserRevokeRole(r) => self.auth_op(
+                txn,
+                AuthOp::UserRevokeRole {
+                    name: r.name,
+                    role: r.role,
+                },
+            ),
+            Op::RoleAdd(r) => self.auth_op(txn, AuthOp::RoleAdd { name: r.name }),
+            Op::RoleDelete(r) => self.auth_op(txn, AuthOp::RoleDelete { name: r.role }),
+            Op::RoleGrantPermission(r) => match r.perm {
+                Some(perm) => self.auth_op(txn, AuthOp::RoleGrantPermission { name: r.name, perm }),
+                None => Err(Error::PermissionNotGiven),
+            },
+            Op::RoleRevokePermission(r) => self.auth_op(
+                txn,
+                AuthOp::RoleRevokePermission {
+                    name: r.role,
+                    key: r.key,
+                    range_end: r.range_end,
+                },
+            ),
             Op::Publish(m) => {
                 let mut current = self.cluster.get(m.id).unwrap_or(Member {
                     id: m.id,
@@ -259,6 +313,28 @@ impl Applier {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    /// Applies an auth change and rewrites the auth tables and meta.
+    fn auth_op(&self, txn: &redb::WriteTransaction, op: AuthOp) -> Result<Applied> {
+        let st = self.auth.apply(&op)?;
+        let (users, roles) = crate::auth::AuthStore::encode(&st);
+        let mut t = txn.open_table(AUTH_USERS).map_err(StorageError::from)?;
+        t.retain(|_, _| false).map_err(StorageError::from)?;
+        for (k, v) in &users {
+            t.insert(k.as_str(), v.as_slice())
+                .map_err(StorageError::from)?;
+        }
+        let mut t = txn.open_table(AUTH_ROLES).map_err(StorageError::from)?;
+        t.retain(|_, _| false).map_err(StorageError::from)?;
+        for (k, v) in &roles {
+            t.insert(k.as_str(), v.as_slice())
+                .map_err(StorageError::from)?;
+        }
+        let mut meta = meta_table(txn)?;
+        storage::put_u64(&mut meta, storage::meta::AUTH_ENABLED, st.enabled as u64)?;
+        storage::put_u64(&mut meta, storage::meta::AUTH_REVISION, st.revision)?;
+        Ok(Applied::Done)
     }
 
     fn alarm(&self, txn: &redb::WriteTransaction, w: &Writer, a: &AlarmRequest) -> Result<Applied> {
@@ -381,6 +457,36 @@ impl Applier {
             responses,
         })
     }
+}
+
+/// The auth store as persisted.
+pub fn load_auth(txn: &redb::ReadTransaction) -> Result<crate::auth::State, StorageError> {
+    use redb::ReadableTable;
+    let mut auth = crate::auth::State::default();
+    {
+        let meta = txn.open_table(crate::storage::META)?;
+        auth.enabled = storage::get_u64(&meta, storage::meta::AUTH_ENABLED)?.unwrap_or(0) == 1;
+        auth.revision = storage::get_u64(&meta, storage::meta::AUTH_REVISION)?.unwrap_or(1);
+    }
+    let t = txn.open_table(AUTH_USERS)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let u = crate::pb::authpb::User::decode(v.value()).map_err(|e| StorageError::Decode {
+            what: format!("authUsers/{}", k.value()),
+            detail: e.to_string(),
+        })?;
+        auth.users.insert(k.value().to_string(), u);
+    }
+    let t = txn.open_table(AUTH_ROLES)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let r = crate::pb::authpb::Role::decode(v.value()).map_err(|e| StorageError::Decode {
+            what: format!("authRoles/{}", k.value()),
+            detail: e.to_string(),
+        })?;
+        auth.roles.insert(k.value().to_string(), r);
+    }
+    Ok(auth)
 }
 
 /// Evaluates every compare of a txn, nested ones included, before anything is

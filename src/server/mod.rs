@@ -52,6 +52,7 @@ pub enum StartError {
 
 pub struct EtcdServer {
     pub cfg: Arc<Config>,
+    pub auth: Arc<crate::auth::AuthStore>,
     pub backend: Arc<Backend>,
     pub store: Arc<Store>,
     pub lessor: Arc<Lessor>,
@@ -157,6 +158,14 @@ impl EtcdServer {
             applied = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?.unwrap_or(0);
         }
 
+        let auth = Arc::new(crate::auth::AuthStore::new(
+            Duration::from_secs(cfg.auth_token_ttl.max(1)),
+            cfg.bcrypt_cost,
+        ));
+        {
+            let txn = backend.read()?;
+            auth.replace(apply::load_auth(&txn)?);
+        }
         let hub = Arc::new(WatchHub::new());
         let status = Arc::new(RaftStatus::default());
         let ids = Arc::new(IdGen::new(member_id));
@@ -190,6 +199,7 @@ impl EtcdServer {
             },
             log,
             Applier {
+                auth: auth.clone(),
                 store: store.clone(),
                 lessor: lessor.clone(),
                 cluster: cluster.clone(),
@@ -219,6 +229,7 @@ impl EtcdServer {
         let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout_ms);
         Ok(Arc::new(EtcdServer {
             cfg,
+            auth,
             backend,
             store,
             lessor,

@@ -2,9 +2,13 @@
 //! applying it produced.
 
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, Member, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest,
+    AuthRoleDeleteRequest, AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest,
+    AuthUserAddRequest, AuthUserChangePasswordRequest, AuthUserDeleteRequest,
+    AuthUserGrantRoleRequest, AuthUserRevokeRoleRequest, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, Member, PutRequest, PutResponse, TxnRequest,
+    TxnResponse,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -12,7 +16,10 @@ pub struct InternalRequest {
     /// Names the waiter on the proposing member.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(
+        oneof = "Op",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+    )]
     pub op: Option<Op>,
 }
 
@@ -38,6 +45,41 @@ pub enum Op {
     /// New peer URLs for a member.
     #[prost(message, tag = "10")]
     MemberUpdate(Member),
+    #[prost(message, tag = "11")]
+    AuthEnable(AuthEnableRequest),
+    #[prost(message, tag = "12")]
+    AuthDisable(AuthDisableRequest),
+    /// `hashed_password` is set; `password` is always empty in the log.
+    #[prost(message, tag = "13")]
+    UserAdd(AuthUserAddRequest),
+    #[prost(message, tag = "14")]
+    UserDelete(AuthUserDeleteRequest),
+    /// `hashed_password` is set; `password` is always empty in the log.
+    #[prost(message, tag = "15")]
+    UserChangePassword(AuthUserChangePasswordRequest),
+    #[prost(message, tag = "16")]
+    UserGrantRole(AuthUserGrantRoleRequest),
+    #[prost(message, tag = "17")]
+    UserRevokeRole(AuthUserRevokeRoleRequest),
+    #[prost(message, tag = "18")]
+    RoleAdd(AuthRoleAddRequest),
+    #[prost(message, tag = "19")]
+    RoleDelete(AuthRoleDeleteRequest),
+    #[prost(message, tag = "20")]
+    RoleGrantPermission(AuthRoleGrantPermissionRequest),
+    #[prost(message, tag = "21")]
+    RoleRevokePermission(AuthRoleRevokePermissionRequest),
+    /// A simple token for a user who authenticated on the proposing member.
+    #[prost(message, tag = "22")]
+    AssignToken(AssignToken),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AssignToken {
+    #[prost(string, tag = "1")]
+    pub user: String,
+    #[prost(string, tag = "2")]
+    pub token: String,
 }
 
 /// The result of applying one request.

@@ -22,6 +22,10 @@ pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// Active alarms: (member ID, alarm type) -> empty.
 pub const ALARMS: TableDefinition<(u64, i32), &[u8]> = TableDefinition::new("alarm");
+/// Auth users: name -> encoded `authpb.User` (password as a bcrypt hash).
+pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("authUsers");
+/// Auth roles: name -> encoded `authpb.Role`.
+pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("authRoles");
 
 pub mod meta {
     pub const APPLIED_INDEX: &str = "applied_index";
@@ -35,6 +39,8 @@ pub mod meta {
     pub const COMPACT_REV: &str = "compact_rev";
     pub const CURRENT_REV: &str = "current_rev";
     pub const CLUSTER_VERSION: &str = "cluster_version";
+    pub const AUTH_ENABLED: &str = "auth_enabled";
+    pub const AUTH_REVISION: &str = "auth_revision";
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,6 +131,8 @@ impl Backend {
             txn.open_table(LEASES)?;
             txn.open_table(MEMBERS)?;
             txn.open_table(ALARMS)?;
+            txn.open_table(AUTH_USERS)?;
+            txn.open_table(AUTH_ROLES)?;
         }
         txn.commit()?;
         Ok(backend)

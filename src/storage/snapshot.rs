@@ -14,7 +14,7 @@ use std::path::Path;
 use redb::ReadableTable;
 use sha2::{Digest, Sha256};
 
-use super::{ALARMS, Backend, KV, LEASES, MEMBERS, META, StorageError};
+use super::{ALARMS, AUTH_ROLES, AUTH_USERS, Backend, KV, LEASES, MEMBERS, META, StorageError};
 
 pub const MAGIC: &[u8] = b"etcd-rs snapshot v1\n";
 const END: u8 = 0xFF;
@@ -149,6 +149,16 @@ fn write_to<W: Write>(txn: &redb::ReadTransaction, out: W) -> Result<(W, u64), W
         key[8..].copy_from_slice(&a.to_be_bytes());
         record(&mut w, 5, &key, &[])?;
     }
+    let t = txn.open_table(AUTH_USERS)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        record(&mut w, 6, k.value().as_bytes(), v.value())?;
+    }
+    let t = txn.open_table(AUTH_ROLES)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        record(&mut w, 7, k.value().as_bytes(), v.value())?;
+    }
     w.write_all(&[END])?;
     let pad = (PAD_TO - w.len % PAD_TO) % PAD_TO;
     w.write_all(&vec![0u8; pad as usize])?;
@@ -196,6 +206,10 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
         members.retain(|_, _| false)?;
         let mut alarms = txn.open_table(ALARMS)?;
         alarms.retain(|_, _| false)?;
+        let mut users = txn.open_table(AUTH_USERS)?;
+        users.retain(|_, _| false)?;
+        let mut roles = txn.open_table(AUTH_ROLES)?;
+        roles.retain(|_, _| false)?;
         let mut rest = &body[MAGIC.len()..];
         loop {
             let t = take(&mut rest, 1).ok_or_else(|| bad("truncated"))?[0];
@@ -234,6 +248,14 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
                         (u64_at(k, 0)?, i32::from_be_bytes([a[0], a[1], a[2], a[3]])),
                         [].as_slice(),
                     )?;
+                }
+                6 | 7 => {
+                    let name = std::str::from_utf8(k).map_err(|_| bad("auth name is not UTF-8"))?;
+                    if t == 6 {
+                        users.insert(name, v)?;
+                    } else {
+                        roles.insert(name, v)?;
+                    }
                 }
                 _ => return Err(bad("unknown record type")),
             }
