@@ -55,6 +55,9 @@ type Stream = Box<dyn PeerIo>;
 pub struct PeerTls {
     pub server: Arc<crate::tls::ServerTls>,
     pub client: Arc<rustls::ClientConfig>,
+    /// `--peer-cert-allowed-cn`: when not empty, a peer's certificate must carry one
+    /// of these common names.
+    pub allowed_cn: Vec<String>,
 }
 
 struct Peer {
@@ -317,7 +320,25 @@ impl Transport {
                     Some(tls) => {
                         let acc = tls.server.acceptor();
                         match tokio::time::timeout(Duration::from_secs(10), acc.accept(s)).await {
-                            Ok(Ok(s)) => Box::new(s),
+                            Ok(Ok(s)) => {
+                                if !tls.allowed_cn.is_empty() {
+                                    let cn = s
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|c| c.first())
+                                        .and_then(|c| crate::auth::common_name(c));
+                                    if !cn.as_ref().is_some_and(|cn| tls.allowed_cn.contains(cn)) {
+                                        crate::warn!(
+                                            "rejected peer connection: certificate common name not allowed",
+                                            remote = addr,
+                                            common_name = cn.unwrap_or_default()
+                                        );
+                                        return;
+                                    }
+                                }
+                                Box::new(s)
+                            }
                             Ok(Err(e)) => {
                                 crate::warn!("rejected peer connection", remote = addr, error = e);
                                 return;

@@ -158,6 +158,12 @@ impl EtcdServer {
             applied = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?.unwrap_or(0);
         }
 
+        if cfg.auth_token.starts_with("jwt") {
+            crate::warn!(
+                "--auth-token jwt is not supported by this build; simple tokens are used",
+                auth_token = "jwt"
+            );
+        }
         let auth = Arc::new(crate::auth::AuthStore::new(
             Duration::from_secs(cfg.auth_token_ttl.max(1)),
             cfg.bcrypt_cost,
@@ -391,7 +397,17 @@ impl EtcdServer {
             cfg.peer_tls.trusted_ca_file.as_deref()
         };
         let client = crate::tls::peer_client_config(&cert, &key, ca)?;
-        Ok(Some(crate::raft::transport::PeerTls { server, client }))
+        let allowed_cn = cfg
+            .peer_tls
+            .allowed_cns()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        Ok(Some(crate::raft::transport::PeerTls {
+            server,
+            client,
+            allowed_cn,
+        }))
     }
 
     pub fn member_id(&self) -> u64 {
