@@ -81,7 +81,11 @@ impl MaintenanceService {
                 .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
                 .collect(),
             db_size_in_use: metrics::DB_SIZE_IN_USE.get().max(0),
-            is_learner: false,
+            is_learner: self
+                .s
+                .cluster
+                .get(self.s.member_id())
+                .is_some_and(|m| m.is_learner),
             storage_version: "3.5.0".into(),
             db_size_quota: self.s.quota_bytes() as i64,
             downgrade_info: None,

@@ -236,7 +236,7 @@ impl Stream {
         let limit = self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
         let header = self.header(rev);
         let whole = WatchResponse {
-            header: header.clone(),
+            header,
             watch_id: id,
             events,
             ..Default::default()
@@ -247,7 +247,7 @@ impl Stream {
         // Split as etcd does: each response takes events while its size stays below
         // `limit` (at least one event each); all but the last are fragments.
         let base = prost::Message::encoded_len(&WatchResponse {
-            header: header.clone(),
+            header,
             watch_id: id,
             fragment: true,
             ..Default::default()
@@ -268,7 +268,7 @@ impl Stream {
             let fragment = events.peek().is_some();
             if !self
                 .send(WatchResponse {
-                    header: header.clone(),
+                    header,
                     watch_id: id,
                     events: chunk,
                     fragment,

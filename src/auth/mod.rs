@@ -375,7 +375,7 @@ impl AuthStore {
     }
 
     /// Users and roles in their stored form.
-    pub fn encode(st: &State) -> (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
+    pub fn encode(st: &State) -> (Rows, Rows) {
         (
             st.users
                 .iter()
@@ -404,6 +404,9 @@ impl AuthStore {
         self.state.read().roles.get(name).cloned()
     }
 }
+
+/// Stored rows: (name, encoded record).
+pub type Rows = Vec<(String, Vec<u8>)>;
 
 /// An auth change as it travels through the log.
 #[derive(Debug, Clone, PartialEq)]

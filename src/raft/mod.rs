@@ -341,8 +341,10 @@ impl raft::Storage for PeerStorage {
             return Err(unavailable());
         }
         let term = self.mem.term(applied).map_err(|_| unavailable())?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;

@@ -23,6 +23,10 @@ use crate::pb::etcdserverpb::{
 use crate::pb::mvccpb::{Event, KeyValue};
 use crate::storage::{self, ALARMS, AUTH_ROLES, AUTH_USERS, LEASES, MEMBERS, StorageError};
 
+/// Applies a membership-change entry; may answer a waiting request.
+pub type ConfApplier<'a> = dyn FnMut(&redb::WriteTransaction, &Entry) -> Result<Option<(u64, Result<Applied>)>, StorageError>
+    + 'a;
+
 /// What one applied batch produced.
 pub struct BatchOutcome {
     /// (request ID, result) for every normal entry with a request.
@@ -95,10 +99,7 @@ impl Applier {
         entries: &[Entry],
         applied: u64,
         term: u64,
-        conf: &mut dyn FnMut(
-            &redb::WriteTransaction,
-            &Entry,
-        ) -> Result<Option<(u64, Result<Applied>)>, StorageError>,
+        conf: &mut ConfApplier,
     ) -> Result<BatchOutcome, StorageError> {
         let mut txn = self.store.backend().write()?;
         txn.set_durability(redb::Durability::None)?;

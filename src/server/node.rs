@@ -29,6 +29,9 @@ use crate::storage::{Backend, StorageError};
 
 pub type Reply = oneshot::Sender<Result<Applied>>;
 
+/// How often unanswered read-index requests are sent again (etcd's interval).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+
 pub enum Msg {
     Propose {
         id: u64,
@@ -128,6 +131,8 @@ pub struct Node {
     read_batches: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<()>>>>,
     ready_reads: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
     read_seq: u64,
+    /// When unanswered read-index requests were last sent again.
+    last_read_retry: Instant,
     applied: u64,
     compact_threshold: u64,
     compact_keep: u64,
@@ -201,6 +206,7 @@ impl Node {
             read_batches: HashMap::new(),
             ready_reads: Vec::new(),
             read_seq: 0,
+            last_read_retry: Instant::now(),
             applied: cfg.applied,
             compact_threshold: threshold,
             compact_keep: (threshold / 2).clamp(1, 5_000),
@@ -215,6 +221,14 @@ impl Node {
 
     /// Runs until stopped; an error means the member can no longer apply safely.
     pub fn run(mut self) -> Result<(), StorageError> {
+        // Marks the loop stopped even when it panics, so the process notices.
+        struct StoppedOnDrop(Arc<RaftStatus>);
+        impl Drop for StoppedOnDrop {
+            fn drop(&mut self) {
+                self.0.stopped.store(true, Ordering::SeqCst);
+            }
+        }
+        let _stopped = StoppedOnDrop(self.status.clone());
         let res = self.run_inner();
         self.status.stopped.store(true, Ordering::SeqCst);
         for (_, w) in self.waiters.drain() {
@@ -279,6 +293,10 @@ impl Node {
                     crate::warn!("apply loop frozen by the debug switch");
                     self.frozen = true;
                 }
+                if self.last_read_retry.elapsed() >= READ_INDEX_RETRY {
+                    self.last_read_retry = Instant::now();
+                    self.retry_reads();
+                }
                 if self.last_size_check.elapsed() >= Duration::from_secs(1) {
                     self.last_size_check = Instant::now();
                     metrics::DB_SIZE.set(self.backend.size() as i64);
@@ -290,6 +308,20 @@ impl Node {
             if self.removed {
                 return Ok(());
             }
+        }
+    }
+
+    /// Sends unanswered read-index requests again: raft-rs drops them while
+    /// there is no leader, or the leader has not committed in its term yet, and a
+    /// request to a leader that died is lost. Batches whose callers all gave up
+    /// are dropped.
+    fn retry_reads(&mut self) {
+        self.read_batches.retain(|_, b| {
+            b.retain(|r| !r.is_closed());
+            !b.is_empty()
+        });
+        for ctx in self.read_batches.keys() {
+            self.raw.read_index(ctx.clone());
         }
     }
 
@@ -518,6 +550,11 @@ impl Node {
         }
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
+        if self.removed {
+            // raft-rs no longer tracks this member (a removed leader would panic
+            // in advance); the loop stops now.
+            return Ok(());
+        }
         for rs in rd.take_read_states() {
             if let Some(batch) = self.read_batches.remove(&rs.request_ctx) {
                 self.ready_reads.push((rs.index, batch));
@@ -564,6 +601,9 @@ impl Node {
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
+        if self.removed {
+            return Ok(());
+        }
         self.raw.advance_apply();
         if self.campaign_pending {
             self.campaign_pending = false;
