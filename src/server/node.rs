@@ -164,6 +164,13 @@ impl Node {
         let rc = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks.max(2),
+            // A follower ignores (pre-)votes while it heard from the leader within
+            // election_tick ticks. Timing out no earlier than one tick after that
+            // keeps the first candidate from being ignored by peers whose ticks run
+            // slightly behind its own, which would delay the election by a whole
+            // extra timeout.
+            min_election_tick: cfg.election_ticks.max(2) + 1,
+            max_election_tick: 2 * cfg.election_ticks.max(2),
             heartbeat_tick: 1,
             applied: cfg.applied,
             max_size_per_msg: 1 << 20,
