@@ -370,6 +370,7 @@ impl Stream {
                     _ => false,
                 },
                 b = sub.recv() => match b {
+                    Ok(batch) if batch.resync => self.resync().await,
                     Ok(batch) => self.on_batch(&batch.events, batch.rev).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(broadcast::error::RecvError::Closed) => false,

@@ -14,6 +14,9 @@ use crate::pb::mvccpb::Event;
 pub struct EventBatch {
     pub events: Vec<Event>,
     pub rev: i64,
+    /// The store was replaced (a snapshot from the leader): every watcher catches
+    /// up from storage instead of expecting events.
+    pub resync: bool,
 }
 
 pub struct WatchHub {
@@ -36,7 +39,23 @@ impl WatchHub {
         if events.is_empty() || self.tx.receiver_count() == 0 {
             return;
         }
-        let _ = self.tx.send(Arc::new(EventBatch { events, rev }));
+        let _ = self.tx.send(Arc::new(EventBatch {
+            events,
+            rev,
+            resync: false,
+        }));
+    }
+
+    /// Tells every stream that the store jumped to `rev` without events.
+    pub fn resync(&self, rev: i64) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.tx.send(Arc::new(EventBatch {
+            events: Vec::new(),
+            rev,
+            resync: true,
+        }));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventBatch>> {

@@ -549,6 +549,9 @@ impl Node {
             );
             self.log.install_snapshot(&snap)?;
             self.applier.reload()?;
+            // Watchers missed the events the snapshot covers: they catch up from
+            // the new store.
+            self.hub.resync(self.applier.store.current_rev());
             self.applied = index;
             self.status.applied.store(index, Ordering::Relaxed);
             if let Some(t) = &self.transport {

@@ -133,6 +133,11 @@ impl Server {
             .unwrap_or(0);
         self.log_path = self.dir.path().join(format!("server-{n}.log"));
         let log = std::fs::File::create(&self.log_path).expect("log file");
+        // An explicitly named conf file must exist; an empty one sets nothing.
+        let none_conf = self.dir.path().join("none.conf");
+        if !none_conf.exists() {
+            std::fs::write(&none_conf, "").expect("empty conf file");
+        }
         let child = Command::new(bin)
             .args(self.args())
             // Keep the operator's conf file and environment out of tests.
@@ -239,7 +244,11 @@ impl Server {
     pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
         let mut cmd = Command::new(ours_bin());
         cmd.args(args).current_dir(cwd).stdin(Stdio::null());
-        cmd.env("ETCD_CONF_FILE", cwd.join("none.conf"));
+        let none_conf = cwd.join("none.conf");
+        if !none_conf.exists() {
+            let _ = std::fs::write(&none_conf, "");
+        }
+        cmd.env("ETCD_CONF_FILE", none_conf);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,4 +1,11 @@
 //! Integration tests: the real `etcd` binary driven by real clients (Debian's
 //! etcdctl, the etcd-client crate), often side by side with Debian's etcd.
 
+mod client;
+mod cluster;
+mod crash;
+mod etcdctl;
 mod harness;
+mod linearizability;
+mod model;
+mod proxy;

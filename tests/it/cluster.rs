@@ -1,0 +1,1491 @@
+//! Multi-member clusters: formation, leader failure, partitions, catching up by
+//! snapshot, membership changes under load, and bad bootstrap input.
+//!
+//! Each member is a separate process of our binary with its own data directory and
+//! loopback ports. Members advertise a per-member proxy (tests/it/proxy.rs) as their
+//! peer URL, so the test can cut or delay the traffic between any ordered pair of
+//! members: the proxy reads the sender's member ID from the peer handshake. A
+//! partition therefore really splits the cluster into groups that cannot exchange
+//! Raft messages in either direction, while clients still reach every member.
+//!
+//! The fault tests run concurrent clients (etcd-client, some connected to each
+//! member) that record put/get/delete/txn histories on a few shared keys; the
+//! histories must be linearizable (tests/it/linearizability.rs). They also write
+//! unique keys whose acknowledged values must all be present on every member at the
+//! end, and finish with: `etcdctl endpoint status -w table` over all members showing
+//! one leader and equal raft term and index, and equal HashKV at one revision.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+
+use crate::harness::{etcdctl_at, free_port, ours_bin, wait_until};
+use crate::linearizability::{self, Call, History, Ret};
+use crate::proxy::{Net, Proxy};
+
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MS: u64 = 500;
+/// Client-side bound on one operation (above the server's request timeout, so the
+/// server's own errors surface).
+const OP_TIMEOUT: Duration = Duration::from_secs(8);
+
+pub struct Member {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub proxy: Proxy,
+    /// Member ID (0 until learned from the cluster).
+    pub id: u64,
+    /// The command line the member (re)starts with.
+    pub args: Vec<String>,
+    child: Option<Child>,
+    log_path: PathBuf,
+    spawns: usize,
+}
+
+/// Ports handed out to cluster members and proxies in this test process.
+static USED_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection of any process (clients, peers, proxies) can take it between
+/// now and the member's bind, and never the same one twice in this process. The
+/// listener is returned still bound.
+fn member_listener() -> TcpListener {
+    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = std::process::id() as usize * 7919 + used.len() * 104_729;
+    for k in 0..12_000usize {
+        let port = (20_000 + (seed + k * 6151) % 12_000) as u16;
+        if used.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            used.push(port);
+            return l;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
+}
+
+fn member_port() -> u16 {
+    member_listener().local_addr().expect("addr").port()
+}
+
+impl Member {
+    fn new(index: usize, net: &Net) -> Member {
+        let peer_port = member_port();
+        Member {
+            name: format!("m{index}"),
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_port: member_port(),
+            peer_port,
+            proxy: Proxy::start_with(net, member_listener(), peer_port),
+            id: 0,
+            args: Vec::new(),
+            child: None,
+            log_path: PathBuf::new(),
+            spawns: 0,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        self.proxy.url()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Sets the command line of a member of `initial_cluster`.
+    pub fn set_args(&mut self, initial_cluster: &str, state: &str, token: &str, extra: &[String]) {
+        let mut a: Vec<String> = [
+            "--name",
+            &self.name,
+            "--data-dir",
+            &self.data_dir().display().to_string(),
+            "--listen-client-urls",
+            &self.endpoint(),
+            "--advertise-client-urls",
+            &self.endpoint(),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", self.peer_port),
+            "--initial-advertise-peer-urls",
+            &self.peer_url(),
+            "--initial-cluster",
+            initial_cluster,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            token,
+            "--heartbeat-interval",
+            &HEARTBEAT_MS.to_string(),
+            "--election-timeout",
+            &ELECTION_MS.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().cloned());
+        self.args = a;
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        self.log_path = self.dir.path().join(format!("server-{}.log", self.spawns));
+        self.spawns += 1;
+        let log = std::fs::File::create(&self.log_path).expect("log file");
+        let conf = self.dir.path().join("none.conf");
+        std::fs::write(&conf, "").expect("empty conf file");
+        let child = Command::new(ours_bin())
+            .args(&self.args)
+            .env("ETCD_CONF_FILE", &conf)
+            .env_remove("ETCD_NAME")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start member");
+        self.child = Some(child);
+    }
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Whether the process exited; waits up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            // SAFETY: kill(2) with a PID we own and a valid signal number.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        if self.wait_exit(Duration::from_secs(20)).is_none() {
+            self.kill9();
+        }
+    }
+
+    /// Waits for "ready to serve client requests" and a healthy endpoint.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited early ({st}):\n{}", self.name, self.log());
+            }
+            if self.log().contains("ready to serve client requests")
+                && etcdctl_at(&self.endpoint(), &["endpoint", "health"], None)
+                    .status
+                    .success()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{} not ready after {timeout:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        etcdctl_at(&self.endpoint(), args, None)
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} at {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Cluster tests run one at a time: each runs several processes with 50 ms
+/// heartbeats, and timing assertions (elections) need the CPU they assume.
+static CLUSTER_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub net: Net,
+    pub token: String,
+    pub extra: Vec<String>,
+    pub rt: tokio::runtime::Runtime,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// One row of `etcdctl endpoint status -w table`.
+#[derive(Debug, Clone)]
+pub struct StatusRow {
+    pub id: String,
+    pub is_leader: bool,
+    pub is_learner: bool,
+    pub term: u64,
+    pub index: u64,
+    pub applied: u64,
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub async fn connect(endpoint: &str) -> Client {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(OP_TIMEOUT);
+    Client::connect([endpoint], Some(opts))
+        .await
+        .expect("connect etcd-client")
+}
+
+impl Cluster {
+    /// Starts `n` members with fast timeouts and waits until all serve clients.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let serial = CLUSTER_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let net = Net::new();
+        let mut members: Vec<Member> = (0..n).map(|i| Member::new(i, &net)).collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("test-{}", free_port());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for m in &mut members {
+            m.set_args(&initial, "new", &token, &extra);
+            m.spawn();
+        }
+        let mut c = Cluster {
+            members,
+            net,
+            token,
+            extra,
+            rt: runtime(),
+            _serial: serial,
+        };
+        for m in &mut c.members {
+            m.wait_ready(Duration::from_secs(30));
+        }
+        c.learn_ids();
+        c
+    }
+
+    /// Reads member IDs from the member list (by name).
+    pub fn learn_ids(&mut self) {
+        let ep = self.members[0].endpoint();
+        let list = self.rt.block_on(async {
+            let mut c = connect(&ep).await;
+            c.member_list().await.expect("member list")
+        });
+        for m in &mut self.members {
+            if let Some(x) = list.members().iter().find(|x| x.name() == m.name) {
+                m.id = x.id();
+                m.proxy.set_member(x.id());
+            }
+        }
+        for m in &self.members {
+            assert_ne!(m.id, 0, "{} is missing from the member list", m.name);
+        }
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.members.iter().position(|m| m.id == id)
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The leader as seen by member `i` (maintenance Status), if it answers.
+    pub fn leader_seen_by(&self, i: usize) -> Option<u64> {
+        let ep = self.members[i].endpoint();
+        self.rt.block_on(async {
+            let fut = async {
+                let mut c = connect(&ep).await;
+                c.status().await.ok().map(|s| s.leader())
+            };
+            tokio::time::timeout(Duration::from_secs(2), fut)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// Waits until all members in `among` agree on one leader among them; returns
+    /// its index.
+    pub fn wait_leader(&self, among: &[usize], timeout: Duration) -> usize {
+        let mut found = None;
+        wait_until(timeout, "one agreed leader", || {
+            let seen: Vec<Option<u64>> = among.iter().map(|&i| self.leader_seen_by(i)).collect();
+            let Some(Some(l)) = seen.first().cloned() else {
+                return false;
+            };
+            if l == 0 || seen.iter().any(|s| *s != Some(l)) {
+                return false;
+            }
+            match self.index_of(l) {
+                Some(i) if among.contains(&i) => {
+                    found = Some(i);
+                    true
+                }
+                _ => false,
+            }
+        });
+        found.expect("leader")
+    }
+
+    /// `etcdctl endpoint status -w table` over the members in `among`.
+    pub fn status_table(&self, among: &[usize]) -> (Vec<StatusRow>, String) {
+        let eps = among
+            .iter()
+            .map(|&i| self.members[i].endpoint())
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = etcdctl_at(&eps, &["endpoint", "status", "-w", "table"], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (parse_status_table(&text), text)
+    }
+
+    /// Waits until the status table over `among` shows one leader and equal raft
+    /// term, index and applied index on every member.
+    pub fn wait_converged(&self, among: &[usize], timeout: Duration) -> Vec<StatusRow> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (rows, text) = self.status_table(among);
+            let ok = rows.len() == among.len()
+                && rows.iter().filter(|r| r.is_leader).count() == 1
+                && rows.iter().all(|r| {
+                    r.term == rows[0].term && r.index == rows[0].index && r.applied == r.index
+                });
+            if ok {
+                return rows;
+            }
+            if Instant::now() > deadline {
+                panic!("members {among:?} did not converge within {timeout:?}:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// HashKV at one common revision must be equal on every member of `among`.
+    pub fn check_hash_kv(&self, among: &[usize]) -> u32 {
+        let eps: Vec<String> = among.iter().map(|&i| self.members[i].endpoint()).collect();
+        self.rt.block_on(async {
+            let mut first = connect(&eps[0]).await;
+            let rev = first
+                .get("any", Some(GetOptions::new().with_serializable()))
+                .await
+                .expect("get")
+                .header()
+                .expect("header")
+                .revision();
+            let mut hashes = Vec::new();
+            for ep in &eps {
+                let mut c = connect(ep).await;
+                let h = c.hash_kv(rev).await.expect("hash_kv");
+                hashes.push((ep.clone(), h.hash(), h.compact_version()));
+            }
+            for h in &hashes {
+                assert_eq!(
+                    (h.1, h.2),
+                    (hashes[0].1, hashes[0].2),
+                    "HashKV at revision {rev} differs: {hashes:?}"
+                );
+            }
+            hashes[0].1
+        })
+    }
+
+    /// Every acknowledged unique-key write is present, with its value, on every
+    /// member of `among` (serializable reads: each member's own state).
+    pub fn check_acked(&self, among: &[usize], acked: &[(String, String)]) {
+        for &i in among {
+            let ep = self.members[i].endpoint();
+            let got: HashMap<String, String> = self.rt.block_on(async {
+                let mut c = connect(&ep).await;
+                let r = c
+                    .get(
+                        "acked/",
+                        Some(GetOptions::new().with_prefix().with_serializable()),
+                    )
+                    .await
+                    .expect("range acked/");
+                r.kvs()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            kv.key_str().unwrap_or("").to_string(),
+                            kv.value_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            });
+            for (k, v) in acked {
+                assert_eq!(
+                    got.get(k),
+                    Some(v),
+                    "acknowledged write {k}={v} is missing on {}",
+                    self.members[i].name
+                );
+            }
+        }
+    }
+
+    /// Final linearizable reads of the shared keys from every member in `among`,
+    /// recorded into `history` so the checker sees the end state.
+    pub fn final_reads(&self, among: &[usize], history: &History, keys: usize) {
+        for &i in among {
+            let ep = self.members[i].endpoint();
+            self.rt.block_on(async {
+                let mut c = connect(&ep).await;
+                for k in 0..keys {
+                    let key = lin_key(k);
+                    let t = history.now();
+                    let r = c.get(key.as_str(), None).await.expect("final read");
+                    let v = r
+                        .kvs()
+                        .first()
+                        .map(|kv| kv.value_str().unwrap().to_string());
+                    history.record(1000 + i, &key, Call::Get, t, Ret::Value(v));
+                }
+            });
+        }
+    }
+
+    /// The election-related log lines of every member's current run.
+    pub fn raft_log_lines(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            for l in m.log().lines() {
+                if l.contains("leader") || l.contains("peer") || l.contains("elect") {
+                    out.push_str(&format!("{}: {l}\n", m.name));
+                }
+            }
+        }
+        out
+    }
+
+    /// The checks every fault test ends with.
+    pub fn final_checks(&self, among: &[usize], load: &LoadReport, keys: usize) {
+        let rows = self.wait_converged(among, Duration::from_secs(20));
+        self.final_reads(among, &load.history, keys);
+        self.check_acked(among, &load.acked);
+        self.wait_converged(among, Duration::from_secs(20));
+        self.check_hash_kv(among);
+        let n = linearizability::assert_linearizable(&load.history);
+        eprintln!(
+            "checked {n} of {} operations ({} acked unique writes); final status: {rows:?}",
+            load.ops,
+            load.acked.len()
+        );
+        assert!(n > 0, "no operations were checked");
+    }
+}
+
+pub fn parse_status_table(text: &str) -> Vec<StatusRow> {
+    let mut header: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with('|') {
+            continue;
+        }
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect();
+        if header.is_empty() {
+            header = cells;
+            continue;
+        }
+        let col = |name: &str| -> String {
+            header
+                .iter()
+                .position(|h| h == name)
+                .and_then(|i| cells.get(i).cloned())
+                .unwrap_or_default()
+        };
+        rows.push(StatusRow {
+            id: col("ID"),
+            is_leader: col("IS LEADER") == "true",
+            is_learner: col("IS LEARNER") == "true",
+            term: col("RAFT TERM").parse().unwrap_or(0),
+            index: col("RAFT INDEX").parse().unwrap_or(0),
+            applied: col("RAFT APPLIED INDEX").parse().unwrap_or(0),
+        });
+    }
+    rows
+}
+
+pub fn lin_key(k: usize) -> String {
+    format!("lin/{k}")
+}
+
+/// A small xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// What the clients did.
+pub struct LoadReport {
+    pub history: Arc<History>,
+    /// Acknowledged unique-key writes.
+    pub acked: Vec<(String, String)>,
+    /// Errors seen, with the client's member index.
+    pub errors: Vec<(usize, String)>,
+    pub ops: usize,
+}
+
+/// Acknowledged unique writes, errors (with member index), operations issued.
+type ClientResult = (Vec<(String, String)>, Vec<(usize, String)>, usize);
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    history: Arc<History>,
+    handles: Vec<tokio::task::JoinHandle<ClientResult>>,
+}
+
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => format!("client: {other}"),
+    }
+}
+
+/// Whether an error is one etcd clients retry: Unavailable with "leader changed",
+/// "no leader" or "request timed out".
+pub fn retryable(e: &str) -> bool {
+    e.starts_with("Unavailable: ")
+        && (e.contains("etcdserver: leader changed")
+            || e.contains("etcdserver: no leader")
+            || e.contains("etcdserver: request timed out"))
+}
+
+/// How an operation ended, from the client's point of view.
+enum Outcome<T> {
+    Done(T),
+    /// Not sent: the connection could not be made, so it had no effect.
+    NotSent(String),
+    /// Sent, outcome unknown.
+    Failed(String),
+}
+
+async fn run_op<T, F>(f: F) -> Outcome<T>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(Ok(v)) => Outcome::Done(v),
+        Ok(Err(e)) => {
+            let d = describe(&e);
+            if d.contains("tcp connect error") || d.contains("Connection refused") {
+                Outcome::NotSent(d)
+            } else {
+                Outcome::Failed(d)
+            }
+        }
+        Err(_) => Outcome::Failed("client: timed out".into()),
+    }
+}
+
+fn value_of(kvs: &[etcd_client::KeyValue]) -> Option<String> {
+    kvs.first()
+        .map(|kv| kv.value_str().expect("utf-8 value").to_string())
+}
+
+/// One client: a random mix of operations on the shared keys plus unique writes.
+async fn client_loop(
+    client: usize,
+    member: usize,
+    ep: String,
+    keys: usize,
+    mut rng: Rng,
+    stop: Arc<AtomicBool>,
+    history: Arc<History>,
+) -> ClientResult {
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    let mut cl = connect(&ep).await;
+    let started = Instant::now();
+    let mut n = 0usize;
+    let mut last_seen: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(200) {
+        n += 1;
+        let key = lin_key((rng.next() % keys as u64) as usize);
+        let value = format!("c{client}-{n}");
+        let dice = rng.next() % 100;
+        let t = history.now();
+        // (call, what the client learnt): None = a read that failed or an
+        // operation that was never sent, so nothing to record.
+        let (call, ret, err): (Call, Option<Ret>, Option<Outcome<()>>) = if dice < 30 {
+            match run_op(cl.put(key.as_str(), value.as_str(), None)).await {
+                Outcome::Done(_) => (Call::Put(value.clone()), Some(Ret::Ok), None),
+                Outcome::NotSent(e) => (Call::Put(value.clone()), None, Some(Outcome::NotSent(e))),
+                Outcome::Failed(e) => (
+                    Call::Put(value.clone()),
+                    Some(Ret::Unknown),
+                    Some(Outcome::Failed(e)),
+                ),
+            }
+        } else if dice < 60 {
+            match run_op(cl.get(key.as_str(), None)).await {
+                Outcome::Done(r) => {
+                    let v = value_of(r.kvs());
+                    last_seen = v.clone();
+                    (Call::Get, Some(Ret::Value(v)), None)
+                }
+                Outcome::NotSent(e) => (Call::Get, None, Some(Outcome::NotSent(e))),
+                Outcome::Failed(e) => (Call::Get, None, Some(Outcome::Failed(e))),
+            }
+        } else if dice < 70 {
+            match run_op(cl.delete(key.as_str(), None)).await {
+                Outcome::Done(r) => (Call::Delete, Some(Ret::Deleted(r.deleted())), None),
+                Outcome::NotSent(e) => (Call::Delete, None, Some(Outcome::NotSent(e))),
+                Outcome::Failed(e) => (Call::Delete, Some(Ret::Unknown), Some(Outcome::Failed(e))),
+            }
+        } else if dice < 85 {
+            let expect = if rng.next().is_multiple_of(4) {
+                None
+            } else {
+                last_seen.clone()
+            };
+            let cmp = match &expect {
+                Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.as_str()),
+                None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+            };
+            let txn = Txn::new()
+                .when([cmp])
+                .and_then([TxnOp::put(key.as_str(), value.as_str(), None)])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let call = Call::Cas {
+                expect,
+                new: value.clone(),
+            };
+            match run_op(cl.txn(txn)).await {
+                Outcome::Done(r) => {
+                    let read = r.op_responses().into_iter().find_map(|o| match o {
+                        etcd_client::TxnOpResponse::Get(g) => Some(value_of(g.kvs())),
+                        _ => None,
+                    });
+                    let ret = Ret::Cas {
+                        succeeded: r.succeeded(),
+                        read: read.flatten(),
+                    };
+                    (call, Some(ret), None)
+                }
+                Outcome::NotSent(e) => (call, None, Some(Outcome::NotSent(e))),
+                Outcome::Failed(e) => (call, Some(Ret::Unknown), Some(Outcome::Failed(e))),
+            }
+        } else {
+            let ukey = format!("acked/{client}/{n}");
+            let out = run_op(cl.put(ukey.as_str(), value.as_str(), None)).await;
+            match out {
+                Outcome::Done(_) => {
+                    acked.push((ukey, value.clone()));
+                    (Call::Get, None, None)
+                }
+                Outcome::NotSent(e) => (Call::Get, None, Some(Outcome::NotSent(e))),
+                Outcome::Failed(e) => (Call::Get, None, Some(Outcome::Failed(e))),
+            }
+        };
+        if let Some(ret) = ret {
+            history.record(client, &key, call, t, ret);
+        }
+        match err {
+            None | Some(Outcome::Done(())) => {}
+            Some(Outcome::NotSent(e)) => {
+                errors.push((member, e));
+                // The member is down: retry the connection a little later.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cl = connect(&ep).await;
+            }
+            Some(Outcome::Failed(e)) => {
+                let status = e.split(':').next().unwrap_or("").to_string();
+                let grpc = !status.starts_with("client");
+                errors.push((member, e));
+                if !grpc || status == "Unknown" {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    cl = connect(&ep).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (acked, errors, n)
+}
+
+impl Load {
+    /// Starts one client task per entry of `targets` (a member index), each
+    /// running [`client_loop`] on `keys` shared keys until stopped (or 200 s pass).
+    pub fn start(c: &Cluster, targets: &[usize], keys: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(History::new());
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let mut handles = Vec::new();
+        for (client, &mi) in targets.iter().enumerate() {
+            let rng = Rng((seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+            handles.push(c.rt.spawn(client_loop(
+                client,
+                mi,
+                c.members[mi].endpoint(),
+                keys,
+                rng,
+                stop.clone(),
+                history.clone(),
+            )));
+        }
+        Load {
+            stop,
+            history,
+            handles,
+        }
+    }
+
+    /// Operations recorded so far.
+    pub fn progress(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn stop(self, c: &Cluster) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = Vec::new();
+        let mut errors = Vec::new();
+        let mut ops = 0;
+        for h in self.handles {
+            let (a, e, n) = c.rt.block_on(h).expect("client task");
+            acked.extend(a);
+            errors.extend(e);
+            ops += n;
+        }
+        LoadReport {
+            history: self.history,
+            acked,
+            errors,
+            ops,
+        }
+    }
+}
+
+/// Waits until the load recorded `more` further operations.
+fn wait_progress(load: &Load, more: usize, timeout: Duration) {
+    let target = load.progress() + more;
+    wait_until(timeout, "client progress", || load.progress() >= target);
+}
+
+fn summarize_errors(errors: &[(usize, String)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (_, e) in errors {
+        *m.entry(e.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn three_and_five_members_form() {
+    for n in [3usize, 5] {
+        let c = Cluster::start(n, &[]);
+        let all: Vec<usize> = (0..n).collect();
+        let rows = c.wait_converged(&all, Duration::from_secs(20));
+        assert_eq!(rows.len(), n);
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        for m in &c.members {
+            assert!(
+                ids.contains(&format!("{:x}", m.id)),
+                "{} ({:x}) missing from the status table: {ids:?}",
+                m.name,
+                m.id
+            );
+        }
+        // Every member lists every member, with its name and URLs.
+        let list = c.members[n - 1].ctl_ok(&["member", "list"]);
+        for m in &c.members {
+            assert!(
+                list.contains(&format!(
+                    "{:x}, started, {}, {}, {}",
+                    m.id,
+                    m.name,
+                    m.peer_url(),
+                    m.endpoint()
+                )),
+                "member list lacks {}:\n{list}",
+                m.name
+            );
+        }
+        // A write through any member is visible everywhere.
+        for (i, m) in c.members.iter().enumerate() {
+            m.ctl_ok(&["put", &format!("k{i}"), &format!("v{i}")]);
+        }
+        for m in &c.members {
+            let out = m.ctl_ok(&["get", "k", "--prefix"]);
+            let want: String = (0..n).map(|i| format!("k{i}\nv{i}\n")).collect();
+            assert_eq!(out, want, "{}", m.name);
+        }
+        c.wait_converged(&all, Duration::from_secs(20));
+        c.check_hash_kv(&all);
+    }
+}
+
+/// Kills the current leader with SIGKILL and returns (its index, the time until a
+/// survivor reported a new leader).
+fn kill_leader(c: &mut Cluster, among: &[usize]) -> (usize, Duration) {
+    let leader = c.wait_leader(among, Duration::from_secs(10));
+    let old_id = c.members[leader].id;
+    let eps: Vec<String> = among
+        .iter()
+        .filter(|&&i| i != leader)
+        .map(|&i| c.members[i].endpoint())
+        .collect();
+    // Pre-connected status pollers on the survivors.
+    let mut pollers = c.rt.block_on(async {
+        let mut v = Vec::new();
+        for e in &eps {
+            let mut cl = connect(e).await;
+            cl.status().await.expect("status before the kill");
+            v.push(cl);
+        }
+        v
+    });
+    // Linearizable reads on the survivors, sent right after the kill: they must
+    // complete once a new leader is there, not wait for the request timeout.
+    let reader_clients = c.rt.block_on(async {
+        let mut v = Vec::new();
+        for e in &eps {
+            let mut cl = connect(e).await;
+            cl.status().await.expect("status before the kill");
+            v.push(cl);
+        }
+        v
+    });
+    c.members[leader].kill9();
+    let killed = Instant::now();
+    let readers: Vec<_> = reader_clients
+        .into_iter()
+        .map(|mut cl| {
+            c.rt.spawn(async move {
+                let t = Instant::now();
+                let r = cl.get("lin/0", None).await.map(|_| ());
+                (t, r.map_err(|e| describe(&e)))
+            })
+        })
+        .collect();
+    let elected = c.rt.block_on(async {
+        loop {
+            for p in pollers.iter_mut() {
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(500), p.status()).await
+                    && s.leader() != 0
+                    && s.leader() != old_id
+                {
+                    return killed.elapsed();
+                }
+            }
+            if killed.elapsed() > Duration::from_secs(10) {
+                panic!("no new leader 10 s after killing the leader");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    eprintln!("new leader {elected:?} after kill -9 of the leader");
+    for r in readers {
+        let (sent, res) = c.rt.block_on(r).expect("reader");
+        let took = sent.elapsed();
+        eprintln!("linearizable read sent at the kill: {res:?} after {took:?}");
+        assert!(
+            res.is_ok() && took < Duration::from_millis(2 * ELECTION_MS + 1500),
+            "a linearizable read sent as the leader died: {res:?} after {took:?}"
+        );
+    }
+    (leader, elected)
+}
+
+#[test]
+fn leader_kill9_under_load() {
+    let mut c = Cluster::start(3, &[]);
+    let all = [0usize, 1, 2];
+    let load = Load::start(&c, &[0, 0, 1, 1, 2, 2], 5);
+    wait_progress(&load, 200, Duration::from_secs(30));
+    // Twice: the second time the leader is one elected under load.
+    for _ in 0..2 {
+        let (leader, elected) = kill_leader(&mut c, &all);
+        assert!(
+            elected <= Duration::from_millis(2 * ELECTION_MS),
+            "new leader only after {elected:?} (election timeout {ELECTION_MS} ms); logs:\n{}",
+            c.raft_log_lines()
+        );
+        // The two survivors go on serving.
+        wait_progress(&load, 150, Duration::from_secs(30));
+        c.members[leader].spawn();
+        c.members[leader].wait_ready(Duration::from_secs(30));
+        c.wait_converged(&all, Duration::from_secs(20));
+        wait_progress(&load, 100, Duration::from_secs(30));
+    }
+    let report = load.stop(&c);
+    eprintln!("errors: {:?}", summarize_errors(&report.errors));
+    c.final_checks(&all, &report, 5);
+    for m in &mut c.members {
+        assert!(m.is_running(), "{} stopped:\n{}", m.name, m.log());
+    }
+}
+
+#[test]
+fn partitioned_leader_minority_stops_majority_continues() {
+    let c = Cluster::start(3, &[]);
+    let all = [0usize, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let load = Load::start(&c, &[0, 1, 2, 0, 1, 2], 4);
+    wait_progress(&load, 200, Duration::from_secs(30));
+    let majority: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    c.net.isolate(c.members[leader].id, &c.ids());
+    // The majority elects a new leader and goes on.
+    let new_leader = c.wait_leader(&majority, Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    let ep = c.members[majority[0]].endpoint();
+    c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        for i in 0..20 {
+            cl.put(format!("acked/majority/{i}"), "x", None)
+                .await
+                .expect("put on the majority side");
+        }
+    });
+    // The minority does not serve linearizable requests.
+    let ep = c.members[leader].endpoint();
+    let minority = c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        let get = tokio::time::timeout(Duration::from_secs(4), cl.get("lin/0", None)).await;
+        let put = tokio::time::timeout(Duration::from_secs(4), cl.put("minority", "x", None)).await;
+        (get, put)
+    });
+    match &minority.0 {
+        Ok(Ok(r)) => panic!("isolated old leader served a linearizable read: {r:?}"),
+        Ok(Err(e)) => eprintln!("minority linearizable get failed: {e}"),
+        Err(_) => eprintln!("minority linearizable get timed out"),
+    }
+    assert!(
+        !matches!(minority.1, Ok(Ok(_))),
+        "isolated old leader acknowledged a write"
+    );
+    // Serializable reads still work there (local state).
+    c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        cl.get("lin/0", Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable read on the minority");
+    });
+    assert!(c.net.refused() > 0, "the partition refused no connection");
+    wait_progress(&load, 100, Duration::from_secs(30));
+    c.net.heal();
+    c.wait_converged(&all, Duration::from_secs(20));
+    wait_progress(&load, 100, Duration::from_secs(30));
+    let report = load.stop(&c);
+    eprintln!("errors: {:?}", summarize_errors(&report.errors));
+    let mut acked = report.acked.clone();
+    acked.extend((0..20).map(|i| (format!("acked/majority/{i}"), "x".to_string())));
+    let report = LoadReport { acked, ..report };
+    c.final_checks(&all, &report, 4);
+    // The write refused during the partition never happened.
+    let out = c.members[leader].ctl_ok(&["get", "minority"]);
+    assert!(
+        out.is_empty(),
+        "a write refused by the minority exists: {out}"
+    );
+}
+
+#[test]
+fn five_members_split_two_three() {
+    let c = Cluster::start(5, &[]);
+    let all: Vec<usize> = (0..5).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let buddy = (leader + 1) % 5;
+    let minority = vec![leader, buddy];
+    let majority: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| !minority.contains(i))
+        .collect();
+    let load = Load::start(&c, &[0, 1, 2, 3, 4], 4);
+    // Some latency on one link of the majority before the split.
+    c.net.delay(
+        c.members[majority[0]].id,
+        c.members[majority[1]].id,
+        Duration::from_millis(20),
+    );
+    wait_progress(&load, 150, Duration::from_secs(30));
+    let ids = |g: &[usize]| g.iter().map(|&i| c.members[i].id).collect::<Vec<_>>();
+    c.net.partition(&[ids(&minority), ids(&majority)]);
+    let new_leader = c.wait_leader(&majority, Duration::from_secs(10));
+    assert!(majority.contains(&new_leader));
+    // Neither minority member serves linearizable reads; both still talk to each
+    // other but cannot elect anyone.
+    for &i in &minority {
+        let ep = c.members[i].endpoint();
+        let r = c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            tokio::time::timeout(Duration::from_secs(3), cl.get("lin/0", None)).await
+        });
+        assert!(
+            !matches!(r, Ok(Ok(_))),
+            "minority member {} served a linearizable read",
+            c.members[i].name
+        );
+    }
+    wait_progress(&load, 100, Duration::from_secs(30));
+    c.net.heal();
+    c.wait_converged(&all, Duration::from_secs(20));
+    wait_progress(&load, 100, Duration::from_secs(30));
+    let report = load.stop(&c);
+    eprintln!("errors: {:?}", summarize_errors(&report.errors));
+    c.final_checks(&all, &report, 4);
+}
+
+#[test]
+fn restarted_member_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, &["--snapshot-count", "100"]);
+    let all = [0usize, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let down = (leader + 1) % 3;
+    c.members[down].terminate();
+    let ep = c.members[leader].endpoint();
+    let other = c.members[3 - leader - down].endpoint();
+    c.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..8usize {
+            let ep = if t % 2 == 0 {
+                ep.clone()
+            } else {
+                other.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                let mut cl = connect(&ep).await;
+                for i in (t..1000).step_by(8) {
+                    cl.put(format!("snap/{i:04}"), format!("value-{i}"), None)
+                        .await
+                        .expect("put");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+    });
+    // Writes go on while the member restarts and installs the snapshot.
+    let load = Load::start(&c, &[leader, 3 - leader - down], 3);
+    c.members[down].spawn();
+    c.members[down].wait_ready(Duration::from_secs(30));
+    let log = c.members[down].log();
+    assert!(
+        log.contains("applying snapshot from leader"),
+        "the restarted member did not catch up by snapshot:\n{log}"
+    );
+    wait_progress(&load, 100, Duration::from_secs(30));
+    c.wait_converged(&all, Duration::from_secs(20));
+    let want: String = (0..1000)
+        .map(|i| format!("snap/{i:04}\nvalue-{i}\n"))
+        .collect();
+    let got = c.members[down].ctl_ok(&["get", "snap/", "--prefix", "--consistency=s"]);
+    assert!(got == want, "the restarted member's data differs");
+    // The installed snapshot is durable: kill -9 and restart again.
+    c.members[down].kill9();
+    c.members[down].spawn();
+    c.members[down].wait_ready(Duration::from_secs(30));
+    let got = c.members[down].ctl_ok(&["get", "snap/", "--prefix", "--consistency=s"]);
+    assert!(
+        got == want,
+        "data differs after a restart following the snapshot"
+    );
+    // A running member cut off while the others compact also catches up by
+    // snapshot once the partition heals, and a watch on it sees every event.
+    let down_ep = c.members[down].endpoint();
+    let (_watch_client, mut stream, from_rev) = c.rt.block_on(async {
+        let mut cl = connect(&down_ep).await;
+        let rev = cl
+            .get("x", Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("get")
+            .header()
+            .expect("header")
+            .revision();
+        let s = cl
+            .watch(
+                "live/",
+                Some(
+                    etcd_client::WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
+            )
+            .await
+            .expect("watch");
+        (cl, s, rev + 1)
+    });
+    c.net.isolate(c.members[down].id, &c.ids());
+    let ep = c.members[leader].endpoint();
+    c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        for i in 0..300 {
+            cl.put(format!("live/{i:03}"), format!("v{i}"), None)
+                .await
+                .expect("put while the member is cut off");
+        }
+    });
+    let before = c.members[down]
+        .log()
+        .matches("applying snapshot from leader")
+        .count();
+    c.net.heal();
+    wait_until(
+        Duration::from_secs(20),
+        "a snapshot sent to the running member",
+        || {
+            c.members[down]
+                .log()
+                .matches("applying snapshot from leader")
+                .count()
+                > before
+        },
+    );
+    let events = c.rt.block_on(async {
+        let mut keys = Vec::new();
+        while keys.len() < 300 {
+            match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                Ok(Ok(Some(resp))) => {
+                    for e in resp.events() {
+                        if let Some(kv) = e.kv() {
+                            keys.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
+                        }
+                    }
+                }
+                other => {
+                    eprintln!("watch ended: {other:?}");
+                    break;
+                }
+            }
+        }
+        keys
+    });
+    let want_keys: Vec<String> = (0..300).map(|i| format!("live/{i:03}")).collect();
+    let got_keys: Vec<String> = events.iter().map(|e| e.0.clone()).collect();
+    assert_eq!(
+        got_keys, want_keys,
+        "a watch (from revision {from_rev}) on the member that installed a snapshot missed events"
+    );
+    wait_progress(&load, 100, Duration::from_secs(30));
+    let report = load.stop(&c);
+    c.final_checks(&all, &report, 3);
+    let got =
+        c.members[down].ctl_ok(&["get", "live/", "--prefix", "--consistency=s", "--keys-only"]);
+    assert_eq!(got.lines().filter(|l| !l.is_empty()).count(), 300);
+    // It keeps working after the snapshot: new writes through it replicate.
+    c.members[down].ctl_ok(&["put", "after", "snapshot"]);
+    for m in &c.members {
+        assert_eq!(
+            m.ctl_ok(&["get", "after", "--print-value-only"]),
+            "snapshot\n"
+        );
+    }
+    c.wait_converged(&all, Duration::from_secs(20));
+    c.check_hash_kv(&all);
+}
+
+#[test]
+fn membership_changes_under_load() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(&[0, 1, 2], Duration::from_secs(10));
+    // The leader is the member removed later; clients stay on the two others.
+    let removed = leader;
+    let kept: Vec<usize> = (0..3).filter(|&i| i != removed).collect();
+    let load = Load::start(&c, &[kept[0], kept[1], kept[0], kept[1]], 4);
+    wait_progress(&load, 100, Duration::from_secs(30));
+
+    // Add a learner and start it.
+    let net = c.net.clone();
+    let mut newm = Member::new(3, &net);
+    let out = c.members[kept[0]].ctl_ok(&[
+        "member",
+        "add",
+        "m3",
+        "--learner",
+        &format!("--peer-urls={}", newm.peer_url()),
+    ]);
+    let id_hex = out
+        .split_whitespace()
+        .skip_while(|w| *w != "Member")
+        .nth(1)
+        .expect("member id in the member add output")
+        .to_string();
+    newm.id = u64::from_str_radix(&id_hex, 16).expect("hex member id");
+    newm.proxy.set_member(newm.id);
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let initial = format!("{},m3={}", c.initial_cluster(), newm.peer_url());
+    let extra = c.extra.clone();
+    newm.set_args(&initial, "existing", &c.token, &extra);
+    newm.spawn();
+    c.members.push(newm);
+    c.members[3].wait_ready(Duration::from_secs(30));
+    let list = c.members[kept[1]].ctl_ok(&["member", "list"]);
+    assert!(list.contains(&format!("{id_hex}, started, m3,")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id_hex) && l.ends_with("true")),
+        "m3 is not a learner:\n{list}"
+    );
+
+    // The status table shows it as a learner.
+    wait_until(
+        Duration::from_secs(10),
+        "learner in the status table",
+        || {
+            let (rows, _) = c.status_table(&[3]);
+            rows.len() == 1 && rows[0].is_learner
+        },
+    );
+    // Promote it once caught up.
+    wait_until(Duration::from_secs(30), "learner promotion", || {
+        let out = c.members[kept[0]].ctl(&["member", "promote", &id_hex]);
+        if out.status.success() {
+            return true;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("can only promote a learner member which is in sync with leader"),
+            "unexpected promote error: {err}"
+        );
+        false
+    });
+    wait_progress(&load, 100, Duration::from_secs(30));
+
+    // Remove an old member: it stops by itself.
+    let rid = format!("{:x}", c.members[removed].id);
+    c.members[kept[1]].ctl_ok(&["member", "remove", &rid]);
+    assert!(
+        c.members[removed]
+            .wait_exit(Duration::from_secs(20))
+            .is_some(),
+        "the removed member keeps running:\n{}",
+        c.members[removed].log()
+    );
+    wait_progress(&load, 100, Duration::from_secs(30));
+    let report = load.stop(&c);
+    let summary = summarize_errors(&report.errors);
+    eprintln!("errors: {summary:?}");
+    for e in summary.keys() {
+        assert!(retryable(e), "clients saw a non-retryable error: {e}");
+    }
+    let now: Vec<usize> = vec![kept[0], kept[1], 3];
+    let list = c.members[3].ctl_ok(&["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(&rid), "{list}");
+    assert!(list.lines().all(|l| l.ends_with("false")), "{list}");
+    let (rows, table) = c.status_table(&now);
+    assert!(rows.iter().all(|r| !r.is_learner), "{table}");
+    c.final_checks(&now, &report, 4);
+}
+
+#[test]
+fn name_missing_from_initial_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("none.conf"), "").unwrap();
+    let p = free_port();
+    let out = crate::harness::Server::run_to_exit(
+        &[
+            "--name",
+            "stranger",
+            "--data-dir",
+            &dir.path().join("d").display().to_string(),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{p}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{p}"),
+            "--initial-cluster",
+            &format!("a=http://127.0.0.1:{p},b=http://127.0.0.1:{}", free_port()),
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        !out.status.success(),
+        "started with a name not in the cluster"
+    );
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains(
+            "couldn't find local name \\\"stranger\\\" in the initial cluster configuration"
+        ) || err
+            .contains("couldn't find local name \"stranger\" in the initial cluster configuration"),
+        "unclear refusal: {err}"
+    );
+}
+
+#[test]
+fn member_of_another_cluster_cannot_join() {
+    let c = Cluster::start(3, &[]);
+    // A fourth member bootstrapping "new" with the same peers but another token:
+    // its cluster and member IDs differ, so the members refuse it.
+    let mut x = Member::new(3, &c.net);
+    let initial = format!("{},m3={}", c.initial_cluster(), x.peer_url());
+    x.set_args(&initial, "new", "another-cluster", &[]);
+    x.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "refusal logged by a member",
+        || {
+            c.members.iter().any(|m| {
+                m.log()
+                    .contains("rejected connection from a peer of another cluster")
+            })
+        },
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "refusal seen by the stranger",
+        || x.log().contains("belongs to another cluster"),
+    );
+    // It never serves, and the cluster is unchanged.
+    assert!(
+        !x.log().contains("ready to serve client requests"),
+        "{}",
+        x.log()
+    );
+    // One that claims to join the existing cluster without being added first is
+    // refused as well, and exits.
+    let mut y = Member::new(4, &c.net);
+    let initial = format!("{},m4={}", c.initial_cluster(), y.peer_url());
+    y.set_args(&initial, "existing", &c.token, &[]);
+    y.spawn();
+    let st = y.wait_exit(Duration::from_secs(20));
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "a member never added joined: {}",
+        y.log()
+    );
+    assert!(
+        y.log().contains("is not part of cluster") && y.log().contains("member add"),
+        "unclear refusal: {}",
+        y.log()
+    );
+    let list = c.members[0].ctl_ok(&["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    c.members[1].ctl_ok(&["put", "still", "fine"]);
+    c.wait_converged(&[0, 1, 2], Duration::from_secs(20));
+    c.check_hash_kv(&[0, 1, 2]);
+}
+
+#[test]
+fn restart_ignores_changed_initial_flags() {
+    let mut c = Cluster::start(3, &[]);
+    c.members[0].ctl_ok(&["put", "before", "restart"]);
+    let id = c.members[2].id;
+    c.members[2].terminate();
+    // Nonsense initial-* flags: a different token, cluster and state.
+    let bogus = format!(
+        "m2={},zz=http://127.0.0.1:{}",
+        c.members[2].peer_url(),
+        free_port()
+    );
+    let extra = c.extra.clone();
+    let token = "changed-token".to_string();
+    c.members[2].set_args(&bogus, "new", &token, &extra);
+    c.members[2].spawn();
+    c.members[2].wait_ready(Duration::from_secs(30));
+    assert!(
+        c.members[2].log().contains("restarting member"),
+        "{}",
+        c.members[2].log()
+    );
+    let status = c.members[2].ctl_ok(&["endpoint", "status"]);
+    assert!(
+        status.contains(&format!("{id:x}")),
+        "member ID changed: {status}"
+    );
+    assert_eq!(
+        c.members[2].ctl_ok(&["get", "before", "--print-value-only"]),
+        "restart\n"
+    );
+    c.members[2].ctl_ok(&["put", "after", "restart"]);
+    let list = c.members[2].ctl_ok(&["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains("zz"), "{list}");
+    c.wait_converged(&[0, 1, 2], Duration::from_secs(20));
+    c.check_hash_kv(&[0, 1, 2]);
+}
