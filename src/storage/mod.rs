@@ -100,7 +100,9 @@ impl Backend {
             .map(|m| m.len() > 0)
             .unwrap_or(false);
         let mut builder = Database::builder();
-        builder.set_cache_size(256 << 20);
+        // The kernel page cache holds the file too; a small cache of our own keeps
+        // the resident set small.
+        builder.set_cache_size(32 << 20);
         builder.set_check_integrity_on_open(existed);
         let db = builder.create(&path).map_err(|e| match e {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)) => {

@@ -92,6 +92,26 @@ impl Server {
         s
     }
 
+    /// Starts our server on a data directory prepared by `prepare` (called with
+    /// the directory before the first start).
+    pub fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Server {
+            kind: Kind::Ours,
+            dir,
+            name: "default".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log_path: PathBuf::new(),
+        };
+        prepare(&s.data_dir());
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }

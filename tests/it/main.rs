@@ -9,3 +9,5 @@ mod harness;
 mod linearizability;
 mod model;
 mod proxy;
+mod restore;
+mod security;
