@@ -1,0 +1,1072 @@
+//! Transport security and authentication: client and peer mutual TLS with real
+//! certificates (generated here), certificate and CA bundle rotation on disk,
+//! refusals to start on bad certificate files, and etcd's users, roles, tokens and
+//! certificate common names, compared with Debian's etcd where the texts matter.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+
+use crate::harness::{Server, etcdctl_at, free_port, ours_bin, wait_until};
+
+// ---------------------------------------------------------------------------
+// Certificates
+
+/// A certificate authority: its certificate file and what signs with it.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    path: PathBuf,
+}
+
+/// A certificate and key pair on disk.
+#[derive(Clone)]
+struct Pair {
+    cert: String,
+    key: String,
+}
+
+impl Pair {
+    /// etcdctl's TLS flags for this client certificate and `ca` as server root.
+    fn ctl_flags(&self, ca: &Path) -> Vec<String> {
+        vec![
+            format!("--cacert={}", ca.display()),
+            format!("--cert={}", self.cert),
+            format!("--key={}", self.key),
+        ]
+    }
+}
+
+fn make_ca(dir: &Path, name: &str) -> Ca {
+    let key = KeyPair::generate().expect("CA key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.self_signed(&key).expect("self-signed CA");
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, cert.pem()).expect("write CA");
+    Ca { cert, key, path }
+}
+
+/// A leaf certificate signed by `ca` for 127.0.0.1/localhost, usable as server and
+/// client certificate, with common name `cn` and serial `serial`; `expired` dates
+/// it in the past.
+fn make_leaf(dir: &Path, file: &str, ca: &Ca, cn: &str, serial: u64, expired: bool) -> Pair {
+    let key = KeyPair::generate().expect("leaf key");
+    let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("leaf params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.serial_number = Some(SerialNumber::from(serial));
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    } else {
+        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    }
+    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("sign leaf");
+    let cert_path = dir.join(format!("{file}.crt"));
+    let key_path = dir.join(format!("{file}.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    Pair {
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
+    }
+}
+
+/// Two unrelated CAs and the certificates the tests use.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca1: Ca,
+    ca2: Ca,
+    server: Pair,
+    root: Pair,
+    alice: Pair,
+    other_ca_client: Pair,
+    expired: Pair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("pki dir");
+        let d = dir.path();
+        let ca1 = make_ca(d, "ca1");
+        let ca2 = make_ca(d, "ca2");
+        let server = make_leaf(d, "server", &ca1, "server", 0x0A, false);
+        let root = make_leaf(d, "root", &ca1, "root", 0x10, false);
+        let alice = make_leaf(d, "alice", &ca1, "alice", 0x11, false);
+        let other_ca_client = make_leaf(d, "other", &ca2, "root", 0x20, false);
+        let expired = make_leaf(d, "expired", &ca1, "root", 0x12, true);
+        Pki {
+            dir,
+            ca1,
+            ca2,
+            server,
+            root,
+            alice,
+            other_ca_client,
+            expired,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// One etcd process with an arbitrary command line, killed on drop.
+struct Proc {
+    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    log_path: PathBuf,
+    client_port: u16,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, args: &[String], dir: tempfile::TempDir, client_port: u16) -> Proc {
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let conf = dir.path().join("none.conf");
+        std::fs::write(&conf, "").expect("empty conf file");
+        let child = Command::new(bin)
+            .args(args)
+            .env("ETCD_CONF_FILE", &conf)
+            .env_remove("ETCD_NAME")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start server");
+        Proc {
+            _dir: dir,
+            child: Some(child),
+            log_path,
+            client_port,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Waits until `etcdctl endpoint health` with `tls` succeeds.
+    fn wait_healthy(&mut self, tls: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(!self.exited(), "server exited early:\n{}", self.log());
+            if ctl(&self.endpoint(), tls, &["endpoint", "health"])
+                .status
+                .success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not healthy after 30s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts a single member of ours serving https clients (plain http peers) with
+/// the given TLS flags.
+fn start_tls(tls_flags: &[String]) -> Proc {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cp, pp) = (free_port(), free_port());
+    let client = format!("https://127.0.0.1:{cp}");
+    let peer = format!("http://127.0.0.1:{pp}");
+    let mut args: Vec<String> = [
+        "--name",
+        "default",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("default={peer}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(tls_flags.iter().cloned());
+    Proc::spawn(&ours_bin(), &args, dir, cp)
+}
+
+fn server_flags(cert: &Pair, ca: &Path, client_cert_auth: bool) -> Vec<String> {
+    let mut f = vec![
+        format!("--cert-file={}", cert.cert),
+        format!("--key-file={}", cert.key),
+        format!("--trusted-ca-file={}", ca.display()),
+    ];
+    if client_cert_auth {
+        f.push("--client-cert-auth".into());
+    }
+    f
+}
+
+/// etcdctl against `endpoint` with TLS flags `tls` and then `args`.
+fn ctl(endpoint: &str, tls: &[String], args: &[&str]) -> Output {
+    let mut all: Vec<&str> = tls.iter().map(|s| s.as_str()).collect();
+    all.push("--dial-timeout=3s");
+    all.extend_from_slice(args);
+    etcdctl_at(endpoint, &all, None)
+}
+
+fn ctl_ok(endpoint: &str, tls: &[String], args: &[&str]) -> String {
+    let out = ctl(endpoint, tls, args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} at {endpoint} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts a log shows no certificate or key material.
+fn assert_no_pem(log: &str) {
+    assert!(!log.contains("BEGIN"), "PEM material in the log:\n{log}");
+    assert!(!log.contains("PRIVATE"), "key material in the log:\n{log}");
+}
+
+// ---------------------------------------------------------------------------
+// 1. Client mutual TLS on one member
+
+#[test]
+fn client_mtls_single_member() {
+    let pki = Pki::new();
+    let mut s = start_tls(&server_flags(&pki.server, &pki.ca1.path, true));
+    let good = pki.root.ctl_flags(&pki.ca1.path);
+    s.wait_healthy(&good);
+    let ep = s.endpoint();
+
+    assert_eq!(ctl_ok(&ep, &good, &["put", "k", "v"]).trim(), "OK");
+    assert_eq!(ctl_ok(&ep, &good, &["get", "k"]), "k\nv\n");
+    let health = text(&ctl(&ep, &good, &["endpoint", "health"]));
+    assert!(health.contains("is healthy"), "{health}");
+
+    // No client certificate: the handshake fails.
+    let none = vec![format!("--cacert={}", pki.ca1.path.display())];
+    let out = ctl(&ep, &none, &["get", "k"]);
+    assert!(
+        !out.status.success(),
+        "no client cert accepted: {}",
+        text(&out)
+    );
+
+    // A client certificate from another CA.
+    let other = pki.other_ca_client.ctl_flags(&pki.ca1.path);
+    let out = ctl(&ep, &other, &["get", "k"]);
+    assert!(!out.status.success(), "other CA accepted: {}", text(&out));
+
+    // An expired client certificate from the right CA.
+    let expired = pki.expired.ctl_flags(&pki.ca1.path);
+    let out = ctl(&ep, &expired, &["get", "k"]);
+    assert!(
+        !out.status.success(),
+        "expired cert accepted: {}",
+        text(&out)
+    );
+
+    // Plain http to the https port gets nothing.
+    let out = etcdctl_at(
+        &format!("http://127.0.0.1:{}", s.client_port),
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "k"],
+        None,
+    );
+    assert!(!out.status.success(), "plain http accepted: {}", text(&out));
+
+    wait_until(Duration::from_secs(5), "rejected connection logs", || {
+        let log = s.log();
+        log.matches("rejected connection").count() >= 3 && log.contains("remote_addr")
+    });
+    let log = s.log();
+    let rejected: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rejected connection"))
+        .collect();
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l.to_lowercase().contains("expired")),
+        "no rejection names the expired certificate:\n{}",
+        rejected.join("\n")
+    );
+    assert_no_pem(&log);
+}
+
+// ---------------------------------------------------------------------------
+// 2. A cluster with client and peer mutual TLS
+
+struct TlsMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl TlsMember {
+    fn new(name: &str) -> TlsMember {
+        TlsMember {
+            name: name.into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            proc: None,
+        }
+    }
+
+    fn peer_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    fn start(&mut self, pki: &Pki, initial: &str, state: &str, peer: &Pair, peer_ca: &Path) {
+        let dir = tempfile::tempdir_in(self.dir.path()).expect("run dir");
+        let args: Vec<String> = vec![
+            "--name".into(),
+            self.name.clone(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--listen-client-urls".into(),
+            self.endpoint(),
+            "--advertise-client-urls".into(),
+            self.endpoint(),
+            "--listen-peer-urls".into(),
+            self.peer_url(),
+            "--initial-advertise-peer-urls".into(),
+            self.peer_url(),
+            "--initial-cluster".into(),
+            initial.into(),
+            "--initial-cluster-state".into(),
+            state.into(),
+            "--initial-cluster-token".into(),
+            "tls-cluster".into(),
+            "--heartbeat-interval".into(),
+            "50".into(),
+            "--election-timeout".into(),
+            "500".into(),
+            format!("--cert-file={}", pki.server.cert),
+            format!("--key-file={}", pki.server.key),
+            format!("--trusted-ca-file={}", pki.ca1.path.display()),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={}", peer.cert),
+            format!("--peer-key-file={}", peer.key),
+            format!("--peer-trusted-ca-file={}", peer_ca.display()),
+            "--peer-client-cert-auth".into(),
+        ];
+        self.proc = Some(Proc::spawn(&ours_bin(), &args, dir, self.client_port));
+    }
+
+    fn proc(&mut self) -> &mut Proc {
+        self.proc.as_mut().expect("started")
+    }
+}
+
+#[test]
+fn cluster_with_client_and_peer_mtls() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let peers: Vec<Pair> = (0..3)
+        .map(|i| {
+            make_leaf(
+                d,
+                &format!("peer{i}"),
+                &pki.ca1,
+                &format!("m{i}"),
+                0x30 + i,
+                false,
+            )
+        })
+        .collect();
+    let bad_peer = make_leaf(d, "peer-bad", &pki.ca2, "m3", 0x40, false);
+    let tls = pki.root.ctl_flags(&pki.ca1.path);
+
+    let mut ms: Vec<TlsMember> = (0..3).map(|i| TlsMember::new(&format!("m{i}"))).collect();
+    let initial = ms
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, m) in ms.iter_mut().enumerate() {
+        m.start(&pki, &initial, "new", &peers[i], &pki.ca1.path);
+    }
+    for m in ms.iter_mut() {
+        m.proc().wait_healthy(&tls);
+    }
+    let eps = ms
+        .iter()
+        .map(|m| m.endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_until(Duration::from_secs(15), "one leader", || {
+        let out = ctl(&eps, &tls, &["endpoint", "status", "-w", "table"]);
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success()
+            && t.lines().filter(|l| l.contains("https://")).count() == 3
+            && t.lines().filter(|l| l.contains("| true ")).count() == 1
+    });
+
+    // A write on one member is read on every member (serializable reads).
+    assert_eq!(
+        ctl_ok(&ms[0].endpoint(), &tls, &["put", "tls-key", "v1"]).trim(),
+        "OK"
+    );
+    for m in &ms {
+        let ep = m.endpoint();
+        wait_until(Duration::from_secs(10), "replicated write", || {
+            let out = ctl(&ep, &tls, &["get", "tls-key", "--consistency=s"]);
+            String::from_utf8_lossy(&out.stdout) == "tls-key\nv1\n"
+        });
+    }
+
+    // A fourth member with a peer certificate from another CA cannot join.
+    let mut m3 = TlsMember::new("m3");
+    let added = ctl_ok(
+        &ms[1].endpoint(),
+        &tls,
+        &[
+            "member",
+            "add",
+            "m3",
+            &format!("--peer-urls={}", m3.peer_url()),
+        ],
+    );
+    assert!(added.contains("ETCD_INITIAL_CLUSTER_STATE"), "{added}");
+    let initial4 = format!("{initial},m3={}", m3.peer_url());
+    m3.start(&pki, &initial4, "existing", &bad_peer, &pki.ca2.path);
+    let m3_ep = m3.endpoint();
+    wait_until(
+        Duration::from_secs(10),
+        "rejected peer connections from the foreign member",
+        || {
+            ms.iter()
+                .filter_map(|m| m.proc.as_ref())
+                .any(|p| p.log().contains("rejected peer connection"))
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let out = ctl(
+            &m3_ep,
+            &tls,
+            &["endpoint", "health", "--command-timeout=1s"],
+        );
+        assert!(
+            !out.status.success(),
+            "member with a foreign peer certificate became healthy:\n{}",
+            m3.proc().log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The cluster keeps serving writes with a quorum of three.
+    assert_eq!(
+        ctl_ok(&ms[2].endpoint(), &tls, &["put", "tls-key", "v2"]).trim(),
+        "OK"
+    );
+    for m in &ms {
+        assert_no_pem(&m.proc.as_ref().expect("started").log());
+    }
+    assert_no_pem(&m3.proc().log());
+}
+
+// ---------------------------------------------------------------------------
+// 3. Rotation of certificates and CA bundles on disk
+
+/// The serial number of the certificate a fresh TLS connection to `port` sees.
+fn served_serial(port: u16) -> String {
+    let sc = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+            "-showcerts",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let mut x = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl x509");
+    {
+        use std::io::Write;
+        let mut si = x.stdin.take().expect("stdin");
+        let _ = si.write_all(&sc.stdout);
+    }
+    let out = x.wait_with_output().expect("openssl x509 output");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn copy_pair(from: &Pair, to: &Pair) {
+    // The key first: until the certificate follows, the pair does not match and
+    // the server keeps the previous one.
+    std::fs::copy(&from.key, &to.key).expect("copy key");
+    std::fs::copy(&from.cert, &to.cert).expect("copy cert");
+}
+
+#[test]
+fn certificate_rotation_without_restart() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let a = make_leaf(d, "rot-a", &pki.ca1, "server", 0x0A, false);
+    let b = make_leaf(d, "rot-b", &pki.ca1, "server", 0x0B, false);
+    let live = Pair {
+        cert: pki.path("live.crt").display().to_string(),
+        key: pki.path("live.key").display().to_string(),
+    };
+    copy_pair(&a, &live);
+    let mut s = start_tls(&server_flags(&live, &pki.ca1.path, false));
+    let tls = vec![format!("--cacert={}", pki.ca1.path.display())];
+    s.wait_healthy(&tls);
+    assert_eq!(served_serial(s.client_port), "serial=0A");
+
+    copy_pair(&b, &live);
+    wait_until(
+        Duration::from_secs(10),
+        "the new certificate served",
+        || served_serial(s.client_port) == "serial=0B",
+    );
+    // Clients verifying against the CA keep working with the new certificate.
+    assert_eq!(ctl_ok(&s.endpoint(), &tls, &["put", "r", "1"]).trim(), "OK");
+    assert!(s.log().contains("reloaded TLS certificates"), "{}", s.log());
+
+    // A broken replacement keeps the last good certificate.
+    std::fs::write(&live.cert, "not a certificate").expect("write garbage");
+    let start = Instant::now();
+    wait_until(Duration::from_secs(10), "a reload attempt", || {
+        s.log().contains("cannot reload TLS certificates")
+    });
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(served_serial(s.client_port), "serial=0B");
+    assert_no_pem(&s.log());
+}
+
+#[test]
+fn ca_bundle_rotation_without_restart() {
+    let pki = Pki::new();
+    let bundle = pki.path("bundle.pem");
+    std::fs::copy(&pki.ca1.path, &bundle).expect("bundle");
+    let mut s = start_tls(&server_flags(&pki.server, &bundle, true));
+    let ca1_client = pki.root.ctl_flags(&pki.ca1.path);
+    let ca2_client = pki.other_ca_client.ctl_flags(&pki.ca1.path);
+    s.wait_healthy(&ca1_client);
+    let out = ctl(&s.endpoint(), &ca2_client, &["get", "x"]);
+    assert!(!out.status.success(), "CA2 client accepted: {}", text(&out));
+
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&pki.ca1.path).expect("ca1"),
+        std::fs::read_to_string(&pki.ca2.path).expect("ca2")
+    );
+    std::fs::write(&bundle, both).expect("write bundle");
+    let ep = s.endpoint();
+    wait_until(Duration::from_secs(15), "CA2 client accepted", || {
+        ctl(&ep, &ca2_client, &["put", "x", "1"]).status.success()
+    });
+    // CA1 clients still work.
+    assert_eq!(ctl_ok(&ep, &ca1_client, &["get", "x"]), "x\n1\n");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Bad certificate files stop the server
+
+fn run_tls_to_exit(dir: &Path, flags: &[String]) -> Output {
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        "default".into(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--listen-client-urls".into(),
+        url.clone(),
+        "--advertise-client-urls".into(),
+        url,
+        "--listen-peer-urls".into(),
+        peer.clone(),
+        "--initial-advertise-peer-urls".into(),
+        peer.clone(),
+        "--initial-cluster".into(),
+        format!("default={peer}"),
+    ];
+    args.extend(flags.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    Server::run_to_exit(&refs, &[], dir)
+}
+
+#[test]
+fn bad_certificate_files_stop_the_server() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let other = make_leaf(d, "mismatch", &pki.ca1, "server", 0x50, false);
+    let garbage = pki.path("garbage.key");
+    std::fs::write(&garbage, "this is not a key\n").expect("garbage");
+    let missing = pki.path("missing.crt").display().to_string();
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "missing certificate",
+            vec![
+                format!("--cert-file={missing}"),
+                format!("--key-file={}", pki.server.key),
+            ],
+            missing.clone(),
+        ),
+        (
+            "key is a directory",
+            vec![
+                format!("--cert-file={}", pki.server.cert),
+                format!("--key-file={}", d.display()),
+            ],
+            d.display().to_string(),
+        ),
+        (
+            "garbage key",
+            vec![
+                format!("--cert-file={}", pki.server.cert),
+                format!("--key-file={}", garbage.display()),
+            ],
+            garbage.display().to_string(),
+        ),
+        (
+            "mismatched pair",
+            vec![
+                format!("--cert-file={}", pki.server.cert),
+                format!("--key-file={}", other.key),
+            ],
+            other.key.clone(),
+        ),
+        (
+            "missing trusted CA",
+            vec![
+                format!("--cert-file={}", pki.server.cert),
+                format!("--key-file={}", pki.server.key),
+                format!("--trusted-ca-file={missing}"),
+                "--client-cert-auth".into(),
+            ],
+            missing.clone(),
+        ),
+        (
+            "missing peer certificate",
+            vec![
+                format!("--peer-cert-file={missing}"),
+                format!("--peer-key-file={}", pki.server.key),
+                format!("--cert-file={}", pki.server.cert),
+                format!("--key-file={}", pki.server.key),
+            ],
+            missing.clone(),
+        ),
+    ];
+    for (what, flags, path) in cases {
+        let run = tempfile::tempdir().expect("run dir");
+        let out = run_tls_to_exit(run.path(), &flags);
+        let all = text(&out);
+        assert!(
+            matches!(out.status.code(), Some(c) if c != 0),
+            "{what}: expected a non-zero exit, got {:?}:\n{all}",
+            out.status
+        );
+        assert!(
+            all.contains(&path),
+            "{what}: output does not name {path}:\n{all}"
+        );
+        assert_no_pem(&all);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. Users, roles, permissions and tokens
+
+fn sh_ctl(srv: &Server, user: Option<&str>, args: &[&str]) -> Output {
+    let mut all: Vec<String> = Vec::new();
+    if let Some(u) = user {
+        all.push(format!("--user={u}"));
+    }
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+    srv.etcdctl(&refs)
+}
+
+fn sh_ok(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
+    let out = sh_ctl(srv, user, args);
+    assert!(
+        out.status.success(),
+        "{:?} etcdctl {args:?} failed: {}",
+        srv.kind,
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The error line etcdctl prints for a failed command.
+fn sh_err(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
+    let out = sh_ctl(srv, user, args);
+    assert!(
+        !out.status.success(),
+        "{:?} etcdctl {args:?} unexpectedly worked: {}",
+        srv.kind,
+        text(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.starts_with("Error:"))
+        .unwrap_or(&err)
+        .trim()
+        .to_string()
+}
+
+/// etcdctl's stdout when it works, else its error line.
+fn outcome(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
+    let out = sh_ctl(srv, user, args);
+    if out.status.success() {
+        return format!("ok: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.starts_with("Error:"))
+        .unwrap_or(&err)
+        .trim()
+        .to_string()
+}
+
+fn setup_users(srv: &Server) {
+    let mut seq: Vec<Vec<&str>> = vec![
+        vec!["user", "add", "root:pw"],
+        vec!["role", "add", "root"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["role", "add", "app"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix=true",
+            "readwrite",
+            "/app/",
+        ],
+        vec!["user", "add", "alice:pw"],
+        vec!["user", "grant-role", "alice", "app"],
+    ];
+    seq.push(vec!["auth", "enable"]);
+    for args in seq {
+        sh_ok(srv, None, &args);
+    }
+}
+
+/// Runs `etcdctl watch` for up to `limit` and returns its output and whether it
+/// exited on its own.
+fn watch_for(endpoint: &str, extra: &[String], args: &[&str], limit: Duration) -> (String, bool) {
+    let mut cmd = Command::new(crate::harness::etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(extra)
+        .arg("watch")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("etcdctl watch");
+    let deadline = Instant::now() + limit;
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("watch output");
+    (text(&out), exited)
+}
+
+/// The auth flow on one server; returns the error lines that must match etcd's.
+fn auth_flow(srv: &Server) -> Vec<String> {
+    setup_users(srv);
+    let alice = Some("alice:pw");
+    let root = Some("root:pw");
+    let mut errs = Vec::new();
+
+    errs.push(sh_err(srv, None, &["get", "/app/x"]));
+    assert_eq!(sh_ok(srv, alice, &["put", "/app/x", "1"]).trim(), "OK");
+    assert_eq!(sh_ok(srv, alice, &["get", "/app/x"]), "/app/x\n1\n");
+    assert_eq!(sh_ok(srv, alice, &["del", "/app/x"]).trim(), "1");
+    errs.push(sh_err(srv, alice, &["put", "/other", "1"]));
+    errs.push(sh_err(srv, alice, &["get", "/other"]));
+    // A transaction reading /app/ but writing /other.
+    let out = srv.etcdctl_stdin(
+        &["--user=alice:pw", "txn"],
+        Some("value(\"/app/x\") = \"1\"\n\nput /other 2\n\nput /other 3\n\n"),
+    );
+    assert!(
+        !out.status.success(),
+        "txn on /other allowed: {}",
+        text(&out)
+    );
+    errs.push(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find(|l| l.starts_with("Error:"))
+            .unwrap_or_default()
+            .to_string(),
+    );
+    errs.push(sh_err(srv, Some("alice:wrong"), &["get", "/app/x"]));
+    errs.push(sh_err(srv, Some("nobody:pw"), &["get", "/app/x"]));
+    errs.push(sh_err(srv, alice, &["user", "list"]));
+    // Users may read their own user and roles (etcd's rule), nothing else.
+    errs.push(outcome(srv, alice, &["role", "get", "app"]));
+    errs.push(outcome(srv, alice, &["user", "get", "alice"]));
+    errs.push(sh_err(srv, alice, &["role", "get", "root"]));
+    errs.push(sh_err(srv, alice, &["user", "get", "root"]));
+    errs.push(sh_err(srv, alice, &["auth", "disable"]));
+
+    // Root can do everything.
+    assert_eq!(sh_ok(srv, root, &["put", "/other", "r"]).trim(), "OK");
+    let users = sh_ok(srv, root, &["user", "list"]);
+    assert_eq!(users, "alice\nroot\n");
+    let role = sh_ok(srv, root, &["role", "get", "app"]);
+    assert!(role.contains("[/app/, /app0)"), "{role}");
+    let members = sh_ok(srv, root, &["member", "list"]);
+    assert!(members.contains("default"), "{members}");
+
+    // Watches: /other is refused, /app/ delivers events.
+    let tls: Vec<String> = vec!["--user=alice:pw".into()];
+    let (out, exited) = watch_for(&srv.endpoint(), &tls, &["/other"], Duration::from_secs(5));
+    assert!(exited, "watch on /other was not refused:\n{out}");
+    assert!(out.contains("permission denied"), "{out}");
+    errs.push(
+        out.lines()
+            .find(|l| l.contains("permission denied"))
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let ep = srv.endpoint();
+    let put_later = std::thread::spawn({
+        let ep = ep.clone();
+        move || {
+            // Keep writing until the watcher is gone (it is killed at its limit).
+            let deadline = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < deadline {
+                etcdctl_at(&ep, &["--user=alice:pw", "put", "/app/w", "seen"], None);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let (out, exited) = watch_for(&ep, &tls, &["--prefix", "/app/"], Duration::from_secs(3));
+    put_later.join().expect("writer");
+    assert!(!exited, "watch on /app/ ended:\n{out}");
+    assert!(out.contains("PUT\n/app/w\nseen"), "{out}");
+
+    errs
+}
+
+#[test]
+fn auth_users_roles_and_errors_match_etcd() {
+    let ours = Server::start(&["--auth-token-ttl", "2"]);
+    let reference = Server::start_reference(&["--auth-token-ttl", "2"]);
+    let a = std::thread::scope(|sc| {
+        let r = sc.spawn(|| auth_flow(&reference));
+        let o = auth_flow(&ours);
+        let r = r.join().expect("reference flow");
+        (o, r)
+    });
+    let (o, r) = a;
+    assert_eq!(
+        o[0], "Error: etcdserver: user name is empty",
+        "no user: {o:?}"
+    );
+    assert_eq!(o[1], "Error: etcdserver: permission denied");
+    assert_eq!(
+        o[4],
+        "Error: etcdserver: authentication failed, invalid user ID or password"
+    );
+    assert_eq!(o, r, "ours vs Debian's etcd error texts");
+
+    // Token expiry with etcd-client: the same for both servers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (eo, er) = rt.block_on(async {
+        let opts = || {
+            ConnectOptions::new()
+                .with_user("alice", "pw")
+                .with_connect_timeout(Duration::from_secs(3))
+                .with_timeout(Duration::from_secs(5))
+        };
+        let mut co = Client::connect([ours.endpoint()], Some(opts()))
+            .await
+            .expect("connect ours");
+        let mut cr = Client::connect([reference.endpoint()], Some(opts()))
+            .await
+            .expect("connect reference");
+        let mut auto = Client::connect(
+            [ours.endpoint()],
+            Some(opts().with_auto_token_refresh(true)),
+        )
+        .await
+        .expect("connect ours with refresh");
+        co.put("/app/t", "1", None).await.expect("put with token");
+        cr.put("/app/t", "1", None).await.expect("put with token");
+        auto.get("/app/t", None).await.expect("get with token");
+        let idle = Instant::now();
+        while idle.elapsed() < Duration::from_millis(3500) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let eo = co.get("/app/t", None).await.err().map(|e| e.to_string());
+        let er = cr.get("/app/t", None).await.err().map(|e| e.to_string());
+        // With refresh enabled, the client authenticates again and the request works.
+        let got = auto.get("/app/t", None).await.expect("get after refresh");
+        assert_eq!(got.kvs().len(), 1);
+        (eo, er)
+    });
+    let eo = eo.expect("request with an expired token worked on ours");
+    assert!(eo.contains("etcdserver: invalid auth token"), "{eo}");
+    let er = er.expect("request with an expired token worked on etcd");
+    assert!(er.contains("etcdserver: invalid auth token"), "{er}");
+
+    // auth disable restores open access.
+    for srv in [&ours, &reference] {
+        sh_ok(srv, Some("root:pw"), &["auth", "disable"]);
+        assert_eq!(sh_ok(srv, None, &["put", "/other", "open"]).trim(), "OK");
+        assert_eq!(sh_ok(srv, None, &["get", "/other"]), "/other\nopen\n");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. Client certificate common names as users
+
+#[test]
+fn certificate_common_name_is_the_user() {
+    let pki = Pki::new();
+    let mut s = start_tls(&server_flags(&pki.server, &pki.ca1.path, true));
+    let root = pki.root.ctl_flags(&pki.ca1.path);
+    let alice = pki.alice.ctl_flags(&pki.ca1.path);
+    s.wait_healthy(&root);
+    let ep = s.endpoint();
+    for args in [
+        vec!["user", "add", "root:pw"],
+        vec!["role", "add", "root"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["role", "add", "app"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix=true",
+            "readwrite",
+            "/app/",
+        ],
+        vec!["user", "add", "alice:pw"],
+        vec!["user", "grant-role", "alice", "app"],
+        vec!["auth", "enable"],
+    ] {
+        ctl_ok(&ep, &root, &args);
+    }
+    // CN=root: admin operations without --user.
+    assert_eq!(ctl_ok(&ep, &root, &["user", "list"]), "alice\nroot\n");
+    assert!(ctl_ok(&ep, &root, &["member", "list"]).contains("default"));
+    assert_eq!(ctl_ok(&ep, &root, &["put", "/other", "r"]).trim(), "OK");
+    assert!(ctl_ok(&ep, &root, &["role", "get", "app"]).contains("/app/"));
+
+    // CN=alice: only /app/.
+    assert_eq!(ctl_ok(&ep, &alice, &["put", "/app/a", "1"]).trim(), "OK");
+    assert_eq!(ctl_ok(&ep, &alice, &["get", "/app/a"]), "/app/a\n1\n");
+    for args in [
+        vec!["put", "/other", "1"],
+        vec!["get", "/other"],
+        vec!["user", "list"],
+    ] {
+        let out = ctl(&ep, &alice, &args);
+        assert!(!out.status.success(), "alice {args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("etcdserver: permission denied"),
+            "alice {args:?}: {}",
+            text(&out)
+        );
+    }
+    // A password still overrides the certificate's name.
+    let mut alice_as_root = alice.clone();
+    alice_as_root.push("--user=root:pw".into());
+    assert_eq!(
+        ctl_ok(&ep, &alice_as_root, &["user", "list"]),
+        "alice\nroot\n"
+    );
+    assert_no_pem(&s.log());
+}
