@@ -50,6 +50,16 @@ impl AuthService {
         self.s.auth.check_admin(&c)
     }
 
+    /// Admin operations that a non-admin user may also do when `own` holds for
+    /// that user (reading their own user or one of their roles, as etcd allows).
+    fn admin_or_own<T>(&self, req: &Request<T>, own: impl FnOnce(&str) -> bool) -> Result<()> {
+        let c = caller(&self.s, req)?;
+        match (self.s.auth.check_admin(&c), &c) {
+            (Err(_), crate::auth::Caller::User(u)) if !u.is_empty() && own(u) => Ok(()),
+            (r, _) => r,
+        }
+    }
+
     async fn authenticate(&self, r: AuthenticateRequest) -> Result<AuthenticateResponse> {
         if !self.s.auth.enabled() {
             return Err(Error::AuthNotEnabled);
@@ -168,7 +178,7 @@ impl Auth for AuthService {
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
         let r = (|| {
-            self.admin(&req)?;
+            self.admin_or_own(&req, |u| u == req.get_ref().name)?;
             let u = self
                 .s
                 .auth
@@ -267,7 +277,12 @@ impl Auth for AuthService {
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
         let r = (|| {
-            self.admin(&req)?;
+            self.admin_or_own(&req, |u| {
+                self.s
+                    .auth
+                    .user(u)
+                    .is_some_and(|x| x.roles.iter().any(|r| *r == req.get_ref().role))
+            })?;
             let role = self
                 .s
                 .auth

@@ -110,14 +110,22 @@ impl Stream {
             id
         };
         let key = if c.key.is_empty() { vec![0] } else { c.key };
-        if let Err(e) = self.s.auth.check(&self.who, false, &key, &c.range_end) {
+        if self
+            .s
+            .auth
+            .check(&self.who, false, &key, &c.range_end)
+            .is_err()
+        {
             return self
                 .send(WatchResponse {
                     header: self.header(self.s.store.current_rev()),
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: e.to_string(),
+                    // etcd sends the full gRPC status text here.
+                    cancel_reason:
+                        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+                            .into(),
                     ..Default::default()
                 })
                 .await;
