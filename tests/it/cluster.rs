@@ -1489,3 +1489,39 @@ fn restart_ignores_changed_initial_flags() {
     c.wait_converged(&[0, 1, 2], Duration::from_secs(20));
     c.check_hash_kv(&[0, 1, 2]);
 }
+
+#[test]
+fn sigterm_on_leader_hands_over_leadership() {
+    let mut c = Cluster::start(3, &[]);
+    let all = [0usize, 1, 2];
+    c.wait_converged(&all, Duration::from_secs(20));
+    let l = c.wait_leader(&all, Duration::from_secs(10));
+    c.members[l].ctl_ok(&["put", "before", "1"]);
+    let pid = c.members[l].child.as_ref().map(|ch| ch.id()).expect("pid");
+    let t0 = Instant::now();
+    // SAFETY: kill(2) with a PID we own and a valid signal number.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let status = c.members[l]
+        .wait_exit(Duration::from_secs(20))
+        .expect("exit");
+    assert!(status.success(), "leader exited with {status}");
+    let log = c.members[l].log();
+    assert!(
+        log.contains("leadership transferred"),
+        "no hand-off in the leader's log:\n{log}"
+    );
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
+    let nl = c.wait_leader(&rest, Duration::from_secs(10));
+    assert_ne!(nl, l);
+    // The hand-off happened before the old leader exited, so the survivors had a
+    // leader without waiting out an election.
+    let took = t0.elapsed();
+    c.members[nl].ctl_ok(&["put", "after", "1"]);
+    assert_eq!(
+        c.members[rest[0]].ctl_ok(&["get", "before", "--print-value-only"]),
+        "1\n"
+    );
+    eprintln!("SIGTERM to a new leader serving: {took:?}");
+}

@@ -7,6 +7,7 @@ mod crash;
 mod etcdctl;
 mod harness;
 mod linearizability;
+mod misc;
 mod model;
 mod proxy;
 mod restore;
