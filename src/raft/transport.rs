@@ -4,7 +4,7 @@
 //! `--listen-peer-urls`. A connection starts with a handshake naming the cluster and
 //! both members; a peer of another cluster, or a connection meant for another
 //! member, is refused with a log line. After the handshake the stream carries
-//! length-prefixed encoded `eraftpb.Message`s (snapshots included, whole). A lost
+//! encoded `eraftpb.Message`s in chunks of at most 1 MiB (a snapshot spans many). A lost
 //! connection is re-dialled with backoff; messages sent meanwhile are dropped, which
 //! Raft tolerates, and the peer is reported unreachable.
 //!
@@ -35,6 +35,23 @@ const WRONG_MEMBER: u8 = 2;
 /// Largest frame accepted (a snapshot travels in one frame).
 const MAX_FRAME: usize = 1 << 31;
 const QUEUE: usize = 4096;
+/// Messages (snapshots above all) travel in chunks of at most this many bytes.
+const CHUNK: usize = 1 << 20;
+
+/// Appends `msg` as chunks: `[len u32 BE][last u8][bytes]`.
+fn push_chunks(buf: &mut Vec<u8>, msg: &[u8]) {
+    let mut chunks = msg.chunks(CHUNK).peekable();
+    if chunks.peek().is_none() {
+        buf.extend_from_slice(&0u32.to_be_bytes());
+        buf.push(1);
+        return;
+    }
+    while let Some(c) = chunks.next() {
+        buf.extend_from_slice(&(c.len() as u32).to_be_bytes());
+        buf.push(chunks.peek().is_none() as u8);
+        buf.extend_from_slice(c);
+    }
+}
 
 /// What the transport reports back to the Raft loop.
 pub enum Event {
@@ -280,8 +297,7 @@ impl Transport {
                     let Ok(bytes) = m.write_to_bytes() else {
                         continue;
                     };
-                    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                    buf.extend_from_slice(&bytes);
+                    push_chunks(&mut buf, &bytes);
                 }
                 if let Err(e) = stream.write_all(&buf).await {
                     crate::warn!(
@@ -403,15 +419,22 @@ impl Transport {
         let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
         let mut buf = Vec::new();
         loop {
-            let mut len = [0u8; 4];
-            s.read_exact(&mut len).await?;
-            let n = u32::from_be_bytes(len) as usize;
-            if n > MAX_FRAME {
+            // A message arrives as one or more chunks; the last one is flagged.
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head).await?;
+            let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if n > CHUNK || buf.len() + n > MAX_FRAME {
                 return Err(std::io::Error::other("frame too large"));
             }
-            buf.resize(n, 0);
-            s.read_exact(&mut buf).await?;
-            match Message::parse_from_bytes(&buf) {
+            let start = buf.len();
+            buf.resize(start + n, 0);
+            s.read_exact(&mut buf[start..]).await?;
+            if head[4] == 0 {
+                continue;
+            }
+            let parsed = Message::parse_from_bytes(&buf);
+            buf.clear();
+            match parsed {
                 Ok(m) => (self.deliver)(Event::Message(m)),
                 Err(e) => return Err(std::io::Error::other(format!("bad raft message: {e}"))),
             }
@@ -443,4 +466,30 @@ pub async fn fetch_cluster(urls: &[String]) -> std::io::Result<MemberListRespons
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_messages_travel_in_chunks() {
+        let msg: Vec<u8> = (0..(2 * CHUNK + 10)).map(|i| i as u8).collect();
+        let mut buf = Vec::new();
+        push_chunks(&mut buf, &msg);
+        let mut rest = buf.as_slice();
+        let mut got = Vec::new();
+        let mut flags = Vec::new();
+        while !rest.is_empty() {
+            let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            flags.push(rest[4]);
+            got.extend_from_slice(&rest[5..5 + n]);
+            rest = &rest[5 + n..];
+        }
+        assert_eq!(flags, vec![0, 0, 1]);
+        assert_eq!(got, msg);
+        let mut empty = Vec::new();
+        push_chunks(&mut empty, &[]);
+        assert_eq!(empty, vec![0, 0, 0, 0, 1]);
+    }
 }
