@@ -90,21 +90,9 @@ async fn run(cfg: Config) -> i32 {
     let mut activated = etcd_rs::systemd::activated_listeners();
     let mut client_listeners = Vec::new();
     if let Some(ls) = activated.remove("client") {
-        for l in ls {
-            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            let l = l
-                .set_nonblocking(true)
-                .and_then(|_| tokio::net::TcpListener::from_std(l));
-            match l {
-                Ok(l) => {
-                    info!("using socket-activated client listener", address = addr);
-                    client_listeners.push((format!("http://{addr}"), l));
-                }
-                Err(e) => {
-                    error!("cannot use the socket-activated listener", error = e);
-                    return 1;
-                }
-            }
+        match adopt(ls, "client") {
+            Ok(ls) => client_listeners.extend(ls),
+            Err(()) => return 1,
         }
     } else {
         for u in &cfg.listen_client_urls {
@@ -119,17 +107,9 @@ async fn run(cfg: Config) -> i32 {
     }
     let mut peer_listeners = Vec::new();
     if let Some(ls) = activated.remove("peer") {
-        for l in ls {
-            match l
-                .set_nonblocking(true)
-                .and_then(|_| tokio::net::TcpListener::from_std(l))
-            {
-                Ok(l) => peer_listeners.push(l),
-                Err(e) => {
-                    error!("cannot use the socket-activated peer listener", error = e);
-                    return 1;
-                }
-            }
+        match adopt(ls, "peer") {
+            Ok(ls) => peer_listeners.extend(ls.into_iter().map(|(_, l)| l)),
+            Err(()) => return 1,
         }
     } else {
         for u in &cfg.listen_peer_urls {
@@ -269,6 +249,39 @@ async fn supervise(s: Arc<EtcdServer>) {
             last_status = status;
         }
     }
+}
+
+/// Takes over listeners passed by systemd; returns them with their URLs.
+fn adopt(
+    ls: Vec<std::net::TcpListener>,
+    what: &str,
+) -> Result<Vec<(String, tokio::net::TcpListener)>, ()> {
+    let mut out = Vec::new();
+    for l in ls {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        match l
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(l))
+        {
+            Ok(l) => {
+                info!(
+                    "using a socket-activated listener",
+                    kind = what,
+                    address = addr
+                );
+                out.push((format!("http://{addr}"), l));
+            }
+            Err(e) => {
+                error!(
+                    "cannot use a socket-activated listener",
+                    kind = what,
+                    error = e
+                );
+                return Err(());
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn bind(url: &str) -> std::io::Result<tokio::net::TcpListener> {

@@ -210,16 +210,7 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
         users.retain(|_, _| false)?;
         let mut roles = txn.open_table(AUTH_ROLES)?;
         roles.retain(|_, _| false)?;
-        let mut rest = &body[MAGIC.len()..];
-        loop {
-            let t = take(&mut rest, 1).ok_or_else(|| bad("truncated"))?[0];
-            if t == END {
-                break;
-            }
-            let kl = take_u32(&mut rest).ok_or_else(|| bad("truncated"))?;
-            let k = take(&mut rest, kl).ok_or_else(|| bad("truncated"))?;
-            let vl = take_u32(&mut rest).ok_or_else(|| bad("truncated"))?;
-            let v = take(&mut rest, vl).ok_or_else(|| bad("truncated"))?;
+        for_each_record(&body[MAGIC.len()..], |t, k, v| {
             let u64_at = |b: &[u8], i: usize| -> Result<u64, StorageError> {
                 b.get(i..i + 8)
                     .and_then(|s| s.try_into().ok())
@@ -259,9 +250,33 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
                 }
                 _ => return Err(bad("unknown record type")),
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(())
+}
+
+/// Calls `f(table, key, value)` for every record of a snapshot body (after the
+/// magic line, before the checksum), up to the end marker.
+fn for_each_record<'a>(
+    mut rest: &'a [u8],
+    mut f: impl FnMut(u8, &'a [u8], &'a [u8]) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let bad = || StorageError::Decode {
+        what: "snapshot".into(),
+        detail: "truncated".into(),
+    };
+    loop {
+        let t = take(&mut rest, 1).ok_or_else(bad)?[0];
+        if t == END {
+            return Ok(());
+        }
+        let kl = take_u32(&mut rest).ok_or_else(bad)?;
+        let k = take(&mut rest, kl).ok_or_else(bad)?;
+        let vl = take_u32(&mut rest).ok_or_else(bad)?;
+        let v = take(&mut rest, vl).ok_or_else(bad)?;
+        f(t, k, v)?;
+    }
 }
 
 /// Checks a snapshot file's structure and checksum.
@@ -308,22 +323,13 @@ pub fn status(path: &Path) -> Result<Status, StorageError> {
         detail: d.to_string(),
     };
     let body = &data[MAGIC.len()..data.len() - 32];
-    let mut rest = body;
     let mut st = Status {
         hash: 0,
         revision: 0,
         total_keys: 0,
         total_size: data.len() as u64,
     };
-    loop {
-        let t = take(&mut rest, 1).ok_or_else(|| bad("truncated"))?[0];
-        if t == END {
-            break;
-        }
-        let kl = take_u32(&mut rest).ok_or_else(|| bad("truncated"))?;
-        let k = take(&mut rest, kl).ok_or_else(|| bad("truncated"))?;
-        let vl = take_u32(&mut rest).ok_or_else(|| bad("truncated"))?;
-        let v = take(&mut rest, vl).ok_or_else(|| bad("truncated"))?;
+    for_each_record(body, |t, k, v| {
         if t == 1 {
             st.total_keys += 1;
             st.hash = crc32c::crc32c_append(st.hash, k);
@@ -336,7 +342,9 @@ pub fn status(path: &Path) -> Result<Status, StorageError> {
                 st.revision = st.revision.max(main);
             }
         }
-    }
+        Ok(())
+    })
+    .map_err(|_| bad("truncated"))?;
     Ok(st)
 }
 
