@@ -443,14 +443,32 @@ impl Transport {
 }
 
 /// Asks the members at `urls` for the cluster ID and member list (for joining).
-pub async fn fetch_cluster(urls: &[String]) -> std::io::Result<MemberListResponse> {
+pub async fn fetch_cluster(
+    urls: &[String],
+    tls: Option<PeerTls>,
+) -> std::io::Result<MemberListResponse> {
     let mut last = std::io::Error::other("no peer to ask");
     for u in urls {
         let r: std::io::Result<MemberListResponse> = async {
-            let mut s =
+            let tcp =
                 tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(host_port(u)))
                     .await
                     .map_err(|_| std::io::Error::other("connect timed out"))??;
+            let mut s: Stream = match (&tls, u.starts_with("https://")) {
+                (Some(tls), true) => {
+                    let hp = host_port(u);
+                    let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
+                    let host = host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string();
+                    let name = rustls::pki_types::ServerName::try_from(host)
+                        .map_err(std::io::Error::other)?;
+                    let c = tokio_rustls::TlsConnector::from(tls.client.clone());
+                    Box::new(c.connect(name, tcp).await?)
+                }
+                _ => Box::new(tcp),
+            };
             s.write_all(MAGIC).await?;
             s.write_all(&[KIND_INFO]).await?;
             let mut len = [0u8; 4];

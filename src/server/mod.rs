@@ -320,7 +320,10 @@ impl EtcdServer {
                     .collect();
                 let info = tokio::runtime::Handle::try_current()
                     .map_err(|e| StartError::Unsupported(e.to_string()))?
-                    .block_on(crate::raft::transport::fetch_cluster(&peers))
+                    .block_on(crate::raft::transport::fetch_cluster(
+                        &peers,
+                        Self::peer_tls(cfg)?,
+                    ))
                     .map_err(|e| {
                         StartError::Unsupported(format!(
                             "cannot fetch cluster info from peers {}: {e}",
