@@ -7,7 +7,7 @@
 //! password already hashed by the member that received it); simple tokens are
 //! assigned through the log too, so every member knows them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -482,11 +482,6 @@ pub fn random_token() -> String {
     (0..16)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
-}
-
-/// Keeps the set semantics of role names in one place.
-pub fn roles_of(u: &User) -> BTreeSet<String> {
-    u.roles.iter().cloned().collect()
 }
 
 #[cfg(test)]

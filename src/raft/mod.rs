@@ -34,29 +34,6 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// A fresh log for a new cluster whose voters are `voters`.
-    pub fn bootstrap(
-        backend: &Arc<Backend>,
-        voters: Vec<u64>,
-        learners: Vec<u64>,
-    ) -> Result<LogStore> {
-        let cs = ConfState::from((voters, learners));
-        let txn = backend.write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(storage::meta::CONF_STATE, enc(&cs)?.as_slice())?;
-            meta.insert(
-                storage::meta::HARD_STATE,
-                enc(&HardState::default())?.as_slice(),
-            )?;
-        }
-        txn.commit()?;
-        Ok(LogStore {
-            backend: backend.clone(),
-            mem: MemStorage::new_with_conf_state(cs),
-        })
-    }
-
     /// A log that starts with `entries` (all committed; etcd bootstraps a new
     /// cluster with one membership change per initial member), or empty for a
     /// member joining an existing cluster.

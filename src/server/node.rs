@@ -744,11 +744,9 @@ impl Node {
         if start.elapsed() > Duration::from_millis(100) {
             metrics::SLOW_APPLY.inc();
         }
-        let n = entries.iter().filter(|e| e.index > self.applied).count();
         self.applied = self.applied.max(last);
         self.status.applied.store(self.applied, Ordering::Relaxed);
         metrics::PROPOSALS_APPLIED.set(self.applied as i64);
-        let _ = n;
         self.hub.publish(out.events, out.rev);
         for (id, res) in out.results {
             metrics::PROPOSALS_PENDING.add(-1);
