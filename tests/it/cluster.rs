@@ -52,26 +52,8 @@ pub struct Member {
 }
 
 /// Ports handed out to cluster members and proxies in this test process.
-static USED_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-
-/// A loopback port below the kernel's ephemeral range (32768 and up), so that no
-/// outgoing connection of any process (clients, peers, proxies) can take it between
-/// now and the member's bind, and never the same one twice in this process. The
-/// listener is returned still bound.
 fn member_listener() -> TcpListener {
-    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    let seed = std::process::id() as usize * 7919 + used.len() * 104_729;
-    for k in 0..12_000usize {
-        let port = (20_000 + (seed + k * 6151) % 12_000) as u16;
-        if used.contains(&port) {
-            continue;
-        }
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            used.push(port);
-            return l;
-        }
-    }
-    panic!("no free loopback port in 20000..32000");
+    crate::harness::free_listener()
 }
 
 fn member_port() -> u16 {

@@ -35,10 +35,31 @@ pub fn etcdctl_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcdctl"))
 }
 
-/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
+/// A free TCP port on 127.0.0.1, below the ephemeral range (see [`free_listener`]).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    free_listener().local_addr().expect("local addr").port()
+}
+
+static USED_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection of any process (clients, peers, proxies) can take it between
+/// now and the server's bind, and never the same one twice in this process. The
+/// listener is returned still bound.
+pub fn free_listener() -> TcpListener {
+    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = std::process::id() as usize * 7919 + used.len() * 104_729;
+    for k in 0..12_000usize {
+        let port = (20_000 + (seed + k * 6151) % 12_000) as u16;
+        if used.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            used.push(port);
+            return l;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
