@@ -66,6 +66,11 @@ pub enum Error {
     PermissionDenied,
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// Authenticate on a member whose JWT key can only verify.
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
     #[error("etcdserver: authentication failed, invalid user ID or password")]
     AuthFailed,
     #[error("etcdserver: user name is empty")]

@@ -67,11 +67,26 @@ impl AuthService {
         if r.name.is_empty() {
             return Err(Error::AuthFailed);
         }
+        if self.s.auth.jwt().is_some() {
+            // The token carries the auth revision: check the password and sign
+            // against the state after catching up with the leader.
+            self.s.read_barrier().await?;
+        }
         let auth = self.s.auth.clone();
         let (name, password) = (r.name.clone(), r.password);
         tokio::task::spawn_blocking(move || auth.check_password(&name, &password))
             .await
             .map_err(|_| Error::AuthFailed)??;
+        if let Some(jwt) = self.s.auth.jwt() {
+            let token = jwt
+                .sign(&r.name, self.s.auth.revision())
+                .ok_or(Error::VerifyOnly)?;
+            crate::info!("authenticated a user", user = r.name);
+            return Ok(AuthenticateResponse {
+                header: self.header(),
+                token,
+            });
+        }
         let token = format!(
             "{}.{}",
             crate::auth::random_token(),

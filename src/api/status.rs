@@ -28,7 +28,8 @@ pub fn code_of(e: &Error) -> Code {
         | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted => {
             Code::FailedPrecondition
         }
-        RoleEmpty | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+        RoleEmpty | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
+        VerifyOnly => Code::Unknown,
         Unimplemented => Code::Unimplemented,
         Storage(_) => Code::Internal,
     }

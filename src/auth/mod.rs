@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use prost::Message;
 
+pub mod jwt;
+
 use crate::error::{Error, Result};
 use crate::pb::authpb::{Permission, Role, User, UserAddOptions, permission};
 
@@ -37,6 +39,8 @@ pub struct AuthStore {
     state: RwLock<State>,
     tokens: RwLock<HashMap<String, Token>>,
     ttl: Duration,
+    /// Set with `--auth-token jwt,...`: tokens are signed JWTs, not stored.
+    jwt: Option<jwt::Jwt>,
     pub bcrypt_cost: u32,
 }
 
@@ -93,6 +97,10 @@ fn covers(perms: &[(Vec<u8>, Vec<u8>)], key: &[u8], end: &[u8]) -> bool {
 
 impl AuthStore {
     pub fn new(token_ttl: Duration, bcrypt_cost: u32) -> Self {
+        Self::with_jwt(token_ttl, bcrypt_cost, None)
+    }
+
+    pub fn with_jwt(token_ttl: Duration, bcrypt_cost: u32, jwt: Option<jwt::Jwt>) -> Self {
         AuthStore {
             state: RwLock::new(State {
                 revision: 1,
@@ -100,6 +108,7 @@ impl AuthStore {
             }),
             tokens: RwLock::new(HashMap::new()),
             ttl: token_ttl,
+            jwt,
             bcrypt_cost,
         }
     }
@@ -127,6 +136,15 @@ impl AuthStore {
             return Ok(Caller::Anyone);
         }
         if let Some(t) = token {
+            if let Some(jwt) = &self.jwt {
+                let claims = jwt.verify(t).ok_or(Error::InvalidAuthToken)?;
+                // A token from before the last auth change: clients
+                // authenticate again on this error.
+                if claims.revision < self.revision() {
+                    return Err(Error::AuthOldRevision);
+                }
+                return Ok(Caller::User(claims.username));
+            }
             let mut tokens = self.tokens.write();
             let now = Instant::now();
             return match tokens.get_mut(t) {
@@ -233,6 +251,11 @@ impl AuthStore {
             .map_err(|e| Error::InvalidArgument(format!("etcdserver: cannot hash password: {e}")))
     }
 
+    /// The JWT provider, when tokens are JWTs.
+    pub fn jwt(&self) -> Option<&jwt::Jwt> {
+        self.jwt.as_ref()
+    }
+
     /// Records a token assigned through the log.
     pub fn assign_token(&self, token: &str, user: &str) {
         self.tokens.write().insert(
@@ -248,6 +271,9 @@ impl AuthStore {
     pub fn apply(&self, req: &AuthOp) -> Result<State> {
         let mut st = self.state.write();
         let mut next = st.clone();
+        // etcd keeps the auth revision on enable and on a grant of a role the
+        // user already has; every other change moves it.
+        let mut bump = true;
         match req {
             AuthOp::Enable => {
                 if next.enabled {
@@ -258,6 +284,7 @@ impl AuthStore {
                     return Err(Error::RootRoleNotExist);
                 }
                 next.enabled = true;
+                bump = false;
             }
             AuthOp::Disable => next.enabled = false,
             AuthOp::UserAdd {
@@ -300,7 +327,9 @@ impl AuthStore {
                     return Err(Error::RoleNotFound);
                 }
                 let u = next.users.get_mut(user).ok_or(Error::UserNotFound)?;
-                if !u.roles.contains(role) {
+                if u.roles.contains(role) {
+                    bump = false;
+                } else {
                     u.roles.push(role.clone());
                     u.roles.sort();
                 }
@@ -369,7 +398,9 @@ impl AuthStore {
                 }
             }
         }
-        next.revision += 1;
+        if bump {
+            next.revision += 1;
+        }
         *st = next.clone();
         Ok(next)
     }

@@ -18,7 +18,7 @@
 
 mod conffile;
 mod flags;
-mod values;
+pub(crate) mod values;
 mod yaml;
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub enum StartError {
     Unsupported(String),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Jwt(#[from] crate::auth::jwt::JwtError),
     #[error("cannot start the raft loop: {0}")]
     Thread(String),
 }
@@ -158,15 +160,11 @@ impl EtcdServer {
             applied = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?.unwrap_or(0);
         }
 
-        if cfg.auth_token.starts_with("jwt") {
-            crate::warn!(
-                "--auth-token jwt is not supported by this build; simple tokens are used",
-                auth_token = "jwt"
-            );
-        }
-        let auth = Arc::new(crate::auth::AuthStore::new(
+        let jwt = Self::token_provider(&cfg.auth_token)?;
+        let auth = Arc::new(crate::auth::AuthStore::with_jwt(
             Duration::from_secs(cfg.auth_token_ttl.max(1)),
             cfg.bcrypt_cost,
+            jwt,
         ));
         {
             let txn = backend.read()?;
@@ -411,6 +409,26 @@ impl EtcdServer {
             client,
             allowed_cn,
         }))
+    }
+
+    /// `--auth-token`: `simple` (None) or `jwt,<options>`.
+    fn token_provider(spec: &str) -> Result<Option<crate::auth::jwt::Jwt>, StartError> {
+        let spec = spec.trim();
+        match spec.split_once(',').unwrap_or((spec, "")) {
+            ("simple", _) | ("", _) => Ok(None),
+            ("jwt", opts) => {
+                let j = crate::auth::jwt::Jwt::from_options(opts)?;
+                crate::info!(
+                    "auth tokens are JWTs",
+                    sign_method = j.alg().name(),
+                    verify_only = !j.can_sign()
+                );
+                Ok(Some(j))
+            }
+            (other, _) => Err(StartError::Unsupported(format!(
+                "--auth-token: unknown token type {other:?} (simple or jwt)"
+            ))),
+        }
     }
 
     pub fn member_id(&self) -> u64 {

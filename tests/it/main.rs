@@ -6,6 +6,7 @@ mod cluster;
 mod crash;
 mod etcdctl;
 mod harness;
+mod jwt;
 mod linearizability;
 mod misc;
 mod model;

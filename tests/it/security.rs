@@ -793,7 +793,7 @@ fn sh_ctl(srv: &Server, user: Option<&str>, args: &[&str]) -> Output {
     srv.etcdctl(&refs)
 }
 
-fn sh_ok(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
+pub(crate) fn sh_ok(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
     let out = sh_ctl(srv, user, args);
     assert!(
         out.status.success(),
@@ -805,7 +805,7 @@ fn sh_ok(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
 }
 
 /// The error line etcdctl prints for a failed command.
-fn sh_err(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
+pub(crate) fn sh_err(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
     let out = sh_ctl(srv, user, args);
     assert!(
         !out.status.success(),
@@ -835,7 +835,7 @@ fn outcome(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
         .to_string()
 }
 
-fn setup_users(srv: &Server) {
+pub(crate) fn setup_users(srv: &Server) {
     let mut seq: Vec<Vec<&str>> = vec![
         vec!["user", "add", "root:pw"],
         vec!["role", "add", "root"],

@@ -1,0 +1,795 @@
+//! JSON Web Tokens for `--auth-token jwt,...`, as etcd issues and checks them.
+//!
+//! The option string is etcd's: `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,ttl=<duration>`.
+//! A token is `base64url(header).base64url(claims).base64url(signature)` with the
+//! header `{"alg":<alg>,"typ":"JWT"}` and the claims `{"exp":<unix seconds>,
+//! "revision":<auth revision>,"username":<user>}`, so a token one member (ours or
+//! etcd's) signs is valid on every member holding the same key. Tokens are not
+//! stored: a member checks the signature and the expiry, and a token signed
+//! before the last auth change is refused as old, as etcd does.
+//!
+//! Keys are PEM files as `openssl` writes them: RSA private keys in PKCS#1 or
+//! PKCS#8, EC private keys in SEC1 or PKCS#8, Ed25519 private keys in PKCS#8,
+//! public keys as SubjectPublicKeyInfo (`openssl pkey -pubout`); for HS* the
+//! private key file's bytes are the shared secret. With only `pub-key` the member
+//! verifies tokens but cannot sign them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ring::signature::{self as sig, KeyPair};
+use ring::{hmac, rand::SystemRandom};
+use rustls::pki_types::pem::{PemObject, SectionKind};
+
+/// etcd's default token lifetime when the options name no `ttl`.
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("--auth-token: {0}")]
+    Options(String),
+    #[error("--auth-token: {file}: {detail}")]
+    Key { file: PathBuf, detail: String },
+    #[error("--auth-token: the private key {private} and the public key {public} do not match")]
+    Mismatch { private: PathBuf, public: PathBuf },
+}
+
+/// The signing algorithms (JWS `alg` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    ES512,
+    HS256,
+    HS384,
+    HS512,
+    EdDSA,
+}
+
+impl Alg {
+    const ALL: [Alg; 13] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::ES512,
+        Alg::HS256,
+        Alg::HS384,
+        Alg::HS512,
+        Alg::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+enum Signer {
+    Rsa(sig::RsaKeyPair, &'static dyn sig::RsaEncoding),
+    Ecdsa(sig::EcdsaKeyPair),
+    P521(Box<p521::ecdsa::SigningKey>),
+    Ed25519(sig::Ed25519KeyPair),
+    Hmac(hmac::Key),
+}
+
+enum Verifier {
+    /// A ring algorithm and the raw public key it takes.
+    Ring(&'static dyn sig::VerificationAlgorithm, Vec<u8>),
+    P521(Box<p521::ecdsa::VerifyingKey>),
+    Hmac(hmac::Key),
+}
+
+/// A token provider configured from `--auth-token jwt,...`.
+pub struct Jwt {
+    alg: Alg,
+    ttl: Duration,
+    signer: Option<Signer>,
+    verifier: Verifier,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Jwt {
+    // Never prints key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("alg", &self.alg)
+            .field("ttl", &self.ttl)
+            .field("can_sign", &self.signer.is_some())
+            .finish()
+    }
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub username: String,
+    pub revision: u64,
+}
+
+impl Jwt {
+    /// Parses etcd's option string (everything after `jwt,` in `--auth-token`)
+    /// and loads the keys.
+    pub fn from_options(opts: &str) -> Result<Jwt, JwtError> {
+        let (mut public, mut private, mut method, mut ttl) = (None, None, None, None);
+        for part in opts.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| JwtError::Options(format!("option {part:?} is not key=value")))?;
+            match k {
+                "pub-key" => public = Some(PathBuf::from(v)),
+                "priv-key" => private = Some(PathBuf::from(v)),
+                "sign-method" => method = Some(v.to_string()),
+                "ttl" => {
+                    ttl = Some(
+                        crate::config::values::parse_go_duration(v)
+                            .map_err(|e| JwtError::Options(format!("ttl={v}: {e}")))?,
+                    )
+                }
+                other => {
+                    return Err(JwtError::Options(format!(
+                        "unknown JWT option {other:?} (known: pub-key, priv-key, sign-method, ttl)"
+                    )));
+                }
+            }
+        }
+        let method =
+            method.ok_or_else(|| JwtError::Options("jwt needs sign-method=<alg>".into()))?;
+        let alg = Alg::parse(&method).ok_or_else(|| {
+            JwtError::Options(format!(
+                "unknown sign-method {method:?} (one of {})",
+                Alg::ALL.map(Alg::name).join(", ")
+            ))
+        })?;
+        let ttl = ttl.unwrap_or(DEFAULT_TTL);
+        if ttl.is_zero() {
+            return Err(JwtError::Options("ttl must be positive".into()));
+        }
+        let rng = SystemRandom::new();
+        let (signer, verifier) = load_keys(alg, private.as_deref(), public.as_deref(), &rng)?;
+        Ok(Jwt {
+            alg,
+            ttl,
+            signer,
+            verifier,
+            rng,
+        })
+    }
+
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    pub fn can_sign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A token for `username` at auth revision `revision`; None in verify-only mode.
+    pub fn sign(&self, username: &str, revision: u64) -> Option<String> {
+        let signer = self.signer.as_ref()?;
+        let exp = (SystemTime::now() + self.ttl)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let header = serde_json::json!({"alg": self.alg.name(), "typ": "JWT"});
+        // serde_json's maps keep keys sorted, as Go's encoder writes a map.
+        let claims = serde_json::json!({"exp": exp, "revision": revision, "username": username});
+        let mut out = B64.encode(header.to_string());
+        out.push('.');
+        out.push_str(&B64.encode(claims.to_string()));
+        let signature = self.sign_bytes(signer, out.as_bytes())?;
+        out.push('.');
+        out.push_str(&B64.encode(signature));
+        Some(out)
+    }
+
+    fn sign_bytes(&self, signer: &Signer, msg: &[u8]) -> Option<Vec<u8>> {
+        match signer {
+            Signer::Rsa(kp, enc) => {
+                let mut out = vec![0; kp.public().modulus_len()];
+                kp.sign(*enc, &self.rng, msg, &mut out).ok()?;
+                Some(out)
+            }
+            Signer::Ecdsa(kp) => kp.sign(&self.rng, msg).ok().map(|s| s.as_ref().to_vec()),
+            Signer::P521(k) => {
+                use p521::ecdsa::signature::Signer as _;
+                let s: p521::ecdsa::Signature = k.try_sign(msg).ok()?;
+                Some(s.to_bytes().to_vec())
+            }
+            Signer::Ed25519(kp) => Some(kp.sign(msg).as_ref().to_vec()),
+            Signer::Hmac(k) => Some(hmac::sign(k, msg).as_ref().to_vec()),
+        }
+    }
+
+    /// The claims of a token this provider's key signed, if it has not expired.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        let mut parts = token.split('.');
+        let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: serde_json::Value = serde_json::from_slice(&B64.decode(h).ok()?).ok()?;
+        if header.get("alg")?.as_str()? != self.alg.name() {
+            return None;
+        }
+        let signature = B64.decode(s).ok()?;
+        let signed = &token.as_bytes()[..h.len() + 1 + c.len()];
+        let ok = match &self.verifier {
+            Verifier::Ring(alg, key) => sig::UnparsedPublicKey::new(*alg, key)
+                .verify(signed, &signature)
+                .is_ok(),
+            Verifier::P521(k) => {
+                use p521::ecdsa::signature::Verifier as _;
+                p521::ecdsa::Signature::from_slice(&signature)
+                    .is_ok_and(|s| k.verify(signed, &s).is_ok())
+            }
+            Verifier::Hmac(k) => hmac::verify(k, signed, &signature).is_ok(),
+        };
+        if !ok {
+            return None;
+        }
+        let claims: serde_json::Value = serde_json::from_slice(&B64.decode(c).ok()?).ok()?;
+        if let Some(exp) = claims.get("exp") {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+            if now as f64 > exp.as_f64()? {
+                return None;
+            }
+        }
+        Some(Claims {
+            username: claims.get("username")?.as_str()?.to_string(),
+            revision: claims.get("revision")?.as_f64()? as u64,
+        })
+    }
+}
+
+fn key_err(file: &Path, detail: impl ToString) -> JwtError {
+    JwtError::Key {
+        file: file.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The PEM sections of a key file.
+fn pem_sections(file: &Path) -> Result<Vec<(SectionKind, Vec<u8>)>, JwtError> {
+    let data = std::fs::read(file).map_err(|e| key_err(file, e))?;
+    let sections: Vec<(SectionKind, Vec<u8>)> =
+        <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(&data)
+            .collect::<Result<_, _>>()
+            .map_err(|e| key_err(file, format!("not a PEM file: {e}")))?;
+    if sections.is_empty() {
+        return Err(key_err(file, "no PEM key found"));
+    }
+    Ok(sections)
+}
+
+fn private_pem(file: &Path) -> Result<(SectionKind, Vec<u8>), JwtError> {
+    pem_sections(file)?
+        .into_iter()
+        .find(|(k, _)| {
+            matches!(
+                k,
+                SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+            )
+        })
+        .ok_or_else(|| {
+            key_err(
+                file,
+                "no private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) found",
+            )
+        })
+}
+
+/// The algorithm OID and the key bits of a SubjectPublicKeyInfo (`PUBLIC KEY`).
+fn public_pem(file: &Path) -> Result<der::Spki, JwtError> {
+    let (_, der) = pem_sections(file)?
+        .into_iter()
+        .find(|(k, _)| *k == SectionKind::PublicKey)
+        .ok_or_else(|| {
+            key_err(
+                file,
+                "no PUBLIC KEY found (write it with `openssl pkey -pubout`)",
+            )
+        })?;
+    der::spki(&der).ok_or_else(|| key_err(file, "malformed PUBLIC KEY"))
+}
+
+fn load_keys(
+    alg: Alg,
+    private: Option<&Path>,
+    public: Option<&Path>,
+    rng: &SystemRandom,
+) -> Result<(Option<Signer>, Verifier), JwtError> {
+    use Alg::*;
+    if matches!(alg, HS256 | HS384 | HS512) {
+        let file = private.ok_or_else(|| {
+            JwtError::Options(format!(
+                "{} needs priv-key=<file> (the shared secret)",
+                alg.name()
+            ))
+        })?;
+        let secret = std::fs::read(file).map_err(|e| key_err(file, e))?;
+        if secret.is_empty() {
+            return Err(key_err(file, "the secret is empty"));
+        }
+        let h = match alg {
+            HS256 => hmac::HMAC_SHA256,
+            HS384 => hmac::HMAC_SHA384,
+            _ => hmac::HMAC_SHA512,
+        };
+        let key = hmac::Key::new(h, &secret);
+        return Ok((Some(Signer::Hmac(key.clone())), Verifier::Hmac(key)));
+    }
+    if private.is_none() && public.is_none() {
+        return Err(JwtError::Options(format!(
+            "{} needs priv-key=<file> and/or pub-key=<file>",
+            alg.name()
+        )));
+    }
+    // The public key file, checked against the algorithm's key type.
+    let want_oid: &[u8] = match alg {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => der::RSA,
+        ES256 | ES384 | ES512 => der::EC,
+        _ => der::ED25519,
+    };
+    let want_curve: Option<&[u8]> = match alg {
+        ES256 => Some(der::P256),
+        ES384 => Some(der::P384),
+        ES512 => Some(der::P521),
+        _ => None,
+    };
+    let what = match alg {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => "an RSA key".to_string(),
+        ES256 => "an EC P-256 key".into(),
+        ES384 => "an EC P-384 key".into(),
+        ES512 => "an EC P-521 key".into(),
+        _ => "an Ed25519 key".into(),
+    };
+    let public_bits = match public {
+        Some(file) => {
+            let der::Spki { oid, params, bits } = public_pem(file)?;
+            if oid != want_oid || (want_curve.is_some() && params.as_deref() != want_curve) {
+                return Err(key_err(
+                    file,
+                    format!("not {what}, which sign-method={} needs", alg.name()),
+                ));
+            }
+            Some(bits)
+        }
+        None => None,
+    };
+    let mismatch = || JwtError::Mismatch {
+        private: private.map(Path::to_path_buf).unwrap_or_default(),
+        public: public.map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let bad_private = |file: &Path, e: &dyn std::fmt::Display| {
+        key_err(
+            file,
+            format!("not {what} usable for sign-method={}: {e}", alg.name()),
+        )
+    };
+    let mut signer = None;
+    let mut own_public: Option<Vec<u8>> = None;
+    if let Some(file) = private {
+        let (kind, der) = private_pem(file)?;
+        match alg {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
+                let kp = match kind {
+                    SectionKind::RsaPrivateKey => sig::RsaKeyPair::from_der(&der),
+                    _ => sig::RsaKeyPair::from_pkcs8(&der),
+                }
+                .map_err(|e| bad_private(file, &e))?;
+                let enc: &'static dyn sig::RsaEncoding = match alg {
+                    RS256 => &sig::RSA_PKCS1_SHA256,
+                    RS384 => &sig::RSA_PKCS1_SHA384,
+                    RS512 => &sig::RSA_PKCS1_SHA512,
+                    PS256 => &sig::RSA_PSS_SHA256,
+                    PS384 => &sig::RSA_PSS_SHA384,
+                    _ => &sig::RSA_PSS_SHA512,
+                };
+                own_public = Some(kp.public().as_ref().to_vec());
+                signer = Some(Signer::Rsa(kp, enc));
+            }
+            ES256 | ES384 => {
+                let curve = want_curve.unwrap_or_default();
+                let pkcs8 = match kind {
+                    SectionKind::EcPrivateKey => {
+                        if der::sec1_curve(&der).is_some_and(|c| c != curve) {
+                            return Err(bad_private(file, &"another curve"));
+                        }
+                        der::sec1_to_pkcs8(&der, curve)
+                    }
+                    _ => der,
+                };
+                let a = if alg == ES256 {
+                    &sig::ECDSA_P256_SHA256_FIXED_SIGNING
+                } else {
+                    &sig::ECDSA_P384_SHA384_FIXED_SIGNING
+                };
+                let kp = sig::EcdsaKeyPair::from_pkcs8(a, &pkcs8, rng)
+                    .map_err(|e| bad_private(file, &e))?;
+                own_public = Some(kp.public_key().as_ref().to_vec());
+                signer = Some(Signer::Ecdsa(kp));
+            }
+            ES512 => {
+                let sec1 = match kind {
+                    SectionKind::EcPrivateKey => der,
+                    _ => der::pkcs8_inner(&der, der::EC, Some(der::P521))
+                        .ok_or_else(|| bad_private(file, &"not a P-521 PKCS#8 key"))?,
+                };
+                if der::sec1_curve(&sec1).is_some_and(|c| c != der::P521) {
+                    return Err(bad_private(file, &"another curve"));
+                }
+                let scalar = der::sec1_scalar(&sec1)
+                    .ok_or_else(|| bad_private(file, &"malformed EC private key"))?;
+                let k = p521::ecdsa::SigningKey::from_slice(&scalar)
+                    .map_err(|e| bad_private(file, &e))?;
+                own_public = Some(
+                    p521::ecdsa::VerifyingKey::from(&k)
+                        .to_encoded_point(false)
+                        .as_bytes()
+                        .to_vec(),
+                );
+                signer = Some(Signer::P521(Box::new(k)));
+            }
+            _ => {
+                let kp = sig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+                    .map_err(|e| bad_private(file, &e))?;
+                own_public = Some(kp.public_key().as_ref().to_vec());
+                signer = Some(Signer::Ed25519(kp));
+            }
+        }
+    }
+    let key = match (public_bits, own_public) {
+        (Some(p), Some(o)) if p != o => return Err(mismatch()),
+        (Some(p), _) => p,
+        (None, Some(o)) => o,
+        (None, None) => return Err(mismatch()),
+    };
+    let verifier = match alg {
+        ES512 => Verifier::P521(Box::new(
+            p521::ecdsa::VerifyingKey::from_sec1_bytes(&key).map_err(|e| {
+                key_err(
+                    public.unwrap_or(Path::new("")),
+                    format!("bad P-521 point: {e}"),
+                )
+            })?,
+        )),
+        _ => {
+            let a: &'static dyn sig::VerificationAlgorithm = match alg {
+                RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+                ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+                _ => &sig::ED25519,
+            };
+            Verifier::Ring(a, key)
+        }
+    };
+    Ok((signer, verifier))
+}
+
+/// Just enough DER to take keys apart: SubjectPublicKeyInfo, SEC1 and PKCS#8.
+mod der {
+    /// Object identifiers, DER-encoded with their tag and length.
+    pub const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    pub const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    pub const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    pub const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    pub const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    pub const P521: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+
+    /// A SubjectPublicKeyInfo taken apart.
+    pub struct Spki {
+        /// The algorithm OID (with tag and length).
+        pub oid: Vec<u8>,
+        /// The algorithm parameters (for EC keys: the curve OID).
+        pub params: Option<Vec<u8>>,
+        /// The subjectPublicKey bits.
+        pub bits: Vec<u8>,
+    }
+
+    /// One TLV: tag, whole encoding, contents and the bytes after it.
+    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    fn tlv(d: &[u8]) -> Option<Tlv<'_>> {
+        let (&tag, rest) = d.split_first()?;
+        let (&l, rest) = rest.split_first()?;
+        let (len, rest) = if l < 0x80 {
+            (l as usize, rest)
+        } else {
+            let n = (l & 0x7f) as usize;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let b = rest.get(..n)?;
+            (
+                b.iter().fold(0usize, |a, &x| (a << 8) | x as usize),
+                rest.get(n..)?,
+            )
+        };
+        let contents = rest.get(..len)?;
+        let whole = &d[..d.len() - rest.len() + len];
+        Some((tag, whole, contents, rest.get(len..)?))
+    }
+
+    fn expect(d: &[u8], tag: u8) -> Option<(&[u8], &[u8], &[u8])> {
+        let (t, whole, c, rest) = tlv(d)?;
+        (t == tag).then_some((whole, c, rest))
+    }
+
+    /// AlgorithmIdentifier contents: (OID TLV, parameters TLV if any).
+    fn algorithm(c: &[u8]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let (oid, _, rest) = expect(c, 0x06)?;
+        let params = tlv(rest)
+            .filter(|(t, ..)| *t != 0x05)
+            .map(|(_, w, ..)| w.to_vec());
+        Some((oid.to_vec(), params))
+    }
+
+    /// SubjectPublicKeyInfo: (algorithm OID, parameters, key bits).
+    pub fn spki(d: &[u8]) -> Option<Spki> {
+        let (_, seq, _) = expect(d, 0x30)?;
+        let (_, alg, rest) = expect(seq, 0x30)?;
+        let (oid, params) = algorithm(alg)?;
+        let (_, bits, _) = expect(rest, 0x03)?;
+        let (&unused, bits) = bits.split_first()?;
+        (unused == 0).then(|| Spki {
+            oid,
+            params,
+            bits: bits.to_vec(),
+        })
+    }
+
+    /// The private key of a PKCS#8 PrivateKeyInfo with the given algorithm.
+    pub fn pkcs8_inner(d: &[u8], oid: &[u8], params: Option<&[u8]>) -> Option<Vec<u8>> {
+        let (_, seq, _) = expect(d, 0x30)?;
+        let (_, _, rest) = expect(seq, 0x02)?;
+        let (_, alg, rest) = expect(rest, 0x30)?;
+        let (o, p) = algorithm(alg)?;
+        if o != oid || (params.is_some() && p.as_deref() != params) {
+            return None;
+        }
+        let (_, key, _) = expect(rest, 0x04)?;
+        Some(key.to_vec())
+    }
+
+    /// The fields of a SEC1 ECPrivateKey after the version: privateKey, then
+    /// the optional [0] parameters and [1] publicKey.
+    fn sec1_fields(d: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (_, seq, _) = expect(d, 0x30)?;
+        let (_, _, rest) = expect(seq, 0x02)?;
+        let (_, scalar, rest) = expect(rest, 0x04)?;
+        Some((scalar, rest))
+    }
+
+    pub fn sec1_scalar(d: &[u8]) -> Option<Vec<u8>> {
+        sec1_fields(d).map(|(s, _)| s.to_vec())
+    }
+
+    /// The named curve in a SEC1 key's [0] parameters, if present.
+    pub fn sec1_curve(d: &[u8]) -> Option<Vec<u8>> {
+        let (_, mut rest) = sec1_fields(d)?;
+        while let Some((t, _, c, r)) = tlv(rest) {
+            if t == 0xa0 {
+                return Some(tlv(c)?.1.to_vec());
+            }
+            rest = r;
+        }
+        None
+    }
+
+    fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = content.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes = n.to_be_bytes();
+            let skip = bytes.iter().take_while(|&&b| b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// PKCS#8 PrivateKeyInfo around a SEC1 key (what `openssl pkcs8 -topk8` does).
+    pub fn sec1_to_pkcs8(sec1: &[u8], curve: &[u8]) -> Vec<u8> {
+        let mut alg = EC.to_vec();
+        alg.extend_from_slice(curve);
+        let mut body = vec![0x02, 0x01, 0x00];
+        body.extend(wrap(0x30, &alg));
+        body.extend(wrap(0x04, sec1));
+        wrap(0x30, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pem(dir: &Path, name: &str, label: &str, der: &[u8]) -> PathBuf {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut text = format!("-----BEGIN {label}-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            text.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            text.push('\n');
+        }
+        text.push_str(&format!("-----END {label}-----\n"));
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn spki(oid_and_params: &[u8], bits: &[u8]) -> Vec<u8> {
+        let mut b = vec![0];
+        b.extend_from_slice(bits);
+        let mut body = der_wrap(0x30, oid_and_params);
+        body.extend(der_wrap(0x03, &b));
+        der_wrap(0x30, &body)
+    }
+
+    fn der_wrap(tag: u8, c: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        if c.len() < 0x80 {
+            v.push(c.len() as u8);
+        } else {
+            v.push(0x81);
+            v.push(c.len() as u8);
+        }
+        v.extend_from_slice(c);
+        v
+    }
+
+    #[test]
+    fn es256_round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = SystemRandom::new();
+        let doc =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let kp = sig::EcdsaKeyPair::from_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            doc.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let private = write_pem(dir.path(), "k.pem", "PRIVATE KEY", doc.as_ref());
+        let mut oid = der::EC.to_vec();
+        oid.extend_from_slice(der::P256);
+        let public = write_pem(
+            dir.path(),
+            "p.pem",
+            "PUBLIC KEY",
+            &spki(&oid, kp.public_key().as_ref()),
+        );
+        let opts = format!(
+            "pub-key={},priv-key={},sign-method=ES256,ttl=1m",
+            public.display(),
+            private.display()
+        );
+        let j = Jwt::from_options(&opts).unwrap();
+        let t = j.sign("alice", 7).unwrap();
+        assert_eq!(
+            j.verify(&t),
+            Some(Claims {
+                username: "alice".into(),
+                revision: 7
+            })
+        );
+        // A flipped signature byte, another algorithm in the header, garbage.
+        let mut bad = t.clone().into_bytes();
+        let last = bad.len() - 2;
+        bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(j.verify(std::str::from_utf8(&bad).unwrap()), None);
+        assert_eq!(j.verify("a.b.c"), None);
+        assert_eq!(j.verify(""), None);
+        // Verify-only with the public key alone.
+        let v =
+            Jwt::from_options(&format!("pub-key={},sign-method=ES256", public.display())).unwrap();
+        assert!(!v.can_sign());
+        assert_eq!(v.sign("alice", 1), None);
+        assert_eq!(v.verify(&t).map(|c| c.revision), Some(7));
+        // The key does not fit the method.
+        let e = Jwt::from_options(&format!("pub-key={},sign-method=ES384", public.display()))
+            .unwrap_err();
+        assert!(e.to_string().contains("not an EC P-384 key"), "{e}");
+        let e = Jwt::from_options(&format!("priv-key={},sign-method=RS256", private.display()))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("p.pem") || e.to_string().contains("k.pem"),
+            "{e}"
+        );
+        // Another key pair's public key.
+        let doc2 =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let private2 = write_pem(dir.path(), "k2.pem", "PRIVATE KEY", doc2.as_ref());
+        let e = Jwt::from_options(&format!(
+            "pub-key={},priv-key={},sign-method=ES256",
+            public.display(),
+            private2.display()
+        ))
+        .unwrap_err();
+        assert!(matches!(e, JwtError::Mismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn expired_tokens_and_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"not so secret").unwrap();
+        let j =
+            Jwt::from_options(&format!("priv-key={},sign-method=HS256", secret.display())).unwrap();
+        let t = j.sign("bob", 3).unwrap();
+        assert_eq!(j.verify(&t).map(|c| c.username), Some("bob".to_string()));
+        // Same header and signature scheme, but an exp in the past.
+        let (h, _) = t.split_once('.').unwrap();
+        let claims = B64.encode(r#"{"exp":1000,"revision":3,"username":"bob"}"#);
+        let msg = format!("{h}.{claims}");
+        let Some(Signer::Hmac(k)) = &j.signer else {
+            panic!("hmac signer expected")
+        };
+        let old = format!("{msg}.{}", B64.encode(hmac::sign(k, msg.as_bytes())));
+        assert_eq!(j.verify(&old), None);
+        for bad in [
+            "sign-method=XX256",
+            "priv-key=/nonexistent,sign-method=RS256",
+            "pub-key=a,sign-method",
+            "color=blue,sign-method=HS256",
+            "ttl=5m",
+        ] {
+            assert!(Jwt::from_options(bad).is_err(), "{bad}");
+        }
+        let e = Jwt::from_options("priv-key=/nonexistent/k.pem,sign-method=RS256").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/k.pem"), "{e}");
+    }
+
+    #[test]
+    fn sec1_wrapping() {
+        // A SEC1 key taken from ring's PKCS#8 output, wrapped back.
+        let rng = SystemRandom::new();
+        let doc =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+        let sec1 = der::pkcs8_inner(doc.as_ref(), der::EC, Some(der::P384)).unwrap();
+        let again = der::sec1_to_pkcs8(&sec1, der::P384);
+        assert!(
+            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &again, &rng)
+                .is_ok()
+        );
+        assert!(der::sec1_scalar(&sec1).is_some_and(|s| s.len() == 48));
+    }
+}
