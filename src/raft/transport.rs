@@ -75,6 +75,44 @@ pub struct PeerTls {
     /// `--peer-cert-allowed-cn`: when not empty, a peer's certificate must carry one
     /// of these common names.
     pub allowed_cn: Vec<String>,
+    /// `--peer-cert-allowed-hostname`: when not empty, a peer's certificate must
+    /// be valid for one of these host names (its DNS or IP subject alternative
+    /// names, wildcards as TLS clients match them).
+    pub allowed_hostname: Vec<String>,
+}
+
+impl PeerTls {
+    /// Whether a peer presenting `cert` (its leaf certificate) may connect: with
+    /// neither list set every certificate the CA signed may; otherwise one of the
+    /// allowed common names or host names must match.
+    pub fn admits(
+        &self,
+        cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Result<(), String> {
+        if self.allowed_cn.is_empty() && self.allowed_hostname.is_empty() {
+            return Ok(());
+        }
+        let Some(cert) = cert else {
+            return Err("no client certificate".into());
+        };
+        let cn = crate::auth::common_name(cert);
+        if cn.as_ref().is_some_and(|cn| self.allowed_cn.contains(cn)) {
+            return Ok(());
+        }
+        if let Ok(ee) = webpki::EndEntityCert::try_from(cert) {
+            for host in &self.allowed_hostname {
+                if let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str())
+                    && ee.verify_is_valid_for_subject_name(&name).is_ok()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!(
+            "certificate (common name {:?}) matches neither --peer-cert-allowed-cn nor --peer-cert-allowed-hostname",
+            cn.unwrap_or_default()
+        ))
+    }
 }
 
 struct Peer {
@@ -337,21 +375,15 @@ impl Transport {
                         let acc = tls.server.acceptor();
                         match tokio::time::timeout(Duration::from_secs(10), acc.accept(s)).await {
                             Ok(Ok(s)) => {
-                                if !tls.allowed_cn.is_empty() {
-                                    let cn = s
-                                        .get_ref()
-                                        .1
-                                        .peer_certificates()
-                                        .and_then(|c| c.first())
-                                        .and_then(|c| crate::auth::common_name(c));
-                                    if !cn.as_ref().is_some_and(|cn| tls.allowed_cn.contains(cn)) {
-                                        crate::warn!(
-                                            "rejected peer connection: certificate common name not allowed",
-                                            remote = addr,
-                                            common_name = cn.unwrap_or_default()
-                                        );
-                                        return;
-                                    }
+                                let leaf =
+                                    s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                                if let Err(why) = tls.admits(leaf) {
+                                    crate::warn!(
+                                        "rejected peer connection",
+                                        remote = addr,
+                                        error = why
+                                    );
+                                    return;
                                 }
                                 Box::new(s)
                             }

@@ -404,10 +404,17 @@ impl EtcdServer {
             .into_iter()
             .map(String::from)
             .collect();
+        let allowed_hostname = cfg
+            .peer_tls
+            .allowed_hostnames()
+            .into_iter()
+            .map(String::from)
+            .collect();
         Ok(Some(crate::raft::transport::PeerTls {
             server,
             client,
             allowed_cn,
+            allowed_hostname,
         }))
     }
 

@@ -64,8 +64,29 @@ fn make_ca(dir: &Path, name: &str) -> Ca {
 /// client certificate, with common name `cn` and serial `serial`; `expired` dates
 /// it in the past.
 fn make_leaf(dir: &Path, file: &str, ca: &Ca, cn: &str, serial: u64, expired: bool) -> Pair {
+    make_leaf_for(
+        dir,
+        file,
+        ca,
+        cn,
+        serial,
+        expired,
+        &["localhost", "127.0.0.1"],
+    )
+}
+
+/// [`make_leaf`] with the given subject alternative names.
+fn make_leaf_for(
+    dir: &Path,
+    file: &str,
+    ca: &Ca,
+    cn: &str,
+    serial: u64,
+    expired: bool,
+    sans: &[&str],
+) -> Pair {
     let key = KeyPair::generate().expect("leaf key");
-    let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .expect("leaf params");
     p.distinguished_name.push(DnType::CommonName, cn);
     p.serial_number = Some(SerialNumber::from(serial));
@@ -434,6 +455,9 @@ impl TlsMember {
             format!("--peer-key-file={}", peer.key),
             format!("--peer-trusted-ca-file={}", peer_ca.display()),
             "--peer-client-cert-auth".into(),
+            // Every member's peer certificate names localhost; the check is
+            // exercised by every peer connection of the cluster.
+            "--peer-cert-allowed-hostname=localhost".into(),
         ];
         self.proc = Some(Proc::spawn(&ours_bin(), &args, dir, self.client_port));
     }
@@ -557,6 +581,36 @@ fn cluster_with_client_and_peer_mtls() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A peer certificate from the right CA but for another host name is refused
+    // by --peer-cert-allowed-hostname after the handshake.
+    let elsewhere = make_leaf_for(
+        d,
+        "peer-elsewhere",
+        &pki.ca1,
+        "m9",
+        0x41,
+        false,
+        &["elsewhere.example"],
+    );
+    let peer_port = ms[0].peer_port;
+    let got = handshake(
+        peer_port,
+        &pki.ca1.path,
+        Some(&elsewhere),
+        &[&rustls::version::TLS13],
+        &[],
+    );
+    assert!(got.is_ok(), "handshake with the CA's certificate: {got:?}");
+    let p0 = ms[0].proc.as_ref().expect("started");
+    wait_until(
+        Duration::from_secs(10),
+        "the peer refusing a certificate for another host name",
+        || {
+            p0.log()
+                .contains("matches neither --peer-cert-allowed-cn nor --peer-cert-allowed-hostname")
+        },
+    );
+    assert!(p0.log().contains("common name \\\"m9\\\""), "{}", p0.log());
     // The cluster keeps serving writes with a quorum of three.
     assert_eq!(
         ctl_ok(&ms[2].endpoint(), &tls, &["put", "tls-key", "v2"]).trim(),
@@ -566,6 +620,147 @@ fn cluster_with_client_and_peer_mtls() {
         assert_no_pem(&m.proc.as_ref().expect("started").log());
     }
     assert_no_pem(&m3.proc().log());
+}
+
+// ---------------------------------------------------------------------------
+// TLS versions and cipher suites
+
+/// A TLS handshake with 127.0.0.1:`port` as "localhost", trusting `ca`, offering
+/// `versions` and `suites` (every suite rustls has when empty) and presenting
+/// `client` if given. Returns the negotiated version and cipher suite.
+fn handshake(
+    port: u16,
+    ca: &Path,
+    client: Option<&Pair>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[rustls::CipherSuite],
+) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !suites.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("client config: {e}"))?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(p) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&p.cert)
+                    .expect("cert file")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("certs"),
+                PrivateKeyDer::from_pem_file(&p.key).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    Ok((
+        conn.protocol_version().expect("version"),
+        conn.negotiated_cipher_suite().expect("suite").suite(),
+    ))
+}
+
+#[test]
+fn tls_versions_and_cipher_suites() {
+    use rustls::CipherSuite as C;
+    use rustls::ProtocolVersion as V;
+    use rustls::version::{TLS12, TLS13};
+    let pki = Pki::new();
+    let ctl_tls = pki.root.ctl_flags(&pki.ca1.path);
+    let both: &[&'static rustls::SupportedProtocolVersion] = &[&TLS12, &TLS13];
+
+    // TLS 1.2 at most, and one suite.
+    let mut flags = server_flags(&pki.server, &pki.ca1.path, false);
+    flags.push("--tls-max-version=TLS1.2".into());
+    flags.push("--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into());
+    let mut p = start_tls(&flags);
+    p.wait_healthy(&ctl_tls);
+    let port = p.client_port;
+    assert_eq!(
+        handshake(port, &pki.ca1.path, None, both, &[]),
+        Ok((V::TLSv1_2, C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384))
+    );
+    let e = handshake(port, &pki.ca1.path, None, &[&TLS13], &[]);
+    assert!(e.is_err(), "TLS 1.3 accepted: {e:?}");
+    let e = handshake(
+        port,
+        &pki.ca1.path,
+        None,
+        &[&TLS12],
+        &[C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+    );
+    assert!(
+        e.is_err(),
+        "a suite outside --cipher-suites accepted: {e:?}"
+    );
+    // Go's TLS (etcdctl) works with it.
+    assert_eq!(
+        ctl_ok(&p.endpoint(), &ctl_tls, &["put", "k", "v"]).trim(),
+        "OK"
+    );
+    drop(p);
+
+    // TLS 1.3 at least.
+    let mut flags = server_flags(&pki.server, &pki.ca1.path, false);
+    flags.push("--tls-min-version=TLS1.3".into());
+    let mut p = start_tls(&flags);
+    p.wait_healthy(&ctl_tls);
+    let got = handshake(p.client_port, &pki.ca1.path, None, both, &[]);
+    assert_eq!(got.map(|g| g.0), Ok(V::TLSv1_3));
+    let e = handshake(p.client_port, &pki.ca1.path, None, &[&TLS12], &[]);
+    assert!(e.is_err(), "TLS 1.2 accepted: {e:?}");
+    assert_eq!(
+        ctl_ok(&p.endpoint(), &ctl_tls, &["put", "k", "v"]).trim(),
+        "OK"
+    );
+    drop(p);
+
+    // Impossible or unknown settings stop the server with a clear message.
+    for (flag, expect) in [
+        (
+            vec!["--cipher-suites=TLS_RSA_WITH_RC4_128_SHA"],
+            "TLS_RSA_WITH_RC4_128_SHA",
+        ),
+        (vec!["--tls-min-version=TLS1.4"], "TLS1.4"),
+        (
+            vec!["--tls-min-version=TLS1.3", "--tls-max-version=TLS1.2"],
+            "min version (TLS1.3) is greater than max version (TLS1.2)",
+        ),
+        (
+            vec![
+                "--tls-min-version=TLS1.3",
+                "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            ],
+            "cipher suites cannot be configured",
+        ),
+    ] {
+        let mut flags = server_flags(&pki.server, &pki.ca1.path, false);
+        flags.extend(flag.iter().map(|s| s.to_string()));
+        let run = tempfile::tempdir().expect("run dir");
+        let out = run_tls_to_exit(run.path(), &flags);
+        let all = text(&out);
+        assert!(!out.status.success(), "{flag:?} started:\n{all}");
+        assert!(all.contains(expect), "{flag:?}: {all}");
+        assert!(!all.contains("panicked"), "{flag:?}: {all}");
+    }
 }
 
 // ---------------------------------------------------------------------------
