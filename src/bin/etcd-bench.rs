@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use etcd_rs::pb::etcdserverpb::kv_client::KvClient;
 use etcd_rs::pb::etcdserverpb::lease_client::LeaseClient;
@@ -67,6 +67,25 @@ struct Cli {
     /// No progress line on stderr.
     #[arg(long, global = true)]
     quiet: bool,
+    /// CA bundle to verify https endpoints with (as etcdctl's --cacert).
+    #[arg(long, global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate for https endpoints (as etcdctl's --cert).
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        requires = "client_key"
+    )]
+    cert: Option<std::path::PathBuf>,
+    /// Client certificate's key (as etcdctl's --key).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        requires = "client_cert"
+    )]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -206,7 +225,7 @@ struct WaitArgs {
     #[arg(long = "wait-timeout", default_value = "120s", value_parser = parse_duration)]
     wait_timeout: Duration,
     /// Key to read.
-    #[arg(long, default_value = "health")]
+    #[arg(long = "probe-key", default_value = "health")]
     key: String,
 }
 
@@ -553,11 +572,38 @@ fn normalize(ep: &str) -> String {
     }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(url.to_string())
+/// TLS settings for https endpoints, from --cacert, --cert and --key.
+fn tls_config(cli: &Cli) -> Result<Option<ClientTlsConfig>, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    if cli.cacert.is_none() && cli.cert.is_none() {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &cli.cacert {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+async fn connect(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let mut ep = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad endpoint {url:?}: {e}"))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
+    if let Some(tls) = tls.filter(|_| url.starts_with("https://")) {
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+    }
     ep.connect()
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))
@@ -573,9 +619,10 @@ async fn connect_all(cli: &Cli) -> Result<Vec<Channel>, String> {
     if eps.is_empty() {
         return Err("no endpoints".into());
     }
+    let tls = tls_config(cli)?;
     let mut chans = Vec::new();
     for i in 0..cli.conns.max(1) {
-        chans.push(connect(&eps[i % eps.len()], cli.timeout).await?);
+        chans.push(connect(&eps[i % eps.len()], cli.timeout, tls.as_ref()).await?);
     }
     Ok(chans)
 }
@@ -1050,12 +1097,13 @@ async fn run_wait(cli: &Cli, a: &WaitArgs) -> (Value, u64) {
         .first()
         .map(|e| normalize(e.trim()))
         .unwrap_or_else(|| fail("no endpoints"));
+    let tls = tls_config(cli).unwrap_or_else(|e| fail(&e));
     let mut tries = 0u64;
     let mut last_err = String::new();
     while start.elapsed() < a.wait_timeout {
         tries += 1;
         let attempt = async {
-            let ch = connect(&url, Duration::from_secs(1)).await?;
+            let ch = connect(&url, Duration::from_secs(1), tls.as_ref()).await?;
             let mut kv = KvClient::new(ch);
             kv.range(RangeRequest {
                 key: a.key.as_bytes().to_vec(),
