@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -54,6 +54,22 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
     PrivateKeyDer::from_pem_slice(&data)
         .map_err(|e| file_err(path, format!("no usable private key: {e}")))
+}
+
+/// Certificate revocation lists (`--client-crl-file`, `--peer-crl-file`), PEM or DER.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let pem: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(&data)
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(path, format!("not a PEM CRL file: {e}")))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    if data.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(data)]);
+    }
+    Err(file_err(path, "no certificate revocation list found"))
 }
 
 pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
@@ -243,6 +259,9 @@ impl ServerTls {
         if let Some(ca) = &self.info.trusted_ca_file {
             f.push(ca.clone());
         }
+        if let Some(crl) = &self.info.crl_file {
+            f.push(crl.clone());
+        }
         f
     }
 
@@ -254,9 +273,22 @@ impl ServerTls {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match (&self.info.trusted_ca_file, self.info.client_cert_auth) {
             (Some(ca), true) => {
-                let v = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
-                    .build()
-                    .map_err(|e| file_err(ca, e))?;
+                let mut vb =
+                    WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider());
+                if let Some(crl) = &self.info.crl_file {
+                    // As etcd: a certificate whose serial the list names is refused;
+                    // certificates of issuers the list does not cover are not.
+                    vb = vb
+                        .with_crls(load_crls(crl)?)
+                        .only_check_end_entity_revocation()
+                        .allow_unknown_revocation_status();
+                }
+                let v = vb.build().map_err(|e| match (&e, &self.info.crl_file) {
+                    (rustls::server::VerifierBuilderError::InvalidCrl(_), Some(crl)) => {
+                        file_err(crl, e)
+                    }
+                    _ => file_err(ca, e),
+                })?;
                 builder.with_client_cert_verifier(v)
             }
             (None, true) => {

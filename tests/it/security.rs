@@ -763,6 +763,75 @@ fn tls_versions_and_cipher_suites() {
     }
 }
 
+/// A CRL signed by `ca` revoking `serials`, written as PEM to `path`.
+fn write_crl(path: &Path, ca: &Ca, serials: &[u64]) {
+    use rcgen::{
+        CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+    };
+    let params = CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2025, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from(serials.len() as u64 + 1),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from(*s),
+                revocation_time: rcgen::date_time_ymd(2025, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&ca.cert, &ca.key).expect("sign CRL");
+    std::fs::write(path, crl.pem().expect("CRL PEM")).expect("write CRL");
+}
+
+#[test]
+fn revoked_client_certificates_are_refused() {
+    let pki = Pki::new();
+    let crl = pki.path("revoked.crl");
+    // alice (serial 0x11) is revoked; root (0x10) is not.
+    write_crl(&crl, &pki.ca1, &[0x11]);
+    let mut flags = server_flags(&pki.server, &pki.ca1.path, true);
+    flags.push(format!("--client-crl-file={}", crl.display()));
+    let root = pki.root.ctl_flags(&pki.ca1.path);
+    let alice = pki.alice.ctl_flags(&pki.ca1.path);
+    let mut p = start_tls(&flags);
+    p.wait_healthy(&root);
+    let ep = p.endpoint();
+    assert_eq!(ctl_ok(&ep, &root, &["put", "k", "v"]).trim(), "OK");
+    let out = ctl(&ep, &alice, &["get", "k"]);
+    assert!(
+        !out.status.success(),
+        "revoked certificate served: {}",
+        text(&out)
+    );
+    // A new list on disk is honoured without a restart: revoke root too, and
+    // alice's refusal stays.
+    write_crl(&crl, &pki.ca1, &[0x10, 0x11]);
+    wait_until(
+        Duration::from_secs(10),
+        "the new CRL to refuse root's certificate",
+        || !ctl(&ep, &root, &["get", "k"]).status.success(),
+    );
+    assert!(!ctl(&ep, &alice, &["get", "k"]).status.success());
+    assert_no_pem(&p.log());
+    drop(p);
+
+    // A CRL file that is not one stops the server, naming it.
+    std::fs::write(&crl, "garbage\n").expect("write");
+    let run = tempfile::tempdir().expect("run dir");
+    let out = run_tls_to_exit(run.path(), &flags);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&crl.display().to_string()),
+        "{}",
+        text(&out)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3. Rotation of certificates and CA bundles on disk
 
