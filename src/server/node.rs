@@ -137,6 +137,9 @@ pub struct Node {
     compact_threshold: u64,
     compact_keep: u64,
     pending_compact: Option<u64>,
+    /// The keyspace was restored from a snapshot (`etcdutl snapshot restore`)
+    /// and the log not yet compacted: see [`crate::storage::meta::RESTORED`].
+    compact_restored: bool,
     revoking: HashMap<i64, Instant>,
     last_size_check: Instant,
     frozen: bool,
@@ -187,6 +190,13 @@ impl Node {
             raw.campaign().map_err(raft_err)?;
         }
         let threshold = cfg.snapshot_count.clamp(2, 10_000);
+        let compact_restored = {
+            let txn = backend.read()?;
+            let meta = txn
+                .open_table(crate::storage::META)
+                .map_err(StorageError::from)?;
+            crate::storage::get_u64(&meta, crate::storage::meta::RESTORED)?.is_some()
+        };
         status.applied.store(cfg.applied, Ordering::Relaxed);
         let cluster = applier.cluster.clone();
         if let Some(t) = &transport {
@@ -218,6 +228,7 @@ impl Node {
             compact_threshold: threshold,
             compact_keep: (threshold / 2).clamp(1, 5_000),
             pending_compact: None,
+            compact_restored,
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
             frozen: false,
@@ -594,6 +605,13 @@ impl Node {
             let compact = self.pending_compact.take();
             if let Some(ci) = compact {
                 self.log.compact(&txn, ci)?;
+                if self.compact_restored {
+                    let mut meta = txn
+                        .open_table(crate::storage::META)
+                        .map_err(StorageError::from)?;
+                    meta.remove(crate::storage::meta::RESTORED)
+                        .map_err(StorageError::from)?;
+                }
             }
             txn.commit()?;
             if durable {
@@ -602,6 +620,7 @@ impl Node {
             self.log.stable(&entries, hs.as_ref())?;
             if let Some(ci) = compact {
                 self.log.compacted(ci)?;
+                self.compact_restored = false;
             }
         }
         self.send(rd.take_persisted_messages());
@@ -760,6 +779,11 @@ impl Node {
         let first = self.log.first_index();
         if self.applied >= first + self.compact_threshold {
             self.pending_compact = Some(self.applied + 1 - self.compact_keep);
+        } else if self.compact_restored && self.applied > first {
+            // A restored keyspace is not in the log: drop the log up to the last
+            // applied entry (one entry stays, so the log is never empty), and a
+            // member that joins later receives a snapshot.
+            self.pending_compact = Some(self.applied);
         }
         Ok(())
     }

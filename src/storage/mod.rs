@@ -41,6 +41,11 @@ pub mod meta {
     pub const CLUSTER_VERSION: &str = "cluster_version";
     pub const AUTH_ENABLED: &str = "auth_enabled";
     pub const AUTH_REVISION: &str = "auth_revision";
+    /// Set by `etcdutl snapshot restore`: the keyspace did not come from the
+    /// Raft log, so the member compacts the log once it has applied the new
+    /// cluster's first entries (and clears this), and a member joining later
+    /// gets a snapshot instead of a log that lacks the restored data.
+    pub const RESTORED: &str = "restored";
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

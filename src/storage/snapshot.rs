@@ -27,6 +27,7 @@ const SKIPPED_META: &[&str] = &[
     super::meta::CONF_STATE,
     super::meta::LOG_SNAPSHOT,
     super::meta::MEMBER_ID,
+    super::meta::RESTORED,
 ];
 
 struct Hashing<W: Write> {
@@ -382,6 +383,7 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<(), StorageError> {
         meta.remove(super::meta::APPLIED_INDEX)?;
         meta.remove(super::meta::CONSISTENT_TERM)?;
         meta.remove(super::meta::CLUSTER_ID)?;
+        super::put_u64(&mut meta, super::meta::RESTORED, 1)?;
     }
     txn.commit()?;
     Ok(())
