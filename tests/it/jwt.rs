@@ -261,8 +261,9 @@ fn jwt_expiry_verify_only_and_bad_options() {
     setup_users(&verify_only);
     rt().block_on(async {
         for srv in [&ours, &reference] {
-            let t = token(srv, "alice", "pw").await.expect("token");
+            // Taken before asking: the token cannot be signed earlier.
             let issued = Instant::now();
+            let t = token(srv, "alice", "pw").await.expect("token");
             assert_eq!(range_with(srv, &t, "/app/x").await, Ok(0));
             // exp is in whole seconds: the token stops working within ~2 s.
             let mut last = Ok(0);
