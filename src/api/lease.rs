@@ -153,6 +153,20 @@ impl LeaseService {
     }
 }
 
+impl LeaseService {
+    /// As etcd: revoking a lease needs write permission, and reading it read
+    /// permission, on every key attached to it.
+    fn check_keys<T>(&self, req: &Request<T>, id: i64, write: bool) -> Result<()> {
+        let c = caller(&self.s, req)?;
+        if let Some(l) = self.s.lessor.get(id) {
+            for k in &l.keys {
+                self.s.auth.check(&c, write, k, &[])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -167,12 +181,7 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let r = async {
-            let c = caller(&self.s, &req)?;
-            if let Some(l) = self.s.lessor.get(req.get_ref().id) {
-                for k in &l.keys {
-                    self.s.auth.check(&c, true, k, &[])?;
-                }
-            }
+            self.check_keys(&req, req.get_ref().id, true)?;
             self.revoke(req.into_inner()).await
         }
         .await;
@@ -211,7 +220,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        unary(SVC, "LeaseTimeToLive", self.ttl(req.into_inner()).await)
+        let r = async {
+            self.check_keys(&req, req.get_ref().id, false)?;
+            self.ttl(req.into_inner()).await
+        }
+        .await;
+        unary(SVC, "LeaseTimeToLive", r)
     }
 
     async fn lease_leases(

@@ -1253,6 +1253,47 @@ fn auth_users_roles_and_errors_match_etcd() {
     );
     assert_eq!(o, r, "ours vs Debian's etcd error texts");
 
+    // Leases: revoking one needs write permission on its keys (both servers);
+    // reading one with its keys needs read permission on them (etcd since
+    // 3.4.26/3.5.9; Debian's 3.4.23 predates that, so ours only).
+    let mut revoke_errs = Vec::new();
+    for srv in [&ours, &reference] {
+        let granted = sh_ok(srv, Some("root:pw"), &["lease", "grant", "100"]);
+        let id = granted
+            .split_whitespace()
+            .nth(1)
+            .expect("lease id")
+            .to_string();
+        sh_ok(
+            srv,
+            Some("root:pw"),
+            &["put", "--lease", &id, "/other/leased", "x"],
+        );
+        revoke_errs.push(sh_err(srv, Some("alice:pw"), &["lease", "revoke", &id]));
+        if srv.kind == crate::harness::Kind::Ours {
+            assert_eq!(
+                sh_err(
+                    srv,
+                    Some("alice:pw"),
+                    &["lease", "timetolive", &id, "--keys"]
+                ),
+                "Error: etcdserver: permission denied"
+            );
+            let ttl = sh_ok(
+                srv,
+                Some("root:pw"),
+                &["lease", "timetolive", &id, "--keys"],
+            );
+            assert!(ttl.contains("/other/leased"), "{ttl}");
+        }
+        sh_ok(srv, Some("root:pw"), &["lease", "revoke", &id]);
+    }
+    assert_eq!(
+        revoke_errs[0],
+        "Error: failed to revoke lease (etcdserver: permission denied)"
+    );
+    assert_eq!(revoke_errs[0], revoke_errs[1]);
+
     // Token expiry with etcd-client: the same for both servers. etcd-client keeps
     // using its token unless told to refresh it, so a request after the TTL fails
     // with etcd's error; a client with automatic refresh authenticates again and
