@@ -678,6 +678,147 @@ fn handshake(
     ))
 }
 
+/// GET `path` over https on 127.0.0.1:`port` (HTTP/1.1), presenting `client` if
+/// given; the status line and body, or the TLS/IO error.
+fn https_get(port: u16, ca: &Path, client: Option<&Pair>, path: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let mut config = match client {
+        Some(p) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&p.cert)
+                    .expect("cert file")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("certs"),
+                PrivateKeyDer::from_pem_file(&p.key).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from("localhost").expect("server name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // Some servers end without close_notify; what arrived is the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    if out.is_empty() {
+        return Err("connection closed without an answer".into());
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn http_get_plain(port: u16, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn https_and_http_listeners_side_by_side() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (tls_port, plain_port, peer_port) = (free_port(), free_port(), free_port());
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut args: Vec<String> = [
+        "--name",
+        "default",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+        // The deployment guides' shape: TLS on the public address, plain on
+        // loopback for local tools.
+        "--listen-client-urls",
+        &format!("https://127.0.0.1:{tls_port},http://127.0.0.1:{plain_port}"),
+        "--advertise-client-urls",
+        &format!("https://127.0.0.1:{tls_port}"),
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("default={peer}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(server_flags(&pki.server, &pki.ca1.path, true));
+    let mut p = Proc::spawn(&ours_bin(), &args, dir, tls_port);
+    let tls = pki.root.ctl_flags(&pki.ca1.path);
+    p.wait_healthy(&tls);
+    let plain_ep = format!("http://127.0.0.1:{plain_port}");
+    assert_eq!(
+        ctl_ok(&p.endpoint(), &tls, &["put", "k", "over-tls"]).trim(),
+        "OK"
+    );
+    assert_eq!(ctl_ok(&plain_ep, &[], &["get", "k"]), "k\nover-tls\n");
+    assert_eq!(ctl_ok(&plain_ep, &[], &["put", "k", "plain"]).trim(), "OK");
+    assert_eq!(ctl_ok(&p.endpoint(), &tls, &["get", "k"]), "k\nplain\n");
+
+    // HTTP endpoints follow the listener's TLS rules: on https a client
+    // certificate is needed, on the plain listener none.
+    let health = https_get(tls_port, &pki.ca1.path, Some(&pki.root), "/health")
+        .expect("/health over https with a client certificate");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"health\":\"true\""), "{health}");
+    let metrics = https_get(tls_port, &pki.ca1.path, Some(&pki.root), "/metrics")
+        .expect("/metrics over https");
+    assert!(metrics.contains("etcd_server_has_leader 1"), "{metrics}");
+    let refused = https_get(tls_port, &pki.ca1.path, None, "/health");
+    assert!(
+        refused.is_err(),
+        "/health without a client certificate: {refused:?}"
+    );
+    let refused = https_get(
+        tls_port,
+        &pki.ca1.path,
+        Some(&pki.other_ca_client),
+        "/metrics",
+    );
+    assert!(
+        refused.is_err(),
+        "/metrics with another CA's certificate: {refused:?}"
+    );
+    let plain = http_get_plain(plain_port, "/health");
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    // Plain HTTP on the TLS port gets no answer.
+    let wrong = http_get_plain(tls_port, "/health");
+    assert!(!wrong.contains("\"health\""), "{wrong}");
+    assert_no_pem(&p.log());
+}
+
 #[test]
 fn tls_versions_and_cipher_suites() {
     use rustls::CipherSuite as C;
