@@ -820,6 +820,97 @@ fn https_and_http_listeners_side_by_side() {
 }
 
 #[test]
+fn auto_tls_for_clients_and_peers() {
+    let names = ["a0", "a1", "a2"];
+    let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
+    let initial = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, (_, pp))| format!("{n}=https://127.0.0.1:{pp}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs: Vec<Proc> = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, (cp, pp))| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let client = format!("https://127.0.0.1:{cp}");
+            let peer = format!("https://127.0.0.1:{pp}");
+            let args: Vec<String> = [
+                "--name",
+                n,
+                "--data-dir",
+                &dir.path().join("data").display().to_string(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-token",
+                "auto-tls",
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+                "--auto-tls",
+                "--peer-auto-tls",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            Proc::spawn(&ours_bin(), &args, dir, *cp)
+        })
+        .collect();
+    // Self-signed: etcdctl must skip verification, as with etcd's auto TLS.
+    let skip = vec![
+        "--insecure-transport=false".to_string(),
+        "--insecure-skip-tls-verify".to_string(),
+    ];
+    for p in procs.iter_mut() {
+        p.wait_healthy(&skip);
+    }
+    let verified = ctl(&procs[0].endpoint(), &skip[..1], &["get", "k"]);
+    assert!(
+        !verified.status.success(),
+        "a self-signed certificate passed verification: {}",
+        text(&verified)
+    );
+    assert_eq!(
+        ctl_ok(&procs[0].endpoint(), &skip, &["put", "k", "auto"]).trim(),
+        "OK"
+    );
+    // The write crossed the auto-TLS peer links.
+    let last = procs[2].endpoint();
+    wait_until(
+        Duration::from_secs(10),
+        "the write on the third member",
+        || {
+            let out = ctl(&last, &skip, &["get", "k", "--consistency=s"]);
+            String::from_utf8_lossy(&out.stdout) == "k\nauto\n"
+        },
+    );
+    let members = ctl_ok(&last, &skip, &["member", "list"]);
+    assert_eq!(members.matches(", started, ").count(), 3, "{members}");
+    // The generated keys are private to the member.
+    for p in &procs {
+        let data = p._dir.path().join("data");
+        for sub in ["client", "peer"] {
+            let key = data.join("fixtures").join(sub).join("key.pem");
+            let mode = std::fs::metadata(&key)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        assert_no_pem(&p.log());
+    }
+}
+
+#[test]
 fn tls_versions_and_cipher_suites() {
     use rustls::CipherSuite as C;
     use rustls::ProtocolVersion as V;
