@@ -1604,7 +1604,8 @@ fn certificate_common_name_is_the_user() {
             "readwrite",
             "/app/",
         ],
-        vec!["user", "add", "alice:pw"],
+        // A certificate-only user, as the guides create them.
+        vec!["user", "add", "alice", "--no-password"],
         vec!["user", "grant-role", "alice", "app"],
         vec!["auth", "enable"],
     ] {
@@ -1632,6 +1633,15 @@ fn certificate_common_name_is_the_user() {
             text(&out)
         );
     }
+    // A user without a password cannot log in with one.
+    let mut alice_pw = alice.clone();
+    alice_pw.push("--user=alice:pw".into());
+    let out = ctl(&ep, &alice_pw, &["get", "/app/a"]);
+    assert!(
+        text(&out).contains("etcdserver: authentication failed, invalid user ID or password"),
+        "{}",
+        text(&out)
+    );
     // A password still overrides the certificate's name.
     let mut alice_as_root = alice.clone();
     alice_as_root.push("--user=root:pw".into());
