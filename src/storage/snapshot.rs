@@ -388,3 +388,37 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<(), StorageError> {
     txn.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marked(b: &Backend) -> Result<bool, StorageError> {
+        let txn = b.read()?;
+        let meta = txn.open_table(META)?;
+        Ok(super::super::get_u64(&meta, super::super::meta::RESTORED)?.is_some())
+    }
+
+    #[test]
+    fn restore_marks_the_data_dir_and_snapshots_leave_the_mark_out() -> Result<(), StorageError> {
+        let tmp = tempfile::tempdir().map_err(|e| StorageError::Db(e.to_string()))?;
+        let src = Backend::open(&tmp.path().join("src"))?;
+        let file = tmp.path().join("snap.db");
+        save(&src, &file)?;
+        assert!(!marked(&src)?);
+
+        let restored_dir = tmp.path().join("restored");
+        restore(&file, &restored_dir)?;
+        let restored = Backend::open(&restored_dir)?;
+        assert!(marked(&restored)?);
+
+        // What a member joining the restored cluster installs carries no mark.
+        let (data, _) = save_to_vec(&restored)?;
+        let joiner = Backend::open(&tmp.path().join("joiner"))?;
+        let txn = joiner.write()?;
+        load(&txn, &data)?;
+        txn.commit()?;
+        assert!(!marked(&joiner)?);
+        Ok(())
+    }
+}
