@@ -89,30 +89,38 @@ impl PeerTls {
         &self,
         cert: Option<&rustls::pki_types::CertificateDer<'_>>,
     ) -> Result<(), String> {
-        if self.allowed_cn.is_empty() && self.allowed_hostname.is_empty() {
-            return Ok(());
-        }
-        let Some(cert) = cert else {
-            return Err("no client certificate".into());
-        };
-        let cn = crate::auth::common_name(cert);
-        if cn.as_ref().is_some_and(|cn| self.allowed_cn.contains(cn)) {
-            return Ok(());
-        }
-        if let Ok(ee) = webpki::EndEntityCert::try_from(cert) {
-            for host in &self.allowed_hostname {
-                if let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str())
-                    && ee.verify_is_valid_for_subject_name(&name).is_ok()
-                {
-                    return Ok(());
-                }
+        admits(&self.allowed_cn, &self.allowed_hostname, cert)
+    }
+}
+
+fn admits(
+    allowed_cn: &[String],
+    allowed_hostname: &[String],
+    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+) -> Result<(), String> {
+    if allowed_cn.is_empty() && allowed_hostname.is_empty() {
+        return Ok(());
+    }
+    let Some(cert) = cert else {
+        return Err("no client certificate".into());
+    };
+    let cn = crate::auth::common_name(cert);
+    if cn.as_ref().is_some_and(|cn| allowed_cn.contains(cn)) {
+        return Ok(());
+    }
+    if let Ok(ee) = webpki::EndEntityCert::try_from(cert) {
+        for host in allowed_hostname {
+            if let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str())
+                && ee.verify_is_valid_for_subject_name(&name).is_ok()
+            {
+                return Ok(());
             }
         }
-        Err(format!(
-            "certificate (common name {:?}) matches neither --peer-cert-allowed-cn nor --peer-cert-allowed-hostname",
-            cn.unwrap_or_default()
-        ))
     }
+    Err(format!(
+        "certificate (common name {:?}) matches neither --peer-cert-allowed-cn nor --peer-cert-allowed-hostname",
+        cn.unwrap_or_default()
+    ))
 }
 
 struct Peer {
@@ -520,6 +528,30 @@ pub async fn fetch_cluster(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn allowed_common_names_and_host_names() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p =
+            rcgen::CertificateParams::new(vec!["m1.etcd.example".to_string()]).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "member-1");
+        let cert = p.self_signed(&key).expect("cert");
+        let der = cert.der();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::admits(&[], &[], Some(der)), Ok(()));
+        assert_eq!(super::admits(&[], &[], None), Ok(()));
+        assert_eq!(super::admits(&s(&["member-1"]), &[], Some(der)), Ok(()));
+        assert_eq!(
+            super::admits(&[], &s(&["*.etcd.example", "m1.etcd.example"]), Some(der)),
+            Ok(())
+        );
+        assert!(super::admits(&s(&["member-2"]), &[], Some(der)).is_err());
+        assert!(super::admits(&[], &s(&["m2.etcd.example"]), Some(der)).is_err());
+        assert!(super::admits(&s(&["member-1"]), &[], None).is_err());
+        let e = super::admits(&s(&["x"]), &s(&["y"]), Some(der)).unwrap_err();
+        assert!(e.contains("\"member-1\""), "{e}");
+    }
+
     use super::*;
 
     #[test]
