@@ -211,12 +211,16 @@ pub async fn serve(
                     .await;
                     match hs {
                         Ok(Ok(s)) => {
-                            let cn = s
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(|c| crate::auth::common_name(c));
+                            let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                            if let Err(why) = tls.admits(leaf) {
+                                crate::warn!(
+                                    "rejected connection",
+                                    remote_addr = remote,
+                                    error = why
+                                );
+                                return;
+                            }
+                            let cn = leaf.and_then(|c| crate::auth::common_name(c));
                             drop(svc);
                             let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
                                 app,

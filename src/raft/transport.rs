@@ -72,55 +72,6 @@ type Stream = Box<dyn PeerIo>;
 pub struct PeerTls {
     pub server: Arc<crate::tls::ServerTls>,
     pub client: Arc<rustls::ClientConfig>,
-    /// `--peer-cert-allowed-cn`: when not empty, a peer's certificate must carry one
-    /// of these common names.
-    pub allowed_cn: Vec<String>,
-    /// `--peer-cert-allowed-hostname`: when not empty, a peer's certificate must
-    /// be valid for one of these host names (its DNS or IP subject alternative
-    /// names, wildcards as TLS clients match them).
-    pub allowed_hostname: Vec<String>,
-}
-
-impl PeerTls {
-    /// Whether a peer presenting `cert` (its leaf certificate) may connect: with
-    /// neither list set every certificate the CA signed may; otherwise one of the
-    /// allowed common names or host names must match.
-    pub fn admits(
-        &self,
-        cert: Option<&rustls::pki_types::CertificateDer<'_>>,
-    ) -> Result<(), String> {
-        admits(&self.allowed_cn, &self.allowed_hostname, cert)
-    }
-}
-
-fn admits(
-    allowed_cn: &[String],
-    allowed_hostname: &[String],
-    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
-) -> Result<(), String> {
-    if allowed_cn.is_empty() && allowed_hostname.is_empty() {
-        return Ok(());
-    }
-    let Some(cert) = cert else {
-        return Err("no client certificate".into());
-    };
-    let cn = crate::auth::common_name(cert);
-    if cn.as_ref().is_some_and(|cn| allowed_cn.contains(cn)) {
-        return Ok(());
-    }
-    if let Ok(ee) = webpki::EndEntityCert::try_from(cert) {
-        for host in allowed_hostname {
-            if let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str())
-                && ee.verify_is_valid_for_subject_name(&name).is_ok()
-            {
-                return Ok(());
-            }
-        }
-    }
-    Err(format!(
-        "certificate (common name {:?}) matches neither --peer-cert-allowed-cn nor --peer-cert-allowed-hostname",
-        cn.unwrap_or_default()
-    ))
 }
 
 struct Peer {
@@ -385,7 +336,7 @@ impl Transport {
                             Ok(Ok(s)) => {
                                 let leaf =
                                     s.get_ref().1.peer_certificates().and_then(|c| c.first());
-                                if let Err(why) = tls.admits(leaf) {
+                                if let Err(why) = tls.server.admits(leaf) {
                                     crate::warn!(
                                         "rejected peer connection",
                                         remote = addr,
@@ -528,30 +479,6 @@ pub async fn fetch_cluster(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn allowed_common_names_and_host_names() {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p =
-            rcgen::CertificateParams::new(vec!["m1.etcd.example".to_string()]).expect("params");
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "member-1");
-        let cert = p.self_signed(&key).expect("cert");
-        let der = cert.der();
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(super::admits(&[], &[], Some(der)), Ok(()));
-        assert_eq!(super::admits(&[], &[], None), Ok(()));
-        assert_eq!(super::admits(&s(&["member-1"]), &[], Some(der)), Ok(()));
-        assert_eq!(
-            super::admits(&[], &s(&["*.etcd.example", "m1.etcd.example"]), Some(der)),
-            Ok(())
-        );
-        assert!(super::admits(&s(&["member-2"]), &[], Some(der)).is_err());
-        assert!(super::admits(&[], &s(&["m2.etcd.example"]), Some(der)).is_err());
-        assert!(super::admits(&s(&["member-1"]), &[], None).is_err());
-        let e = super::admits(&s(&["x"]), &s(&["y"]), Some(der)).unwrap_err();
-        assert!(e.contains("\"member-1\""), "{e}");
-    }
-
     use super::*;
 
     #[test]

@@ -398,24 +398,7 @@ impl EtcdServer {
             cfg.peer_tls.trusted_ca_file.as_deref()
         };
         let client = crate::tls::peer_client_config(&cert, &key, ca)?;
-        let allowed_cn = cfg
-            .peer_tls
-            .allowed_cns()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let allowed_hostname = cfg
-            .peer_tls
-            .allowed_hostnames()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        Ok(Some(crate::raft::transport::PeerTls {
-            server,
-            client,
-            allowed_cn,
-            allowed_hostname,
-        }))
+        Ok(Some(crate::raft::transport::PeerTls { server, client }))
     }
 
     /// `--auth-token`: `simple` (None) or `jwt,<options>`.

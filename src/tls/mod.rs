@@ -334,9 +334,62 @@ impl ServerTls {
         st.config.clone()
     }
 
+    /// `--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname` and
+    /// `--client-cert-allowed-hostname`: whether a connection whose certificate
+    /// chain verified may go on, judged by its leaf certificate.
+    pub fn admits(&self, cert: Option<&CertificateDer<'_>>) -> Result<(), String> {
+        let cns: Vec<String> = self
+            .info
+            .allowed_cns()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let hosts: Vec<String> = self
+            .info
+            .allowed_hostnames()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        admits(&cns, &hosts, cert)
+    }
+
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config())
     }
+}
+
+/// With neither list set, every certificate the CA signed may connect;
+/// otherwise one of the allowed common names, or one of the host names the
+/// certificate is valid for (its DNS or IP subject alternative names, wildcards
+/// as TLS clients match them), must match.
+pub fn admits(
+    allowed_cn: &[String],
+    allowed_hostname: &[String],
+    cert: Option<&CertificateDer<'_>>,
+) -> Result<(), String> {
+    if allowed_cn.is_empty() && allowed_hostname.is_empty() {
+        return Ok(());
+    }
+    let Some(cert) = cert else {
+        return Err("no client certificate".into());
+    };
+    let cn = crate::auth::common_name(cert);
+    if cn.as_ref().is_some_and(|cn| allowed_cn.contains(cn)) {
+        return Ok(());
+    }
+    if let Ok(ee) = webpki::EndEntityCert::try_from(cert) {
+        for host in allowed_hostname {
+            if let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str())
+                && ee.verify_is_valid_for_subject_name(&name).is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Err(format!(
+        "certificate (common name {:?}) has none of the allowed common names or host names",
+        cn.unwrap_or_default()
+    ))
 }
 
 /// Client-side TLS for peer connections: the member's certificate as client
@@ -453,4 +506,31 @@ pub fn hosts_of(urls: &[String]) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allowed_common_names_and_host_names() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p =
+            rcgen::CertificateParams::new(vec!["m1.etcd.example".to_string()]).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "member-1");
+        let cert = p.self_signed(&key).expect("cert");
+        let der = cert.der();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::admits(&[], &[], Some(der)), Ok(()));
+        assert_eq!(super::admits(&[], &[], None), Ok(()));
+        assert_eq!(super::admits(&s(&["member-1"]), &[], Some(der)), Ok(()));
+        assert_eq!(
+            super::admits(&[], &s(&["*.etcd.example", "m1.etcd.example"]), Some(der)),
+            Ok(())
+        );
+        assert!(super::admits(&s(&["member-2"]), &[], Some(der)).is_err());
+        assert!(super::admits(&[], &s(&["m2.etcd.example"]), Some(der)).is_err());
+        assert!(super::admits(&s(&["member-1"]), &[], None).is_err());
+        let e = super::admits(&s(&["x"]), &s(&["y"]), Some(der)).unwrap_err();
+        assert!(e.contains("\"member-1\""), "{e}");
+    }
 }

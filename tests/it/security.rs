@@ -607,7 +607,7 @@ fn cluster_with_client_and_peer_mtls() {
         "the peer refusing a certificate for another host name",
         || {
             p0.log()
-                .contains("matches neither --peer-cert-allowed-cn nor --peer-cert-allowed-hostname")
+                .contains("has none of the allowed common names or host names")
         },
     );
     assert!(p0.log().contains("common name \\\"m9\\\""), "{}", p0.log());
@@ -1018,6 +1018,38 @@ fn write_crl(path: &Path, ca: &Ca, serials: &[u64]) {
     };
     let crl = params.signed_by(&ca.cert, &ca.key).expect("sign CRL");
     std::fs::write(path, crl.pem().expect("CRL PEM")).expect("write CRL");
+}
+
+#[test]
+fn client_certificates_for_other_host_names_are_refused() {
+    let pki = Pki::new();
+    let elsewhere = make_leaf_for(
+        pki.dir.path(),
+        "client-elsewhere",
+        &pki.ca1,
+        "root",
+        0x42,
+        false,
+        &["elsewhere.example"],
+    );
+    let mut flags = server_flags(&pki.server, &pki.ca1.path, true);
+    flags.push("--client-cert-allowed-hostname=localhost".into());
+    let root = pki.root.ctl_flags(&pki.ca1.path);
+    let mut p = start_tls(&flags);
+    p.wait_healthy(&root);
+    let ep = p.endpoint();
+    assert_eq!(ctl_ok(&ep, &root, &["put", "k", "v"]).trim(), "OK");
+    let out = ctl(&ep, &elsewhere.ctl_flags(&pki.ca1.path), &["get", "k"]);
+    assert!(
+        !out.status.success(),
+        "a certificate for another host name was served: {}",
+        text(&out)
+    );
+    wait_until(Duration::from_secs(5), "the refusal in the log", || {
+        p.log()
+            .contains("has none of the allowed common names or host names")
+    });
+    assert_no_pem(&p.log());
 }
 
 #[test]
