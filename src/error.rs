@@ -58,6 +58,10 @@ pub enum Error {
     Stopped,
     #[error("etcdserver: not capable")]
     NotCapable,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     #[error("etcdserver: authentication is not enabled")]

@@ -230,15 +230,34 @@ impl Maintenance for MaintenanceService {
             return unary(SVC, "MoveLeader", Err(e));
         }
         let target = req.into_inner().target_id;
-        let r = if target == self.s.member_id() {
+        let r = async {
+            // As etcd: only the leader hands leadership over (etcdctl
+            // move-leader sends the request to the leader's endpoint), to a
+            // voting member.
+            let me = self.s.member_id();
+            if self.s.status.leader.load(Ordering::Relaxed) != me {
+                return Err(Error::NotLeader);
+            }
+            match self.s.cluster.get(target) {
+                Some(m) if !m.is_learner => {}
+                _ => return Err(Error::BadLeaderTransferee),
+            }
+            if target != me {
+                self.s.transfer_leader(target).await.map_err(|e| match e {
+                    Error::Timeout => Error::LeaderTransferTimeout,
+                    e => e,
+                })?;
+                crate::info!(
+                    "leadership moved on request",
+                    from = format!("{me:x}"),
+                    to = format!("{target:x}")
+                );
+            }
             Ok(MoveLeaderResponse {
                 header: Some(self.s.header(self.s.store.current_rev())),
             })
-        } else if self.s.cluster.get(target).is_none() {
-            Err(Error::MemberNotFound)
-        } else {
-            Err(Error::NotCapable)
-        };
+        }
+        .await;
         unary(SVC, "MoveLeader", r)
     }
 

@@ -19,7 +19,9 @@ pub fn code_of(e: &Error) -> Code {
         | AuthNotEnabled
         | NotEnoughStartedMembers
         | MemberNotLearner
-        | LearnerNotReady => Code::FailedPrecondition,
+        | LearnerNotReady
+        | BadLeaderTransferee => Code::FailedPrecondition,
+        LeaderTransferTimeout => Code::DeadlineExceeded,
         Unhealthy | NoLeader | LeaderChanged | Timeout | Stopped | NotCapable => Code::Unavailable,
         Corrupt => Code::DataLoss,
         PermissionDenied => Code::PermissionDenied,

@@ -1507,3 +1507,56 @@ fn sigterm_on_leader_hands_over_leadership() {
     );
     eprintln!("SIGTERM to a new leader serving: {took:?}");
 }
+
+#[test]
+fn move_leader_with_etcdctl() {
+    let c = Cluster::start(3, &[]);
+    let all = [0usize, 1, 2];
+    c.wait_converged(&all, Duration::from_secs(20));
+    let l = c.wait_leader(&all, Duration::from_secs(10));
+    let f = (l + 1) % 3;
+    let eps = c
+        .members
+        .iter()
+        .map(|m| m.endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    // etcdctl finds the leader among the endpoints and asks it.
+    let out = etcdctl_at(
+        &eps,
+        &["move-leader", &format!("{:x}", c.members[f].id)],
+        None,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "move-leader: {text}");
+    assert!(
+        text.contains(&format!(
+            "Leadership transferred from {:x} to {:x}",
+            c.members[l].id, c.members[f].id
+        )),
+        "{text}"
+    );
+    assert_eq!(c.wait_leader(&all, Duration::from_secs(10)), f);
+    c.members[l].ctl_ok(&["put", "after-move", "1"]);
+
+    // Errors as etcd's: an unknown transferee, and a request to a follower.
+    let out = etcdctl_at(&eps, &["move-leader", "1234"], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("etcdserver: bad leader transferee"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let follower = c.members[l].endpoint();
+    let target = c.members[(f + 2) % 3].id;
+    let err = c.rt.block_on(async {
+        let mut cl = connect(&follower).await;
+        cl.move_leader(target).await.err().map(|e| e.to_string())
+    });
+    let err = err.expect("a follower moved the leadership");
+    assert!(err.contains("etcdserver: not leader"), "{err}");
+}
