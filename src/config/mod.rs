@@ -192,6 +192,10 @@ pub struct Config {
     pub log_outputs: Vec<String>,
     pub client_tls: TlsInfo,
     pub peer_tls: TlsInfo,
+    /// `--peer-client-cert-file` and `--peer-client-key-file`: what this member
+    /// presents when it connects to its peers (default: the peer certificate).
+    pub peer_client_cert_file: Option<PathBuf>,
+    pub peer_client_key_file: Option<PathBuf>,
     pub cipher_suites: Vec<String>,
     /// `TLS1.2` or `TLS1.3`; `None` means TLS1.2.
     pub tls_min_version: Option<String>,
@@ -248,6 +252,8 @@ impl Default for Config {
             log_outputs: vec!["default".to_string()],
             client_tls: TlsInfo::default(),
             peer_tls: TlsInfo::default(),
+            peer_client_cert_file: None,
+            peer_client_key_file: None,
             cipher_suites: Vec::new(),
             tls_min_version: None,
             tls_max_version: None,

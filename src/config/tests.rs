@@ -508,6 +508,8 @@ fn tls_settings() {
             "--client-cert-allowed-hostname=a.example.com",
             "--peer-auto-tls",
             "--peer-cert-allowed-cn=etcd,etcd2",
+            "--peer-client-cert-file=/pc.pem",
+            "--peer-client-key-file=/pk.pem",
             "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
             "--tls-max-version=TLS1.3",
         ],
@@ -522,6 +524,8 @@ fn tls_settings() {
     assert!(c.peer_tls.auto_tls);
     assert!(c.peer_tls.is_empty());
     assert_eq!(c.peer_tls.allowed_cns(), ["etcd", "etcd2"]);
+    assert_eq!(c.peer_client_cert_file, Some(PathBuf::from("/pc.pem")));
+    assert_eq!(c.peer_client_key_file, Some(PathBuf::from("/pk.pem")));
     assert_eq!(c.cipher_suites, ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
     assert_eq!(c.tls_max_version.as_deref(), Some("TLS1.3"));
     assert_eq!(

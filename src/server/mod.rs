@@ -385,8 +385,18 @@ impl EtcdServer {
             }
             return Ok(None);
         };
-        let (cert, key) = match (&cfg.peer_tls.cert_file, &cfg.peer_tls.key_file) {
-            (Some(c), Some(k)) => (c.clone(), k.clone()),
+        let (cert, key) = match (
+            &cfg.peer_client_cert_file,
+            &cfg.peer_client_key_file,
+            &cfg.peer_tls.cert_file,
+            &cfg.peer_tls.key_file,
+        ) {
+            (Some(c), Some(k), _, _) | (None, None, Some(c), Some(k)) => (c.clone(), k.clone()),
+            (Some(_), None, _, _) | (None, Some(_), _, _) => {
+                return Err(StartError::Unsupported(
+                    "--peer-client-cert-file and --peer-client-key-file go together".into(),
+                ));
+            }
             _ => {
                 let d = cfg.data_dir.join("fixtures").join("peer");
                 (d.join("cert.pem"), d.join("key.pem"))
