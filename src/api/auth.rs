@@ -77,27 +77,26 @@ impl AuthService {
         tokio::task::spawn_blocking(move || auth.check_password(&name, &password))
             .await
             .map_err(|_| Error::AuthFailed)??;
-        if let Some(jwt) = self.s.auth.jwt() {
-            let token = jwt
+        let token = match self.s.auth.jwt() {
+            // Signed, not stored: every member holding the key accepts it.
+            Some(jwt) => jwt
                 .sign(&r.name, self.s.auth.revision())
-                .ok_or(Error::VerifyOnly)?;
-            crate::info!("authenticated a user", user = r.name);
-            return Ok(AuthenticateResponse {
-                header: self.header(),
-                token,
-            });
-        }
-        let token = format!(
-            "{}.{}",
-            crate::auth::random_token(),
-            TOKEN_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        self.s
-            .propose(Op::AssignToken(AssignToken {
-                user: r.name.clone(),
-                token: token.clone(),
-            }))
-            .await?;
+                .ok_or(Error::VerifyOnly)?,
+            None => {
+                let token = format!(
+                    "{}.{}",
+                    crate::auth::random_token(),
+                    TOKEN_SEQ.fetch_add(1, Ordering::Relaxed)
+                );
+                self.s
+                    .propose(Op::AssignToken(AssignToken {
+                        user: r.name.clone(),
+                        token: token.clone(),
+                    }))
+                    .await?;
+                token
+            }
+        };
         crate::info!("authenticated a user", user = r.name);
         Ok(AuthenticateResponse {
             header: self.header(),

@@ -355,23 +355,13 @@ fn load_keys(
         )));
     }
     // The public key file, checked against the algorithm's key type.
-    let want_oid: &[u8] = match alg {
-        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => der::RSA,
-        ES256 | ES384 | ES512 => der::EC,
-        _ => der::ED25519,
-    };
-    let want_curve: Option<&[u8]> = match alg {
-        ES256 => Some(der::P256),
-        ES384 => Some(der::P384),
-        ES512 => Some(der::P521),
-        _ => None,
-    };
-    let what = match alg {
-        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => "an RSA key".to_string(),
-        ES256 => "an EC P-256 key".into(),
-        ES384 => "an EC P-384 key".into(),
-        ES512 => "an EC P-521 key".into(),
-        _ => "an Ed25519 key".into(),
+    // The key type the algorithm needs: algorithm OID, EC curve, and its name.
+    let (want_oid, want_curve, what): (&[u8], Option<&[u8]>, &str) = match alg {
+        ES256 => (der::EC, Some(der::P256), "an EC P-256 key"),
+        ES384 => (der::EC, Some(der::P384), "an EC P-384 key"),
+        ES512 => (der::EC, Some(der::P521), "an EC P-521 key"),
+        EdDSA => (der::ED25519, None, "an Ed25519 key"),
+        _ => (der::RSA, None, "an RSA key"),
     };
     let public_bits = match public {
         Some(file) => {
@@ -613,7 +603,7 @@ mod der {
         None
     }
 
-    fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+    pub fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
         let n = content.len();
         if n < 0x80 {
@@ -659,21 +649,9 @@ mod tests {
     fn spki(oid_and_params: &[u8], bits: &[u8]) -> Vec<u8> {
         let mut b = vec![0];
         b.extend_from_slice(bits);
-        let mut body = der_wrap(0x30, oid_and_params);
-        body.extend(der_wrap(0x03, &b));
-        der_wrap(0x30, &body)
-    }
-
-    fn der_wrap(tag: u8, c: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        if c.len() < 0x80 {
-            v.push(c.len() as u8);
-        } else {
-            v.push(0x81);
-            v.push(c.len() as u8);
-        }
-        v.extend_from_slice(c);
-        v
+        let mut body = der::wrap(0x30, oid_and_params);
+        body.extend(der::wrap(0x03, &b));
+        der::wrap(0x30, &body)
     }
 
     #[test]

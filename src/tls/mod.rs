@@ -338,19 +338,11 @@ impl ServerTls {
     /// `--client-cert-allowed-hostname`: whether a connection whose certificate
     /// chain verified may go on, judged by its leaf certificate.
     pub fn admits(&self, cert: Option<&CertificateDer<'_>>) -> Result<(), String> {
-        let cns: Vec<String> = self
-            .info
-            .allowed_cns()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let hosts: Vec<String> = self
-            .info
-            .allowed_hostnames()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        admits(&cns, &hosts, cert)
+        admits(
+            &self.info.allowed_cns(),
+            &self.info.allowed_hostnames(),
+            cert,
+        )
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -363,8 +355,8 @@ impl ServerTls {
 /// certificate is valid for (its DNS or IP subject alternative names, wildcards
 /// as TLS clients match them), must match.
 pub fn admits(
-    allowed_cn: &[String],
-    allowed_hostname: &[String],
+    allowed_cn: &[&str],
+    allowed_hostname: &[&str],
     cert: Option<&CertificateDer<'_>>,
 ) -> Result<(), String> {
     if allowed_cn.is_empty() && allowed_hostname.is_empty() {
@@ -374,12 +366,12 @@ pub fn admits(
         return Err("no client certificate".into());
     };
     let cn = crate::auth::common_name(cert);
-    if cn.as_ref().is_some_and(|cn| allowed_cn.contains(cn)) {
+    if cn.as_deref().is_some_and(|cn| allowed_cn.contains(&cn)) {
         return Ok(());
     }
     if let Ok(ee) = webpki::EndEntityCert::try_from(cert) {
         for host in allowed_hostname {
-            if let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str())
+            if let Ok(name) = rustls::pki_types::ServerName::try_from(*host)
                 && ee.verify_is_valid_for_subject_name(&name).is_ok()
             {
                 return Ok(());
@@ -519,18 +511,17 @@ mod tests {
             .push(rcgen::DnType::CommonName, "member-1");
         let cert = p.self_signed(&key).expect("cert");
         let der = cert.der();
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(super::admits(&[], &[], Some(der)), Ok(()));
         assert_eq!(super::admits(&[], &[], None), Ok(()));
-        assert_eq!(super::admits(&s(&["member-1"]), &[], Some(der)), Ok(()));
+        assert_eq!(super::admits(&["member-1"], &[], Some(der)), Ok(()));
         assert_eq!(
-            super::admits(&[], &s(&["*.etcd.example", "m1.etcd.example"]), Some(der)),
+            super::admits(&[], &["*.etcd.example", "m1.etcd.example"], Some(der)),
             Ok(())
         );
-        assert!(super::admits(&s(&["member-2"]), &[], Some(der)).is_err());
-        assert!(super::admits(&[], &s(&["m2.etcd.example"]), Some(der)).is_err());
-        assert!(super::admits(&s(&["member-1"]), &[], None).is_err());
-        let e = super::admits(&s(&["x"]), &s(&["y"]), Some(der)).unwrap_err();
+        assert!(super::admits(&["member-2"], &[], Some(der)).is_err());
+        assert!(super::admits(&[], &["m2.etcd.example"], Some(der)).is_err());
+        assert!(super::admits(&["member-1"], &[], None).is_err());
+        let e = super::admits(&["x"], &["y"], Some(der)).unwrap_err();
         assert!(e.contains("\"member-1\""), "{e}");
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -126,19 +126,12 @@ impl Member {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.log_path = self.dir.path().join(format!("server-{}.log", self.spawns));
         self.spawns += 1;
-        let log = std::fs::File::create(&self.log_path).expect("log file");
-        let conf = self.dir.path().join("none.conf");
-        std::fs::write(&conf, "").expect("empty conf file");
-        let child = Command::new(ours_bin())
-            .args(&self.args)
-            .env("ETCD_CONF_FILE", &conf)
-            .env_remove("ETCD_NAME")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start member");
-        self.child = Some(child);
+        self.child = Some(crate::harness::spawn_server(
+            &ours_bin(),
+            &self.args,
+            self.dir.path(),
+            &self.log_path,
+        ));
     }
 
     /// The log of the current (or last) run.

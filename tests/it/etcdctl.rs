@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, etcdctl_bin, free_port, wait_until};
+use crate::harness::{Server, etcdctl_bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -1016,27 +1016,7 @@ fn corrupt_data_file_is_reported_not_panicked_on() {
     assert!(db.exists(), "{}", db.display());
     flip_spans(&db);
 
-    let data_dir = s.data_dir().display().to_string();
-    let client = format!("http://127.0.0.1:{}", free_port());
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let cluster = format!("default={peer}");
-    let args = [
-        "--name",
-        "default",
-        "--data-dir",
-        &data_dir,
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &cluster,
-    ];
-    let out = Server::run_to_exit(&args, &[], s.dir.path());
+    let out = crate::harness::run_alone_to_exit(&s.data_dir(), "http", &[], s.dir.path());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

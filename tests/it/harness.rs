@@ -143,22 +143,7 @@ impl Server {
 
     fn args(&self) -> Vec<String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut a = vec![
-            "--name".to_string(),
-            self.name.clone(),
-            "--data-dir".into(),
-            self.data_dir().display().to_string(),
-            "--listen-client-urls".into(),
-            self.endpoint(),
-            "--advertise-client-urls".into(),
-            self.endpoint(),
-            "--listen-peer-urls".into(),
-            peer.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone(),
-            "--initial-cluster".into(),
-            format!("{}={}", self.name, peer),
-        ];
+        let mut a = member_args(&self.name, &self.data_dir(), &self.endpoint(), &peer, None);
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -173,23 +158,12 @@ impl Server {
             .map(|d| d.count())
             .unwrap_or(0);
         self.log_path = self.dir.path().join(format!("server-{n}.log"));
-        let log = std::fs::File::create(&self.log_path).expect("log file");
-        // An explicitly named conf file must exist; an empty one sets nothing.
-        let none_conf = self.dir.path().join("none.conf");
-        if !none_conf.exists() {
-            std::fs::write(&none_conf, "").expect("empty conf file");
-        }
-        let child = Command::new(bin)
-            .args(self.args())
-            // Keep the operator's conf file and environment out of tests.
-            .env("ETCD_CONF_FILE", self.dir.path().join("none.conf"))
-            .env_remove("ETCD_NAME")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start server");
-        self.child = Some(child);
+        self.child = Some(spawn_server(
+            &bin,
+            &self.args(),
+            self.dir.path(),
+            &self.log_path,
+        ));
     }
 
     pub fn log(&self) -> String {
@@ -316,6 +290,74 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// etcd's flags for a member `name` with its data in `data_dir`, listening for
+/// clients on `client_urls` (comma-separated; the first one is advertised) and
+/// for peers on `peer_url` (also advertised), in `initial_cluster` (the member
+/// alone when `None`).
+pub fn member_args(
+    name: &str,
+    data_dir: &Path,
+    client_urls: &str,
+    peer_url: &str,
+    initial_cluster: Option<&str>,
+) -> Vec<String> {
+    let advertise = client_urls.split(',').next().unwrap_or(client_urls);
+    let initial = initial_cluster
+        .map(String::from)
+        .unwrap_or_else(|| format!("{name}={peer_url}"));
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--listen-client-urls",
+        client_urls,
+        "--advertise-client-urls",
+        advertise,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        &initial,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts `bin` with `args`, its output in `log`. An empty conf file in `dir`
+/// and the removal of `ETCD_NAME` keep the operator's conf file and
+/// environment out of tests.
+pub fn spawn_server(bin: &Path, args: &[String], dir: &Path, log: &Path) -> Child {
+    // An explicitly named conf file must exist; an empty one sets nothing.
+    let conf = dir.join("none.conf");
+    if !conf.exists() {
+        std::fs::write(&conf, "").expect("empty conf file");
+    }
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(bin)
+        .args(args)
+        .env("ETCD_CONF_FILE", &conf)
+        .env_remove("ETCD_NAME")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start server")
+}
+
+/// Runs our server alone on free ports (clients on `scheme`://), data in
+/// `data_dir`, with `extra` flags, until it exits; see [`Server::run_to_exit`].
+pub fn run_alone_to_exit(data_dir: &Path, scheme: &str, extra: &[String], cwd: &Path) -> Output {
+    let client = format!("{scheme}://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut args = member_args("default", data_dir, &client, &peer, None);
+    args.extend(extra.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::run_to_exit(&refs, &[], cwd)
 }
 
 pub fn etcdctl_at(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {

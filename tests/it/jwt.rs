@@ -12,7 +12,7 @@ use etcd_rs::pb::etcdserverpb::kv_client::KvClient;
 use etcd_rs::pb::etcdserverpb::{AuthenticateRequest, RangeRequest};
 use tonic::transport::Channel;
 
-use crate::harness::{Server, free_port};
+use crate::harness::{Server, run_alone_to_exit};
 use crate::security::{setup_users, sh_err, sh_ok};
 
 fn openssl(args: &[&str]) {
@@ -345,29 +345,11 @@ fn jwt_expiry_verify_only_and_bad_options() {
 
 /// Runs our server with `--auth-token <flag>` until it exits (or 20 s pass).
 fn run_to_exit_with(dir: &Path, flag: &str) -> std::process::Output {
-    let client = format!("http://127.0.0.1:{}", free_port());
-    let peer = format!("http://127.0.0.1:{}", free_port());
     std::fs::create_dir_all(dir).expect("dir");
-    Server::run_to_exit(
-        &[
-            "--name",
-            "default",
-            "--data-dir",
-            dir.join("data").to_str().expect("utf-8"),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("default={peer}"),
-            "--auth-token",
-            flag,
-        ],
-        &[],
+    run_alone_to_exit(
+        &dir.join("data"),
+        "http",
+        &["--auth-token".to_string(), flag.to_string()],
         dir,
     )
 }

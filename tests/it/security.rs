@@ -14,7 +14,10 @@ use rcgen::{
     KeyUsagePurpose, SerialNumber,
 };
 
-use crate::harness::{Server, etcdctl_at, free_port, ours_bin, wait_until};
+use crate::harness::{
+    Server, etcdctl_at, free_port, member_args, ours_bin, run_alone_to_exit, spawn_server,
+    wait_until,
+};
 
 // ---------------------------------------------------------------------------
 // Certificates
@@ -170,18 +173,7 @@ struct Proc {
 impl Proc {
     fn spawn(bin: &Path, args: &[String], dir: tempfile::TempDir, client_port: u16) -> Proc {
         let log_path = dir.path().join("server.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let conf = dir.path().join("none.conf");
-        std::fs::write(&conf, "").expect("empty conf file");
-        let child = Command::new(bin)
-            .args(args)
-            .env("ETCD_CONF_FILE", &conf)
-            .env_remove("ETCD_NAME")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start server");
+        let child = spawn_server(bin, args, dir.path(), &log_path);
         Proc {
             _dir: dir,
             child: Some(child),
@@ -244,27 +236,13 @@ impl Drop for Proc {
 fn start_tls(tls_flags: &[String]) -> Proc {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cp, pp) = (free_port(), free_port());
-    let client = format!("https://127.0.0.1:{cp}");
-    let peer = format!("http://127.0.0.1:{pp}");
-    let mut args: Vec<String> = [
-        "--name",
+    let mut args = member_args(
         "default",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &format!("default={peer}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &dir.path().join("data"),
+        &format!("https://127.0.0.1:{cp}"),
+        &format!("http://127.0.0.1:{pp}"),
+        None,
+    );
     args.extend(tls_flags.iter().cloned());
     Proc::spawn(&ours_bin(), &args, dir, cp)
 }
@@ -625,16 +603,17 @@ fn cluster_with_client_and_peer_mtls() {
 // ---------------------------------------------------------------------------
 // TLS versions and cipher suites
 
-/// A TLS handshake with 127.0.0.1:`port` as "localhost", trusting `ca`, offering
-/// `versions` and `suites` (every suite rustls has when empty) and presenting
-/// `client` if given. Returns the negotiated version and cipher suite.
-fn handshake(
+/// A TLS client connected to 127.0.0.1:`port` as "localhost", trusting `ca`,
+/// offering `versions` and `suites` (every suite rustls has when empty) and the
+/// ALPN protocols `alpn`, presenting `client` if given. Nothing is sent yet.
+fn tls_client(
     port: u16,
     ca: &Path,
     client: Option<&Pair>,
     versions: &[&'static rustls::SupportedProtocolVersion],
     suites: &[rustls::CipherSuite],
-) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), String> {
+    alpn: &[&[u8]],
+) -> Result<(rustls::ClientConnection, std::net::TcpStream), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut provider = rustls::crypto::ring::default_provider();
@@ -651,49 +630,6 @@ fn handshake(
         .with_protocol_versions(versions)
         .map_err(|e| format!("client config: {e}"))?
         .with_root_certificates(roots);
-    let config = match client {
-        Some(p) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(&p.cert)
-                    .expect("cert file")
-                    .collect::<Result<Vec<_>, _>>()
-                    .expect("certs"),
-                PrivateKeyDer::from_pem_file(&p.key).expect("key"),
-            )
-            .expect("client auth"),
-        None => builder.with_no_client_auth(),
-    };
-    let name = ServerName::try_from("localhost").expect("server name");
-    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
-        .map_err(|e| e.to_string())?;
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
-    }
-    Ok((
-        conn.protocol_version().expect("version"),
-        conn.negotiated_cipher_suite().expect("suite").suite(),
-    ))
-}
-
-/// GET `path` over https on 127.0.0.1:`port` (HTTP/1.1), presenting `client` if
-/// given; the status line and body, or the TLS/IO error.
-fn https_get(port: u16, ca: &Path, client: Option<&Pair>, path: &str) -> Result<String, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use std::io::Write;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(c.expect("CA cert")).expect("add CA");
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
     let mut config = match client {
         Some(p) => builder
             .with_client_auth_cert(
@@ -706,13 +642,41 @@ fn https_get(port: u16, ca: &Path, client: Option<&Pair>, path: &str) -> Result<
             .expect("client auth"),
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::try_from("localhost").expect("server name");
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
         .map_err(|e| e.to_string())?;
     let sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
+    Ok((conn, sock))
+}
+
+/// A TLS handshake (see [`tls_client`]); the negotiated version and cipher suite.
+fn handshake(
+    port: u16,
+    ca: &Path,
+    client: Option<&Pair>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[rustls::CipherSuite],
+) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), String> {
+    let (mut conn, mut sock) = tls_client(port, ca, client, versions, suites, &[])?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    Ok((
+        conn.protocol_version().expect("version"),
+        conn.negotiated_cipher_suite().expect("suite").suite(),
+    ))
+}
+
+/// GET `path` over https on 127.0.0.1:`port` (HTTP/1.1), presenting `client` if
+/// given; the status line and body, or the TLS/IO error.
+fn https_get(port: u16, ca: &Path, client: Option<&Pair>, path: &str) -> Result<String, String> {
+    use std::io::Write;
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS12, &rustls::version::TLS13];
+    let (conn, sock) = tls_client(port, ca, client, versions, &[], &[b"http/1.1"])?;
     let mut tls = rustls::StreamOwned::new(conn, sock);
     write!(
         tls,
@@ -752,28 +716,15 @@ fn https_and_http_listeners_side_by_side() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let (tls_port, plain_port, peer_port) = (free_port(), free_port(), free_port());
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let mut args: Vec<String> = [
-        "--name",
+    // The deployment guides' shape: TLS on the public address, plain on
+    // loopback for local tools; the https URL is advertised.
+    let mut args = member_args(
         "default",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        // The deployment guides' shape: TLS on the public address, plain on
-        // loopback for local tools.
-        "--listen-client-urls",
+        &dir.path().join("data"),
         &format!("https://127.0.0.1:{tls_port},http://127.0.0.1:{plain_port}"),
-        "--advertise-client-urls",
-        &format!("https://127.0.0.1:{tls_port}"),
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &format!("default={peer}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &format!("http://127.0.0.1:{peer_port}"),
+        None,
+    );
     args.extend(server_flags(&pki.server, &pki.ca1.path, true));
     let mut p = Proc::spawn(&ours_bin(), &args, dir, tls_port);
     let tls = pki.root.ctl_flags(&pki.ca1.path);
@@ -834,35 +785,27 @@ fn auto_tls_for_clients_and_peers() {
         .zip(&ports)
         .map(|(n, (cp, pp))| {
             let dir = tempfile::tempdir().expect("temp dir");
-            let client = format!("https://127.0.0.1:{cp}");
-            let peer = format!("https://127.0.0.1:{pp}");
-            let args: Vec<String> = [
-                "--name",
+            let mut args = member_args(
                 n,
-                "--data-dir",
-                &dir.path().join("data").display().to_string(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-token",
-                "auto-tls",
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "500",
-                "--auto-tls",
-                "--peer-auto-tls",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+                &dir.path().join("data"),
+                &format!("https://127.0.0.1:{cp}"),
+                &format!("https://127.0.0.1:{pp}"),
+                Some(&initial),
+            );
+            args.extend(
+                [
+                    "--initial-cluster-token",
+                    "auto-tls",
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                    "--auto-tls",
+                    "--peer-auto-tls",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
             Proc::spawn(&ours_bin(), &args, dir, *cp)
         })
         .collect();
@@ -1205,28 +1148,7 @@ fn ca_bundle_rotation_without_restart() {
 // 4. Bad certificate files stop the server
 
 fn run_tls_to_exit(dir: &Path, flags: &[String]) -> Output {
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let mut args: Vec<String> = vec![
-        "--name".into(),
-        "default".into(),
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-        "--listen-client-urls".into(),
-        url.clone(),
-        "--advertise-client-urls".into(),
-        url,
-        "--listen-peer-urls".into(),
-        peer.clone(),
-        "--initial-advertise-peer-urls".into(),
-        peer.clone(),
-        "--initial-cluster".into(),
-        format!("default={peer}"),
-    ];
-    args.extend(flags.iter().cloned());
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    Server::run_to_exit(&refs, &[], dir)
+    run_alone_to_exit(&dir.join("data"), "https", flags, dir)
 }
 
 #[test]
