@@ -51,6 +51,11 @@ fn kv_t(kv: &KeyValue) -> (String, String, i64, i64, i64) {
     )
 }
 
+/// A Range that must succeed.
+async fn get(c: &mut Client, key: &str, opts: GetOptions) -> GetResponse {
+    c.get(key, Some(opts)).await.expect("get")
+}
+
 fn keys(r: &GetResponse) -> Vec<String> {
     r.kvs().iter().map(|kv| s(kv.key())).collect()
 }
@@ -159,192 +164,126 @@ async fn kv_range_options() {
     assert_eq!((r.kvs().len(), r.count(), rev_of(&r)), (0, 0, 10));
 
     // Reads at past revisions.
-    let r = c
-        .get("a", Some(GetOptions::new().with_revision(2)))
-        .await
-        .expect("get");
+    let r = get(&mut c, "a", GetOptions::new().with_revision(2)).await;
     assert_eq!(kv_t(&r.kvs()[0]), ("a".into(), "1".into(), 2, 2, 1));
     assert_eq!(rev_of(&r), 10);
-    let r = c
-        .get("a", Some(GetOptions::new().with_revision(1)))
-        .await
-        .expect("get");
+    let r = get(&mut c, "a", GetOptions::new().with_revision(1)).await;
     assert_eq!((r.kvs().len(), r.count()), (0, 0));
-    let r = c
-        .get("", Some(GetOptions::new().with_all_keys().with_revision(5)))
-        .await
-        .expect("get");
+    let r = get(
+        &mut c,
+        "",
+        GetOptions::new().with_all_keys().with_revision(5),
+    )
+    .await;
     assert_eq!(keys(&r), ["a", "b", "c", "d"]);
     assert_eq!(kv_t(&r.kvs()[2]), ("c".into(), "3".into(), 4, 4, 1));
-    let r = c
-        .get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_all_keys()
-                    .with_revision(5)
-                    .with_limit(3),
-            ),
-        )
-        .await
-        .expect("get");
+    let r = get(
+        &mut c,
+        "",
+        GetOptions::new()
+            .with_all_keys()
+            .with_revision(5)
+            .with_limit(3),
+    )
+    .await;
     assert_eq!(keys(&r), ["a", "b", "c"]);
     assert_eq!((r.count(), r.more()), (4, true));
 
     // Ranges.
-    let r = c
-        .get("a", Some(GetOptions::new().with_range("c")))
-        .await
-        .expect("get");
+    let r = get(&mut c, "a", GetOptions::new().with_range("c")).await;
     assert_eq!((keys(&r), r.count()), (vec!["a".into(), "b".into()], 2));
-    let r = c
-        .get("foo", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let r = get(&mut c, "foo", GetOptions::new().with_prefix()).await;
     assert_eq!(keys(&r), ["foo", "foo1", "foo2"]);
     assert_eq!(r.count(), 3);
-    let r = c
-        .get("c", Some(GetOptions::new().with_from_key()))
-        .await
-        .expect("get");
+    let r = get(&mut c, "c", GetOptions::new().with_from_key()).await;
     assert_eq!(keys(&r), ["c", "d", "foo", "foo1", "foo2"]);
-    let r = c
-        .get("c", Some(GetOptions::new().with_range(vec![0u8])))
-        .await
-        .expect("get");
+    let r = get(&mut c, "c", GetOptions::new().with_range(vec![0u8])).await;
     assert_eq!(keys(&r), ["c", "d", "foo", "foo1", "foo2"]);
     assert_eq!(r.count(), 5);
 
     // Limits, `more` and `count`.
     let all = || GetOptions::new().with_all_keys();
-    let r = c.get("", Some(all().with_limit(2))).await.expect("get");
+    let r = get(&mut c, "", all().with_limit(2)).await;
     assert_eq!(keys(&r), ["a", "b"]);
     assert_eq!((r.count(), r.more()), (7, true));
-    let r = c.get("", Some(all().with_limit(7))).await.expect("get");
+    let r = get(&mut c, "", all().with_limit(7)).await;
     assert_eq!((r.kvs().len(), r.count(), r.more()), (7, 7, false));
-    let r = c.get("", Some(all().with_limit(6))).await.expect("get");
+    let r = get(&mut c, "", all().with_limit(6)).await;
     assert_eq!((r.kvs().len(), r.count(), r.more()), (6, 7, true));
 
-    // Sorting.
-    let r = c
-        .get(
-            "",
-            Some(all().with_sort(SortTarget::Mod, SortOrder::Descend)),
-        )
-        .await
-        .expect("get");
-    assert_eq!(keys(&r), ["c", "a", "foo2", "foo1", "foo", "d", "b"]);
-    let r = c
-        .get(
-            "",
-            Some(
-                all()
-                    .with_sort(SortTarget::Mod, SortOrder::Descend)
-                    .with_limit(3),
-            ),
-        )
-        .await
-        .expect("get");
+    // Sorting (a target other than KEY with order NONE sorts ascending).
+    let by_value = ["c", "a", "b", "d", "foo", "foo1", "foo2"];
+    let descending = ["foo2", "foo1", "foo", "d", "c", "b", "a"];
+    for (target, order, want) in [
+        (
+            SortTarget::Mod,
+            SortOrder::Descend,
+            ["c", "a", "foo2", "foo1", "foo", "d", "b"],
+        ),
+        (SortTarget::Key, SortOrder::Descend, descending),
+        (SortTarget::Value, SortOrder::Ascend, by_value),
+        (SortTarget::Value, SortOrder::None, by_value),
+        (SortTarget::Create, SortOrder::Descend, descending),
+    ] {
+        let r = get(&mut c, "", all().with_sort(target, order)).await;
+        assert_eq!(keys(&r), want, "{target:?} {order:?}");
+    }
+    let r = get(
+        &mut c,
+        "",
+        all()
+            .with_sort(SortTarget::Mod, SortOrder::Descend)
+            .with_limit(3),
+    )
+    .await;
     assert_eq!(keys(&r), ["c", "a", "foo2"]);
     assert_eq!((r.count(), r.more()), (7, true));
-    let r = c
-        .get(
-            "",
-            Some(all().with_sort(SortTarget::Key, SortOrder::Descend)),
-        )
-        .await
-        .expect("get");
-    assert_eq!(keys(&r), ["foo2", "foo1", "foo", "d", "c", "b", "a"]);
-    let r = c
-        .get(
-            "",
-            Some(all().with_sort(SortTarget::Value, SortOrder::Ascend)),
-        )
-        .await
-        .expect("get");
-    assert_eq!(keys(&r), ["c", "a", "b", "d", "foo", "foo1", "foo2"]);
-    // A target other than KEY with order NONE sorts ascending.
-    let r = c
-        .get(
-            "",
-            Some(all().with_sort(SortTarget::Value, SortOrder::None)),
-        )
-        .await
-        .expect("get");
-    assert_eq!(keys(&r), ["c", "a", "b", "d", "foo", "foo1", "foo2"]);
-    let r = c
-        .get(
-            "",
-            Some(all().with_sort(SortTarget::Create, SortOrder::Descend)),
-        )
-        .await
-        .expect("get");
-    assert_eq!(keys(&r), ["foo2", "foo1", "foo", "d", "c", "b", "a"]);
-    let r = c
-        .get(
-            "",
-            Some(
-                all()
-                    .with_sort(SortTarget::Version, SortOrder::Descend)
-                    .with_limit(2),
-            ),
-        )
-        .await
-        .expect("get");
+    let r = get(
+        &mut c,
+        "",
+        all()
+            .with_sort(SortTarget::Version, SortOrder::Descend)
+            .with_limit(2),
+    )
+    .await;
     let top: BTreeSet<String> = keys(&r).into_iter().collect();
     assert_eq!(top, ["a".to_string(), "c".to_string()].into());
     assert_eq!((r.count(), r.more()), (7, true));
 
     // Serializable, keys only, count only.
-    let r = c
-        .get("a", Some(GetOptions::new().with_serializable()))
-        .await
-        .expect("get");
+    let r = get(&mut c, "a", GetOptions::new().with_serializable()).await;
     assert_eq!(kv_t(&r.kvs()[0]), ("a".into(), "10".into(), 2, 9, 2));
     assert_eq!(rev_of(&r), 10);
-    let r = c.get("", Some(all().with_keys_only())).await.expect("get");
+    let r = get(&mut c, "", all().with_keys_only()).await;
     assert_eq!(keys(&r), ["a", "b", "c", "d", "foo", "foo1", "foo2"]);
     assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
     assert_eq!(kv_t(&r.kvs()[0]), ("a".into(), "".into(), 2, 9, 2));
-    let r = c.get("", Some(all().with_count_only())).await.expect("get");
+    let r = get(&mut c, "", all().with_count_only()).await;
     assert_eq!((r.kvs().len(), r.count(), r.more()), (0, 7, false));
-    let r = c
-        .get(
-            "foo",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("get");
+    let r = get(
+        &mut c,
+        "foo",
+        GetOptions::new().with_prefix().with_count_only(),
+    )
+    .await;
     assert_eq!((r.kvs().len(), r.count()), (0, 3));
 
     // Revision filters; `count` is the size of the range before filtering.
-    let r = c
-        .get("", Some(all().with_min_mod_revision(7)))
-        .await
-        .expect("get");
+    let r = get(&mut c, "", all().with_min_mod_revision(7)).await;
     assert_eq!(keys(&r), ["a", "c", "foo1", "foo2"]);
     assert_eq!(r.count(), 7);
-    let r = c
-        .get("", Some(all().with_max_mod_revision(5)))
-        .await
-        .expect("get");
+    let r = get(&mut c, "", all().with_max_mod_revision(5)).await;
     assert_eq!(keys(&r), ["b", "d"]);
-    let r = c
-        .get(
-            "",
-            Some(
-                all()
-                    .with_min_create_revision(4)
-                    .with_max_create_revision(6),
-            ),
-        )
-        .await
-        .expect("get");
+    let r = get(
+        &mut c,
+        "",
+        all()
+            .with_min_create_revision(4)
+            .with_max_create_revision(6),
+    )
+    .await;
     assert_eq!(keys(&r), ["c", "d", "foo"]);
-    let r = c
-        .get("", Some(all().with_min_mod_revision(7).with_limit(2)))
-        .await
-        .expect("get");
+    let r = get(&mut c, "", all().with_min_mod_revision(7).with_limit(2)).await;
     assert_eq!(keys(&r), ["a", "c"]);
     assert_eq!((r.count(), r.more()), (7, true));
 
@@ -555,10 +494,7 @@ async fn put_and_delete_options() {
         .await
         .expect("delete");
     assert_eq!(d.deleted(), 1);
-    let r = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("get");
+    let r = get(&mut c, "", GetOptions::new().with_all_keys()).await;
     assert_eq!((r.count(), rev_of(&r)), (0, 18));
 }
 
@@ -749,10 +685,7 @@ async fn txn_compares_and_revisions() {
         }
         other => panic!("unexpected responses {other:?}"),
     }
-    let g = c
-        .get("t3", Some(GetOptions::new().with_range("t5")))
-        .await
-        .expect("get");
+    let g = get(&mut c, "t3", GetOptions::new().with_range("t5")).await;
     let mods: Vec<i64> = g.kvs().iter().map(|kv| kv.mod_revision()).collect();
     assert_eq!(mods, [9, 9]);
 
@@ -845,10 +778,7 @@ async fn txn_compares_and_revisions() {
         Code::InvalidArgument,
         "etcdserver: too many operations in txn request",
     );
-    let g = c
-        .get("n", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let g = get(&mut c, "n", GetOptions::new().with_prefix()).await;
     assert_eq!(keys(&g), ["n0", "n1"]);
     assert!(g.kvs().iter().all(|kv| kv.mod_revision() == 11));
 
@@ -936,17 +866,11 @@ async fn compaction() {
         .await
         .expect("get at the compacted revision");
     assert_eq!(kv_t(&g.kvs()[0]), ("c".into(), "v2".into(), 2, 4, 3));
-    let g = c
-        .get("c", Some(GetOptions::new().with_revision(5)))
-        .await
-        .expect("get");
+    let g = get(&mut c, "c", GetOptions::new().with_revision(5)).await;
     assert_eq!(kv_t(&g.kvs()[0]), ("c".into(), "v3".into(), 2, 5, 4));
     let g = c.get("c", None).await.expect("get");
     assert_eq!(kv_t(&g.kvs()[0]), ("c".into(), "v4".into(), 2, 6, 5));
-    let g = c
-        .get("other", Some(GetOptions::new().with_revision(7)))
-        .await
-        .expect("get");
+    let g = get(&mut c, "other", GetOptions::new().with_revision(7)).await;
     assert_eq!(keys(&g), ["other"]);
     assert_err(
         c.get(
@@ -974,10 +898,7 @@ async fn compaction() {
         .await
         .expect("compact");
     assert_eq!(r.header().expect("header").revision(), 8);
-    let g = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("get");
+    let g = get(&mut c, "", GetOptions::new().with_all_keys()).await;
     assert_eq!(keys(&g), ["c"]);
     assert_eq!(kv_t(&g.kvs()[0]), ("c".into(), "v4".into(), 2, 6, 5));
     assert_err(
@@ -1398,10 +1319,7 @@ async fn watch_burst_in_order() {
     check(&seen2);
     assert_eq!(seen, seen2);
     // Values match the store.
-    let g = c
-        .get("b/", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let g = get(&mut c, "b/", GetOptions::new().with_prefix()).await;
     assert_eq!(rev_of(&g), 1 + TOTAL as i64);
     let mut last: HashMap<String, (i64, String)> = HashMap::new();
     for e in &seen {
@@ -1505,10 +1423,7 @@ async fn leases() {
     // Revoke deletes the attached keys in one revision.
     let r = c.lease_revoke(0x77).await.expect("revoke");
     assert_eq!(r.header().expect("header").revision(), 5);
-    let g = c
-        .get("l/", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let g = get(&mut c, "l/", GetOptions::new().with_prefix()).await;
     assert_eq!(keys(&g), ["l/3"]);
     assert_eq!(rev_of(&g), 5);
     let t = c.lease_time_to_live(0x77, None).await.expect("ttl");
@@ -1553,10 +1468,7 @@ async fn lease_expiry_deletes_keys_in_one_revision() {
         got[&0],
         [del_ev("e/1", 6), del_ev("e/2", 6), del_ev("e/3", 6)]
     );
-    let g = c
-        .get("e/", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let g = get(&mut c, "e/", GetOptions::new().with_prefix()).await;
     assert_eq!(keys(&g), ["e/4"]);
     assert_eq!(rev_of(&g), 6);
     let t = c.lease_time_to_live(l, None).await.expect("ttl");
@@ -1760,13 +1672,12 @@ async fn nospace_and_recovery() {
         Code::ResourceExhausted,
         "etcdserver: mvcc: database space exceeded",
     );
-    let g = c
-        .get(
-            "big/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("get");
+    let g = get(
+        &mut c,
+        "big/",
+        GetOptions::new().with_prefix().with_count_only(),
+    )
+    .await;
     assert_eq!(g.count(), written);
     let d = c
         .delete("big/", Some(DeleteOptions::new().with_prefix()))
@@ -1840,10 +1751,7 @@ async fn defragment_shrinks_file() {
     // The store is intact.
     let p = c.put("d/after", "v", None).await.expect("put");
     assert_eq!(p.header().expect("header").revision(), rev + 1);
-    let g = c
-        .get("d/", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let g = get(&mut c, "d/", GetOptions::new().with_prefix()).await;
     assert_eq!(keys(&g), ["d/after"]);
 }
 
