@@ -1285,8 +1285,11 @@ fn outcome(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
         .to_string()
 }
 
-pub(crate) fn setup_users(srv: &Server) {
-    let mut seq: Vec<Vec<&str>> = vec![
+/// The guides' auth set-up as etcdctl commands: user root with the root role,
+/// role app with readwrite on the /app/ prefix, user alice (added by
+/// `add_alice`) with role app, then auth enabled.
+fn auth_setup<'a>(add_alice: &[&'a str]) -> Vec<Vec<&'a str>> {
+    vec![
         vec!["user", "add", "root:pw"],
         vec!["role", "add", "root"],
         vec!["user", "grant-role", "root", "root"],
@@ -1299,11 +1302,14 @@ pub(crate) fn setup_users(srv: &Server) {
             "readwrite",
             "/app/",
         ],
-        vec!["user", "add", "alice:pw"],
+        add_alice.to_vec(),
         vec!["user", "grant-role", "alice", "app"],
-    ];
-    seq.push(vec!["auth", "enable"]);
-    for args in seq {
+        vec!["auth", "enable"],
+    ]
+}
+
+pub(crate) fn setup_users(srv: &Server) {
+    for args in auth_setup(&["user", "add", "alice:pw"]) {
         sh_ok(srv, None, &args);
     }
 }
@@ -1545,24 +1551,8 @@ fn certificate_common_name_is_the_user() {
     let alice = pki.alice.ctl_flags(&pki.ca1.path);
     s.wait_healthy(&root);
     let ep = s.endpoint();
-    for args in [
-        vec!["user", "add", "root:pw"],
-        vec!["role", "add", "root"],
-        vec!["user", "grant-role", "root", "root"],
-        vec!["role", "add", "app"],
-        vec![
-            "role",
-            "grant-permission",
-            "app",
-            "--prefix=true",
-            "readwrite",
-            "/app/",
-        ],
-        // A certificate-only user, as the guides create them.
-        vec!["user", "add", "alice", "--no-password"],
-        vec!["user", "grant-role", "alice", "app"],
-        vec!["auth", "enable"],
-    ] {
+    // A certificate-only user, as the guides create them.
+    for args in auth_setup(&["user", "add", "alice", "--no-password"]) {
         ctl_ok(&ep, &root, &args);
     }
     // CN=root: admin operations without --user.
