@@ -158,40 +158,37 @@ async fn run(cfg: Config) -> i32 {
     etcd_rs::server::compactor::spawn(server.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(server.clone()).await;
+    // Client and metrics listeners serve the same routes; https ones with the
+    // client TLS settings.
+    let serve = |u: &str, l| {
+        let tls = if u.starts_with("https://") {
+            client_tls.clone()
+        } else {
+            None
+        };
+        tokio::spawn(api::serve(
+            l,
+            app.clone(),
+            max_streams,
+            stop_rx.clone(),
+            tls,
+        ));
+    };
     for (u, l) in client_listeners {
         info!("ready to serve client requests");
-        let tls = if u.starts_with("https://") {
+        if u.starts_with("https://") {
             info!("serving client traffic securely", address = u);
-            client_tls.clone()
         } else {
             warn!(
                 "serving client traffic insecurely; this is strongly discouraged!",
                 address = u
             );
-            None
-        };
-        tokio::spawn(api::serve(
-            l,
-            app.clone(),
-            max_streams,
-            stop_rx.clone(),
-            tls,
-        ));
+        }
+        serve(&u, l);
     }
     for (u, l) in metrics_listeners {
         info!("serving metrics", address = format!("{u}/metrics"));
-        let tls = if u.starts_with("https://") {
-            client_tls.clone()
-        } else {
-            None
-        };
-        tokio::spawn(api::serve(
-            l,
-            app.clone(),
-            max_streams,
-            stop_rx.clone(),
-            tls,
-        ));
+        serve(&u, l);
     }
     etcd_rs::systemd::notify_ready();
     tokio::spawn(supervise(server.clone()));
