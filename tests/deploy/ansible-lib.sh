@@ -21,17 +21,9 @@ ensure_ansible_image() {
     rm -rf "$tmp"
     mkdir -p "$STATE_DIR"
     log "building the $SUITE Ansible image from $mirror (once; cached in $ANSIBLE_IMAGE_DIR)"
-    debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,iproute2,procps,openssh-server,python3,python3-apt,ca-certificates \
-        "$SUITE" "$tmp" "$mirror" >"$STATE_DIR/debootstrap-ansible.log" 2>&1 || {
-        tail -n 30 "$STATE_DIR/debootstrap-ansible.log" >&2
-        return 1
-    }
-    rm -f "$tmp/etc/apt/sources.list"
-    chroot "$tmp" apt-get clean
-    rm -rf "$tmp"/var/lib/apt/lists/*
-    : >"$tmp/etc/machine-id"
-    echo etcd-rs-test >"$tmp/etc/hostname"
+    debootstrap_minbase "$tmp" debootstrap-ansible.log \
+        systemd,systemd-sysv,dbus,iproute2,procps,openssh-server,python3,python3-apt,ca-certificates \
+        "$mirror" || return 1
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$tmp/etc/hosts"
     chroot "$tmp" passwd -d root >/dev/null
     # Root logs in with the run's key only.

@@ -70,6 +70,23 @@ host_mirror() {
     printf '%s\n' "${m:-http://deb.debian.org/debian}"
 }
 
+# debootstrap_minbase DIR LOG PACKAGES MIRROR: a minbase $SUITE tree in DIR
+# with PACKAGES (comma-separated) that only reaches what the test serves (no
+# apt sources, no package lists), with an empty machine-id and the hostname
+# etcd-rs-test. debootstrap's output goes to $STATE_DIR/LOG.
+debootstrap_minbase() {
+    local dir=$1 logf=$STATE_DIR/$2 pkgs=$3 mirror=$4
+    debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$dir" "$mirror" >"$logf" 2>&1 || {
+        tail -n 30 "$logf" >&2
+        return 1
+    }
+    rm -f "$dir/etc/apt/sources.list"
+    chroot "$dir" apt-get clean
+    rm -rf "$dir"/var/lib/apt/lists/*
+    : >"$dir/etc/machine-id"
+    echo etcd-rs-test >"$dir/etc/hostname"
+}
+
 # Builds the minimal Debian image once; later runs reuse it.
 ensure_image() {
     if [ -f "$IMAGE_DIR/.etcd-rs-image-complete" ]; then
@@ -85,18 +102,9 @@ ensure_image() {
     log "building the $SUITE image from $mirror (once; cached in $IMAGE_DIR)"
     # No adduser: the package must create its user with systemd-sysusers.
     # man-db lets systemd-analyze verify check Documentation=man:etcd(1).
-    debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,iproute2,procps,man-db \
-        "$SUITE" "$tmp" "$mirror" >"$STATE_DIR/debootstrap.log" 2>&1 || {
-        tail -n 30 "$STATE_DIR/debootstrap.log" >&2
-        return 1
-    }
     # The container only reaches the host's local repository.
-    rm -f "$tmp/etc/apt/sources.list"
-    chroot "$tmp" apt-get clean
-    rm -rf "$tmp"/var/lib/apt/lists/*
-    : >"$tmp/etc/machine-id"
-    echo etcd-rs-test >"$tmp/etc/hostname"
+    debootstrap_minbase "$tmp" debootstrap.log systemd,systemd-sysv,dbus,iproute2,procps,man-db \
+        "$mirror" || return 1
     # As on an installed system (debootstrap writes none).
     printf '127.0.0.1\tlocalhost\n127.0.1.1\tetcd-rs-test\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
         >"$tmp/etc/hosts"
