@@ -220,7 +220,7 @@ pub async fn serve(
                                 );
                                 return;
                             }
-                            let cn = leaf.and_then(|c| crate::auth::common_name(c));
+                            let cn = leaf.and_then(|c| crate::tls::x509::subject_common_name(c));
                             drop(svc);
                             let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
                                 app,

@@ -308,18 +308,25 @@ fn private_pem(file: &Path) -> Result<(SectionKind, Vec<u8>), JwtError> {
         })
 }
 
-/// The algorithm OID and the key bits of a SubjectPublicKeyInfo (`PUBLIC KEY`).
-fn public_pem(file: &Path) -> Result<der::Spki, JwtError> {
-    let (_, der) = pem_sections(file)?
-        .into_iter()
-        .find(|(k, _)| *k == SectionKind::PublicKey)
-        .ok_or_else(|| {
-            key_err(
-                file,
-                "no PUBLIC KEY found (write it with `openssl pkey -pubout`)",
-            )
-        })?;
-    der::spki(&der).ok_or_else(|| key_err(file, "malformed PUBLIC KEY"))
+/// The public key of a `PUBLIC KEY` (SubjectPublicKeyInfo) section, or of the
+/// first `CERTIFICATE` (etcd takes a certificate there too).
+fn public_pem(file: &Path) -> Result<keys::PublicKey, JwtError> {
+    let sections = pem_sections(file)?;
+    let spki = if let Some((_, der)) = sections.iter().find(|(k, _)| *k == SectionKind::PublicKey) {
+        der.clone()
+    } else if let Some((_, der)) = sections
+        .iter()
+        .find(|(k, _)| *k == SectionKind::Certificate)
+    {
+        crate::tls::x509::public_key_info(der)
+            .ok_or_else(|| key_err(file, "malformed CERTIFICATE"))?
+    } else {
+        return Err(key_err(
+            file,
+            "no PUBLIC KEY or CERTIFICATE found (write the key with `openssl pkey -pubout`)",
+        ));
+    };
+    keys::spki(&spki).ok_or_else(|| key_err(file, "malformed PUBLIC KEY"))
 }
 
 fn load_keys(
@@ -356,17 +363,17 @@ fn load_keys(
     }
     // The public key file, checked against the algorithm's key type.
     // The key type the algorithm needs: algorithm OID, EC curve, and its name.
-    let (want_oid, want_curve, what): (&[u8], Option<&[u8]>, &str) = match alg {
-        ES256 => (der::EC, Some(der::P256), "an EC P-256 key"),
-        ES384 => (der::EC, Some(der::P384), "an EC P-384 key"),
-        ES512 => (der::EC, Some(der::P521), "an EC P-521 key"),
-        EdDSA => (der::ED25519, None, "an Ed25519 key"),
-        _ => (der::RSA, None, "an RSA key"),
+    let (want_oid, want_curve, what) = match alg {
+        ES256 => (keys::EC, Some(keys::P256), "an EC P-256 key"),
+        ES384 => (keys::EC, Some(keys::P384), "an EC P-384 key"),
+        ES512 => (keys::EC, Some(keys::P521), "an EC P-521 key"),
+        EdDSA => (keys::ED25519, None, "an Ed25519 key"),
+        _ => (keys::RSA, None, "an RSA key"),
     };
     let public_bits = match public {
         Some(file) => {
-            let der::Spki { oid, params, bits } = public_pem(file)?;
-            if oid != want_oid || (want_curve.is_some() && params.as_deref() != want_curve) {
+            let keys::PublicKey { oid, curve, bits } = public_pem(file)?;
+            if oid != want_oid || (want_curve.is_some() && curve != want_curve) {
                 return Err(key_err(
                     file,
                     format!("not {what}, which sign-method={} needs", alg.name()),
@@ -409,13 +416,10 @@ fn load_keys(
                 signer = Some(Signer::Rsa(kp, enc));
             }
             ES256 | ES384 => {
-                let curve = want_curve.unwrap_or_default();
+                let curve = want_curve.unwrap_or(keys::P256);
                 let pkcs8 = match kind {
                     SectionKind::EcPrivateKey => {
-                        if der::sec1_curve(&der).is_some_and(|c| c != curve) {
-                            return Err(bad_private(file, &"another curve"));
-                        }
-                        der::sec1_to_pkcs8(&der, curve)
+                        keys::sec1_to_pkcs8(&der, curve).map_err(|e| bad_private(file, &e))?
                     }
                     _ => der,
                 };
@@ -432,14 +436,12 @@ fn load_keys(
             ES512 => {
                 let sec1 = match kind {
                     SectionKind::EcPrivateKey => der,
-                    _ => der::pkcs8_inner(&der, der::EC, Some(der::P521))
-                        .ok_or_else(|| bad_private(file, &"not a P-521 PKCS#8 key"))?,
+                    _ => {
+                        keys::pkcs8_ec_inner(&der, keys::P521).map_err(|e| bad_private(file, &e))?
+                    }
                 };
-                if der::sec1_curve(&sec1).is_some_and(|c| c != der::P521) {
-                    return Err(bad_private(file, &"another curve"));
-                }
-                let scalar = der::sec1_scalar(&sec1)
-                    .ok_or_else(|| bad_private(file, &"malformed EC private key"))?;
+                let scalar =
+                    keys::sec1_scalar(&sec1, keys::P521).map_err(|e| bad_private(file, &e))?;
                 let k = p521::ecdsa::SigningKey::from_slice(&scalar)
                     .map_err(|e| bad_private(file, &e))?;
                 own_public = Some(
@@ -491,141 +493,89 @@ fn load_keys(
     Ok((signer, verifier))
 }
 
-/// Just enough DER to take keys apart: SubjectPublicKeyInfo, SEC1 and PKCS#8.
-mod der {
-    /// Object identifiers, DER-encoded with their tag and length.
-    pub const RSA: &[u8] = &[
-        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-    ];
-    pub const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-    pub const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
-    pub const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    pub const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-    pub const P521: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+/// Keys taken apart with the RustCrypto DER crates: SubjectPublicKeyInfo, SEC1
+/// and PKCS#8.
+mod keys {
+    use const_oid::ObjectIdentifier;
+    use der::{Decode, Encode};
+
+    pub const RSA: ObjectIdentifier = const_oid::db::rfc5912::RSA_ENCRYPTION;
+    pub const EC: ObjectIdentifier = const_oid::db::rfc5912::ID_EC_PUBLIC_KEY;
+    pub const ED25519: ObjectIdentifier = const_oid::db::rfc8410::ID_ED_25519;
+    pub const P256: ObjectIdentifier = const_oid::db::rfc5912::SECP_256_R_1;
+    pub const P384: ObjectIdentifier = const_oid::db::rfc5912::SECP_384_R_1;
+    pub const P521: ObjectIdentifier = const_oid::db::rfc5912::SECP_521_R_1;
 
     /// A SubjectPublicKeyInfo taken apart.
-    pub struct Spki {
-        /// The algorithm OID (with tag and length).
-        pub oid: Vec<u8>,
-        /// The algorithm parameters (for EC keys: the curve OID).
-        pub params: Option<Vec<u8>>,
+    pub struct PublicKey {
+        /// The algorithm.
+        pub oid: ObjectIdentifier,
+        /// The named curve of an EC key.
+        pub curve: Option<ObjectIdentifier>,
         /// The subjectPublicKey bits.
         pub bits: Vec<u8>,
     }
 
-    /// One TLV: tag, whole encoding, contents and the bytes after it.
-    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-    fn tlv(d: &[u8]) -> Option<Tlv<'_>> {
-        let (&tag, rest) = d.split_first()?;
-        let (&l, rest) = rest.split_first()?;
-        let (len, rest) = if l < 0x80 {
-            (l as usize, rest)
-        } else {
-            let n = (l & 0x7f) as usize;
-            if n == 0 || n > 4 {
-                return None;
-            }
-            let b = rest.get(..n)?;
-            (
-                b.iter().fold(0usize, |a, &x| (a << 8) | x as usize),
-                rest.get(n..)?,
-            )
-        };
-        let contents = rest.get(..len)?;
-        let whole = &d[..d.len() - rest.len() + len];
-        Some((tag, whole, contents, rest.get(len..)?))
-    }
-
-    fn expect(d: &[u8], tag: u8) -> Option<(&[u8], &[u8], &[u8])> {
-        let (t, whole, c, rest) = tlv(d)?;
-        (t == tag).then_some((whole, c, rest))
-    }
-
-    /// AlgorithmIdentifier contents: (OID TLV, parameters TLV if any).
-    fn algorithm(c: &[u8]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
-        let (oid, _, rest) = expect(c, 0x06)?;
-        let params = tlv(rest)
-            .filter(|(t, ..)| *t != 0x05)
-            .map(|(_, w, ..)| w.to_vec());
-        Some((oid.to_vec(), params))
-    }
-
-    /// SubjectPublicKeyInfo: (algorithm OID, parameters, key bits).
-    pub fn spki(d: &[u8]) -> Option<Spki> {
-        let (_, seq, _) = expect(d, 0x30)?;
-        let (_, alg, rest) = expect(seq, 0x30)?;
-        let (oid, params) = algorithm(alg)?;
-        let (_, bits, _) = expect(rest, 0x03)?;
-        let (&unused, bits) = bits.split_first()?;
-        (unused == 0).then(|| Spki {
-            oid,
-            params,
-            bits: bits.to_vec(),
+    pub fn spki(der: &[u8]) -> Option<PublicKey> {
+        let k = spki::SubjectPublicKeyInfoRef::from_der(der).ok()?;
+        let curve = k
+            .algorithm
+            .parameters
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        Some(PublicKey {
+            oid: k.algorithm.oid,
+            curve,
+            bits: k.subject_public_key.as_bytes()?.to_vec(),
         })
     }
 
-    /// The private key of a PKCS#8 PrivateKeyInfo with the given algorithm.
-    pub fn pkcs8_inner(d: &[u8], oid: &[u8], params: Option<&[u8]>) -> Option<Vec<u8>> {
-        let (_, seq, _) = expect(d, 0x30)?;
-        let (_, _, rest) = expect(seq, 0x02)?;
-        let (_, alg, rest) = expect(rest, 0x30)?;
-        let (o, p) = algorithm(alg)?;
-        if o != oid || (params.is_some() && p.as_deref() != params) {
-            return None;
+    /// The curve a SEC1 key names must be `curve` when it names one.
+    fn sec1_checked(
+        sec1: &[u8],
+        curve: ObjectIdentifier,
+    ) -> Result<sec1::EcPrivateKey<'_>, String> {
+        let k = sec1::EcPrivateKey::from_der(sec1)
+            .map_err(|e| format!("malformed EC private key: {e}"))?;
+        match k.parameters.and_then(|p| p.named_curve()) {
+            Some(c) if c != curve => Err("a key on another curve".into()),
+            _ => Ok(k),
         }
-        let (_, key, _) = expect(rest, 0x04)?;
-        Some(key.to_vec())
     }
 
-    /// The fields of a SEC1 ECPrivateKey after the version: privateKey, then
-    /// the optional [0] parameters and [1] publicKey.
-    fn sec1_fields(d: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (_, seq, _) = expect(d, 0x30)?;
-        let (_, _, rest) = expect(seq, 0x02)?;
-        let (_, scalar, rest) = expect(rest, 0x04)?;
-        Some((scalar, rest))
+    /// The private scalar of a SEC1 key on `curve`.
+    pub fn sec1_scalar(sec1: &[u8], curve: ObjectIdentifier) -> Result<Vec<u8>, String> {
+        Ok(sec1_checked(sec1, curve)?.private_key.to_vec())
     }
 
-    pub fn sec1_scalar(d: &[u8]) -> Option<Vec<u8>> {
-        sec1_fields(d).map(|(s, _)| s.to_vec())
-    }
-
-    /// The named curve in a SEC1 key's [0] parameters, if present.
-    pub fn sec1_curve(d: &[u8]) -> Option<Vec<u8>> {
-        let (_, mut rest) = sec1_fields(d)?;
-        while let Some((t, _, c, r)) = tlv(rest) {
-            if t == 0xa0 {
-                return Some(tlv(c)?.1.to_vec());
-            }
-            rest = r;
+    /// The SEC1 key inside a PKCS#8 PrivateKeyInfo for an EC key on `curve`.
+    pub fn pkcs8_ec_inner(der: &[u8], curve: ObjectIdentifier) -> Result<Vec<u8>, String> {
+        let k = pkcs8::PrivateKeyInfo::from_der(der)
+            .map_err(|e| format!("malformed PKCS#8 key: {e}"))?;
+        let named = k
+            .algorithm
+            .parameters
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        if k.algorithm.oid != EC || named != Some(curve) {
+            return Err("not an EC key on the expected curve".into());
         }
-        None
+        Ok(k.private_key.to_vec())
     }
 
-    pub fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        let n = content.len();
-        if n < 0x80 {
-            out.push(n as u8);
-        } else {
-            let bytes = n.to_be_bytes();
-            let skip = bytes.iter().take_while(|&&b| b == 0).count();
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
+    /// PKCS#8 PrivateKeyInfo around a SEC1 key on `curve` (what `openssl pkcs8
+    /// -topk8` writes).
+    pub fn sec1_to_pkcs8(sec1: &[u8], curve: ObjectIdentifier) -> Result<Vec<u8>, String> {
+        sec1_checked(sec1, curve)?;
+        let params = der::asn1::AnyRef::from(&curve);
+        pkcs8::PrivateKeyInfo {
+            algorithm: spki::AlgorithmIdentifierRef {
+                oid: EC,
+                parameters: Some(params),
+            },
+            private_key: sec1,
+            public_key: None,
         }
-        out.extend_from_slice(content);
-        out
-    }
-
-    /// PKCS#8 PrivateKeyInfo around a SEC1 key (what `openssl pkcs8 -topk8` does).
-    pub fn sec1_to_pkcs8(sec1: &[u8], curve: &[u8]) -> Vec<u8> {
-        let mut alg = EC.to_vec();
-        alg.extend_from_slice(curve);
-        let mut body = vec![0x02, 0x01, 0x00];
-        body.extend(wrap(0x30, &alg));
-        body.extend(wrap(0x04, sec1));
-        wrap(0x30, &body)
+        .to_der()
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -646,12 +596,21 @@ mod tests {
         p
     }
 
-    fn spki(oid_and_params: &[u8], bits: &[u8]) -> Vec<u8> {
-        let mut b = vec![0];
-        b.extend_from_slice(bits);
-        let mut body = der::wrap(0x30, oid_and_params);
-        body.extend(der::wrap(0x03, &b));
-        der::wrap(0x30, &body)
+    fn spki(
+        oid: const_oid::ObjectIdentifier,
+        curve: const_oid::ObjectIdentifier,
+        bits: &[u8],
+    ) -> Vec<u8> {
+        use der::Encode;
+        spki::SubjectPublicKeyInfoRef {
+            algorithm: spki::AlgorithmIdentifierRef {
+                oid,
+                parameters: Some(der::asn1::AnyRef::from(&curve)),
+            },
+            subject_public_key: der::asn1::BitStringRef::from_bytes(bits).unwrap(),
+        }
+        .to_der()
+        .unwrap()
     }
 
     #[test]
@@ -667,13 +626,11 @@ mod tests {
         )
         .unwrap();
         let private = write_pem(dir.path(), "k.pem", "PRIVATE KEY", doc.as_ref());
-        let mut oid = der::EC.to_vec();
-        oid.extend_from_slice(der::P256);
         let public = write_pem(
             dir.path(),
             "p.pem",
             "PUBLIC KEY",
-            &spki(&oid, kp.public_key().as_ref()),
+            &spki(keys::EC, keys::P256, kp.public_key().as_ref()),
         );
         let opts = format!(
             "pub-key={},priv-key={},sign-method=ES256,ttl=1m",
@@ -757,17 +714,56 @@ mod tests {
     }
 
     #[test]
+    fn public_key_from_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["jwt".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let private = dir.path().join("k.pem");
+        std::fs::write(&private, key.serialize_pem()).unwrap();
+        let public = dir.path().join("c.pem");
+        std::fs::write(&public, cert.pem()).unwrap();
+        let j = Jwt::from_options(&format!(
+            "pub-key={},priv-key={},sign-method=ES256",
+            public.display(),
+            private.display()
+        ))
+        .unwrap();
+        let t = j.sign("alice", 2).unwrap();
+        let v =
+            Jwt::from_options(&format!("pub-key={},sign-method=ES256", public.display())).unwrap();
+        assert_eq!(v.verify(&t).map(|c| c.username), Some("alice".to_string()));
+        let e = Jwt::from_options(&format!("pub-key={},sign-method=RS256", public.display()))
+            .unwrap_err();
+        assert!(e.to_string().contains("not an RSA key"), "{e}");
+    }
+
+    #[test]
     fn sec1_wrapping() {
         // A SEC1 key taken from ring's PKCS#8 output, wrapped back.
         let rng = SystemRandom::new();
         let doc =
             sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
-        let sec1 = der::pkcs8_inner(doc.as_ref(), der::EC, Some(der::P384)).unwrap();
-        let again = der::sec1_to_pkcs8(&sec1, der::P384);
+        let sec1 = keys::pkcs8_ec_inner(doc.as_ref(), keys::P384).unwrap();
+        let again = keys::sec1_to_pkcs8(&sec1, keys::P384).unwrap();
         assert!(
             sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &again, &rng)
                 .is_ok()
         );
-        assert!(der::sec1_scalar(&sec1).is_some_and(|s| s.len() == 48));
+        assert!(keys::sec1_scalar(&sec1, keys::P384).is_ok_and(|s| s.len() == 48));
+        // With its curve named, as openssl writes SEC1 keys: another curve is refused.
+        let mut named = {
+            use der::Decode;
+            sec1::EcPrivateKey::from_der(&sec1).unwrap()
+        };
+        named.parameters = Some(sec1::EcParameters::NamedCurve(keys::P384));
+        let named = der::Encode::to_der(&named).unwrap();
+        assert!(keys::sec1_scalar(&named, keys::P384).is_ok());
+        assert!(keys::sec1_scalar(&named, keys::P256).is_err());
+        assert!(keys::sec1_to_pkcs8(&named, keys::P256).is_err());
+        assert!(keys::pkcs8_ec_inner(doc.as_ref(), keys::P256).is_err());
+        assert!(keys::sec1_to_pkcs8(b"junk", keys::P384).is_err());
     }
 }

@@ -481,30 +481,6 @@ pub enum AuthOp {
     },
 }
 
-/// The common name of a DER certificate's subject (the last CN in the
-/// certificate, which is the subject's: the issuer comes first).
-pub fn common_name(der: &[u8]) -> Option<String> {
-    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let pos = der.windows(5).rposition(|w| w == CN_OID)?;
-    let rest = der.get(pos + 5..)?;
-    let (&tag, rest) = rest.split_first()?;
-    if !matches!(tag, 0x0c | 0x13 | 0x16 | 0x14 | 0x1e) {
-        return None;
-    }
-    let (&len, rest) = rest.split_first()?;
-    let (len, rest) = if len < 0x80 {
-        (len as usize, rest)
-    } else {
-        let n = (len & 0x7f) as usize;
-        let b = rest.get(..n)?;
-        (
-            b.iter().fold(0usize, |a, &x| (a << 8) | x as usize),
-            rest.get(n..)?,
-        )
-    };
-    String::from_utf8(rest.get(..len)?.to_vec()).ok()
-}
-
 /// Random printable token text.
 pub fn random_token() -> String {
     use rand::Rng;

@@ -19,6 +19,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::TlsInfo;
 
+mod verify;
+pub mod x509;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
     #[error("{file}: {detail}")]
@@ -275,11 +278,15 @@ impl ServerTls {
             (Some(ca), true) => {
                 let mut vb =
                     WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider());
-                if let Some(crl) = &self.info.crl_file {
+                let crls = match &self.info.crl_file {
+                    Some(crl) => load_crls(crl)?,
+                    None => Vec::new(),
+                };
+                if !crls.is_empty() {
                     // As etcd: a certificate whose serial the list names is refused;
                     // certificates of issuers the list does not cover are not.
                     vb = vb
-                        .with_crls(load_crls(crl)?)
+                        .with_crls(crls.clone())
                         .only_check_end_entity_revocation()
                         .allow_unknown_revocation_status();
                 }
@@ -289,7 +296,11 @@ impl ServerTls {
                     }
                     _ => file_err(ca, e),
                 })?;
-                builder.with_client_cert_verifier(v)
+                builder.with_client_cert_verifier(verify::ClientVerifier::new(
+                    v,
+                    load_certs(ca)?,
+                    crls,
+                ))
             }
             (None, true) => {
                 return Err(TlsError::Config(
@@ -365,7 +376,7 @@ pub fn admits(
     let Some(cert) = cert else {
         return Err("no client certificate".into());
     };
-    let cn = crate::auth::common_name(cert);
+    let cn = x509::subject_common_name(cert);
     if cn.as_deref().is_some_and(|cn| allowed_cn.contains(&cn)) {
         return Ok(());
     }
@@ -395,7 +406,20 @@ pub fn peer_client_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match ca {
-        Some(ca) => builder.with_root_certificates(load_roots(ca)?),
+        Some(ca) => {
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                load_roots(ca)?,
+                provider(),
+            )
+            .build()
+            .map_err(|e| file_err(ca, e))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verify::ServerVerifier::new(
+                    webpki,
+                    load_certs(ca)?,
+                ))
+        }
         None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider()))),
