@@ -54,6 +54,8 @@ pub enum Error {
     LeaderChanged,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: not capable")]

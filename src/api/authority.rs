@@ -30,6 +30,11 @@ const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 /// The HTTP/2 default SETTINGS_MAX_FRAME_SIZE, which the server keeps.
 const MAX_FRAME: usize = 16_384;
+/// The most of one header block held back for inspection. etcd's clients send
+/// blocks of a few hundred bytes; a longer block passes through unchanged, and
+/// the HTTP/2 server applies its own header-list limit to it, so a client
+/// cannot make this layer hold more than this much per connection.
+const MAX_HELD_BLOCK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -148,6 +153,9 @@ impl<S> FixAuthority<S> {
                     }
                     if flags & FLAG_END_HEADERS != 0 {
                         self.finish_block();
+                    } else if self.block_frames.len() > MAX_HELD_BLOCK {
+                        // Its CONTINUATION frames now pass through as they come.
+                        self.flush_block_unchanged();
                     }
                 }
             }
@@ -617,6 +625,27 @@ mod tests {
         push_frame(&mut want, FRAME_HEADERS, FLAG_END_HEADERS, 1, &fixed);
         push_frame(&mut want, 0x0, 0x1, 1, b"data");
         assert_eq!(out, want);
+
+        // A header block that never ends (a CONTINUATION flood) is not held:
+        // it passes through unchanged, with at most MAX_HELD_BLOCK held at once.
+        let mut flood = PREFACE.to_vec();
+        push_frame(&mut flood, FRAME_HEADERS, 0, 1, &block);
+        for _ in 0..1000 {
+            push_frame(&mut flood, FRAME_CONTINUATION, 0, 1, &[0x82; MAX_FRAME]);
+        }
+        let mut r = FixAuthority::new(&flood[..]);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = r.read(&mut buf).await.expect("read");
+            assert!(r.block_frames.len() <= MAX_HELD_BLOCK + MAX_FRAME + 9);
+            assert!(r.block.len() <= MAX_HELD_BLOCK);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, flood);
 
         // HTTP/1.1 passes through.
         let plain = b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();

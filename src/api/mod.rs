@@ -4,6 +4,7 @@
 pub mod auth;
 mod authority;
 pub mod cluster;
+pub mod conn;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -14,7 +15,7 @@ pub mod watch;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tonic::{Response, Status};
@@ -167,13 +168,15 @@ pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
 
 /// Serves `app` on `listener` until `shutdown` fires; with `tls`, every connection
 /// is a TLS connection (the handshake uses the certificates current at that moment).
+/// Connections beyond the member's cap are closed at once; see [`conn`].
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
-    max_streams: u32,
+    limits: conn::Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::ServerTls>>,
 ) {
+    let mut last_refusal: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -187,25 +190,35 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(permit) = limits.admit() else {
+            if last_refusal.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                last_refusal = Some(std::time::Instant::now());
+                crate::warn!(
+                    "rejected connection: too many open client connections",
+                    remote_addr = remote
+                );
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
         let app = app.clone();
         let tls = tls.clone();
+        let b = limits.builder();
         tokio::spawn(async move {
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http2().max_concurrent_streams(max_streams);
+            let _permit = permit;
             match tls {
                 None => {
+                    let stream = conn::FirstByte::new(stream, conn::FIRST_BYTE_DEADLINE);
                     let _ = b
                         .serve_connection_with_upgrades(
                             TokioIo::new(authority::FixAuthority::new(stream)),
-                            svc,
+                            TowerToHyperService::new(app),
                         )
                         .await;
                 }
                 Some(tls) => {
                     let hs = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
+                        conn::FIRST_BYTE_DEADLINE,
                         tls.acceptor().accept(stream),
                     )
                     .await;
@@ -221,7 +234,6 @@ pub async fn serve(
                                 return;
                             }
                             let cn = leaf.and_then(|c| crate::tls::x509::subject_common_name(c));
-                            drop(svc);
                             let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
                                 app,
                                 move |mut r: ::http::Request<hyper::body::Incoming>| {
@@ -231,6 +243,7 @@ pub async fn serve(
                                     r
                                 },
                             ));
+                            let s = conn::FirstByte::new(s, conn::FIRST_BYTE_DEADLINE);
                             let _ = b
                                 .serve_connection_with_upgrades(
                                     TokioIo::new(authority::FixAuthority::new(s)),

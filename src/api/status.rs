@@ -10,7 +10,7 @@ pub fn code_of(e: &Error) -> Code {
         EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
         | RequestTooLarge | AuthFailed | UserEmpty | InvalidArgument(_) => Code::InvalidArgument,
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
-        NoSpace => Code::ResourceExhausted,
+        NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
         LeaseExist
         | MemberExist

@@ -7,6 +7,12 @@
 //! broadcast buffer it catches every watcher up from storage.
 
 use std::collections::BTreeMap;
+
+/// Most watchers one stream may hold. etcd has no such cap; clients put all of
+/// their watches on one stream (Kubernetes' apiserver one per resource type),
+/// far below it. A create beyond it is answered created and canceled.
+pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
+const TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers on this stream";
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +92,18 @@ impl Stream {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> bool {
+        if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            return self
+                .send(WatchResponse {
+                    header: self.header(self.s.store.current_rev()),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: TOO_MANY_WATCHERS.into(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 return self

@@ -38,6 +38,8 @@ struct Token {
 pub struct AuthStore {
     state: RwLock<State>,
     tokens: RwLock<HashMap<String, Token>>,
+    /// When expired simple tokens are next dropped.
+    next_sweep: parking_lot::Mutex<Instant>,
     ttl: Duration,
     /// Set with `--auth-token jwt,...`: tokens are signed JWTs, not stored.
     jwt: Option<jwt::Jwt>,
@@ -107,6 +109,7 @@ impl AuthStore {
                 ..Default::default()
             }),
             tokens: RwLock::new(HashMap::new()),
+            next_sweep: parking_lot::Mutex::new(Instant::now()),
             ttl: token_ttl,
             jwt,
             bcrypt_cost,
@@ -258,11 +261,23 @@ impl AuthStore {
 
     /// Records a token assigned through the log.
     pub fn assign_token(&self, token: &str, user: &str) {
-        self.tokens.write().insert(
+        self.assign_token_at(token, user, Instant::now());
+    }
+
+    /// [`Self::assign_token`] at `now`; tokens that expired unused are dropped
+    /// here (at most once a second), so tokens nobody uses again do not pile up.
+    fn assign_token_at(&self, token: &str, user: &str, now: Instant) {
+        let mut tokens = self.tokens.write();
+        let mut next_sweep = self.next_sweep.lock();
+        if now >= *next_sweep {
+            tokens.retain(|_, t| t.expires > now);
+            *next_sweep = now + Duration::from_secs(1);
+        }
+        tokens.insert(
             token.to_string(),
             Token {
                 user: user.to_string(),
-                expires: Instant::now() + self.ttl,
+                expires: now + self.ttl,
             },
         );
     }
@@ -510,6 +525,18 @@ mod tests {
         let one = vec![(b"k".to_vec(), vec![])];
         assert!(covers(&one, b"k", b""));
         assert!(!covers(&one, b"k", b"l\0"));
+    }
+
+    #[test]
+    fn unused_tokens_expire() {
+        let a = AuthStore::new(Duration::from_secs(300), 4);
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            a.assign_token_at(&format!("t{i}"), "alice", t0);
+        }
+        assert_eq!(a.tokens.read().len(), 1000);
+        a.assign_token_at("late", "alice", t0 + Duration::from_secs(301));
+        assert_eq!(a.tokens.read().len(), 1);
     }
 
     #[test]

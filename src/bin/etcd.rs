@@ -132,7 +132,7 @@ async fn run(cfg: Config) -> i32 {
             }
         }
     }
-    let max_streams = cfg.max_concurrent_streams;
+    let limits = api::conn::Limits::new(&cfg);
     let server = match tokio::task::block_in_place(|| EtcdServer::start(cfg)) {
         Ok(s) => s,
         Err(e) => {
@@ -169,7 +169,7 @@ async fn run(cfg: Config) -> i32 {
         tokio::spawn(api::serve(
             l,
             app.clone(),
-            max_streams,
+            limits.clone(),
             stop_rx.clone(),
             tls,
         ));

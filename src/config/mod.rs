@@ -180,6 +180,10 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval`: HTTP/2 pings to an idle client (zero: none).
+    pub grpc_keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`: a ping unanswered this long closes the connection.
+    pub grpc_keepalive_timeout: Duration,
     pub auto_compaction_mode: AutoCompactionMode,
     /// Raw retention text, already validated; use [`Config::auto_compaction`].
     pub auto_compaction_retention: String,
@@ -243,6 +247,8 @@ impl Default for Config {
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
             max_concurrent_streams: u32::MAX,
+            grpc_keepalive_interval: Duration::from_secs(2 * 3600),
+            grpc_keepalive_timeout: Duration::from_secs(20),
             auto_compaction_mode: AutoCompactionMode::Periodic,
             auto_compaction_retention: "0".to_string(),
             listen_metrics_urls: Vec::new(),

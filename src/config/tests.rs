@@ -547,7 +547,7 @@ fn accepted_flags_without_effect() {
         &[
             "--enable-v2",
             "--max-wals=3",
-            "--grpc-keepalive-interval=1h",
+            "--grpc-keepalive-min-time=1s",
             "-snapshot",
         ],
         &[("ETCD_UNSAFE_NO_FSYNC", "true")],
@@ -556,7 +556,7 @@ fn accepted_flags_without_effect() {
         c.warnings,
         [
             "flag --max-wals is accepted but has no effect in etcd-rs",
-            "flag --grpc-keepalive-interval is accepted but has no effect in etcd-rs",
+            "flag --grpc-keepalive-min-time is accepted but has no effect in etcd-rs",
             "flag --enable-v2 is accepted but has no effect in etcd-rs",
             "flag --unsafe-no-fsync is accepted but has no effect in etcd-rs (set by environment variable ETCD_UNSAFE_NO_FSYNC)",
             "flag --snapshot is no longer supported; ignoring it",
@@ -566,6 +566,16 @@ fn accepted_flags_without_effect() {
         error(&["--grpc-keepalive-interval=soon"], &[]),
         "invalid value \"soon\" for flag --grpc-keepalive-interval: expected a duration such as 500ms, 10s, 5m or 1h30m"
     );
+    let c = config(
+        &[
+            "--grpc-keepalive-interval=1m",
+            "--grpc-keepalive-timeout=3s",
+        ],
+        &[],
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.grpc_keepalive_interval, Duration::from_secs(60));
+    assert_eq!(c.grpc_keepalive_timeout, Duration::from_secs(3));
 }
 
 #[test]

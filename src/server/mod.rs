@@ -5,6 +5,7 @@
 pub mod alarm;
 pub mod apply;
 pub mod compactor;
+mod inflight;
 pub mod node;
 pub mod request;
 
@@ -67,6 +68,7 @@ pub struct EtcdServer {
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StorageError>>>>,
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
+    inflight: inflight::InFlight,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
@@ -246,6 +248,7 @@ impl EtcdServer {
             thread: Mutex::new(Some(thread)),
             request_timeout,
             transport,
+            inflight: inflight::InFlight::default(),
         }))
     }
 
@@ -445,6 +448,15 @@ impl EtcdServer {
         }
     }
 
+    /// A slot for a request of `bytes` into the Raft loop (see `inflight`).
+    fn admit(&self, bytes: usize) -> Result<inflight::Slot<'_>> {
+        self.inflight.admit(
+            bytes,
+            self.status.commit.load(Ordering::Relaxed),
+            self.status.applied.load(Ordering::Relaxed),
+        )
+    }
+
     fn send(&self, m: Msg) -> Result<()> {
         self.tx.lock().send(m).map_err(|_| Error::Stopped)
     }
@@ -457,6 +469,7 @@ impl EtcdServer {
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
+        let _slot = self.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose {
             id,
@@ -472,6 +485,7 @@ impl EtcdServer {
 
     /// Waits until this member has applied everything committed before the call.
     pub async fn read_barrier(&self) -> Result<()> {
+        let _slot = self.admit(0)?;
         let (tx, rx) = oneshot::channel();
         self.send(Msg::ReadIndex(tx))?;
         match tokio::time::timeout(self.request_timeout, rx).await {

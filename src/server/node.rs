@@ -307,6 +307,10 @@ impl Node {
                     next_tick = Instant::now() + self.heartbeat;
                 }
                 self.expire_leases();
+                // Waiters whose callers gave up (timed out, or went away)
+                // wait for entries that may never come: a proposal lost with
+                // a leader change is answered by its caller's timeout.
+                self.waiters.retain(|_, w| !w.is_closed());
                 if self.freeze_file.as_ref().is_some_and(|f| f.exists()) {
                     crate::warn!("apply loop frozen by the debug switch");
                     self.frozen = true;

@@ -8,6 +8,7 @@ mod crash;
 mod etcdctl;
 mod harness;
 mod jwt;
+mod limits;
 mod linearizability;
 mod misc;
 mod model;
