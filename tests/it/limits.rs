@@ -207,6 +207,11 @@ async fn a_flood_of_proposals_is_refused_not_queued() {
         "{concurrent} concurrent puts never hit the bound"
     );
     assert!(!ok.is_empty());
+    let after = rss_kib(&srv);
+    assert!(
+        after < before + 512 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
     assert_healthy(&srv);
 }
 
