@@ -30,7 +30,7 @@ use futures::StreamExt;
 
 use super::kv;
 use crate::auth::Caller;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AuthRoleGetRequest, AuthUserGetRequest, DeleteRangeRequest, LeaseRevokeRequest,
@@ -55,6 +55,16 @@ pub enum Need {
     PerMessage,
 }
 
+/// How a refusal reads.
+#[derive(Clone, Copy)]
+pub enum Refusal {
+    /// etcd's gRPC error (`etcdserver: permission denied`, ...).
+    Status,
+    /// The auth store's own error, unmapped (`auth: permission denied`, code
+    /// Unknown), as etcd 3.4's maintenance service returns it.
+    AuthStore,
+}
+
 /// Decodes a request and checks it; `None` when it does not decode (tonic then
 /// refuses it before any handler runs).
 pub type Check = fn(&EtcdServer, &Caller, &[u8]) -> Option<Result<()>>;
@@ -69,78 +79,209 @@ fn check<T: Authorize>(s: &EtcdServer, c: &Caller, msg: &[u8]) -> Option<Result<
 }
 
 /// Every gRPC method served on the client port, and what it needs.
-pub const TABLE: &[(&str, Need)] = &[
+pub const TABLE: &[(&str, Need, Refusal)] = &[
     (
         "/etcdserverpb.KV/Range",
         Need::Request(check::<RangeRequest>),
+        Refusal::Status,
     ),
-    ("/etcdserverpb.KV/Put", Need::Request(check::<PutRequest>)),
+    (
+        "/etcdserverpb.KV/Put",
+        Need::Request(check::<PutRequest>),
+        Refusal::Status,
+    ),
     (
         "/etcdserverpb.KV/DeleteRange",
         Need::Request(check::<DeleteRangeRequest>),
+        Refusal::Status,
     ),
-    ("/etcdserverpb.KV/Txn", Need::Request(check::<TxnRequest>)),
-    ("/etcdserverpb.KV/Compact", Need::Caller),
-    ("/etcdserverpb.Watch/Watch", Need::PerMessage),
-    ("/etcdserverpb.Lease/LeaseGrant", Need::Caller),
+    (
+        "/etcdserverpb.KV/Txn",
+        Need::Request(check::<TxnRequest>),
+        Refusal::Status,
+    ),
+    ("/etcdserverpb.KV/Compact", Need::Caller, Refusal::Status),
+    (
+        "/etcdserverpb.Watch/Watch",
+        Need::PerMessage,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Lease/LeaseGrant",
+        Need::Caller,
+        Refusal::Status,
+    ),
     (
         "/etcdserverpb.Lease/LeaseRevoke",
         Need::Request(check::<LeaseRevokeRequest>),
+        Refusal::Status,
     ),
-    ("/etcdserverpb.Lease/LeaseKeepAlive", Need::Nothing),
+    (
+        "/etcdserverpb.Lease/LeaseKeepAlive",
+        Need::Nothing,
+        Refusal::Status,
+    ),
     (
         "/etcdserverpb.Lease/LeaseTimeToLive",
         Need::Request(check::<LeaseTimeToLiveRequest>),
+        Refusal::Status,
     ),
-    ("/etcdserverpb.Lease/LeaseLeases", Need::Nothing),
-    ("/etcdserverpb.Cluster/MemberAdd", Need::Admin),
-    ("/etcdserverpb.Cluster/MemberRemove", Need::Admin),
-    ("/etcdserverpb.Cluster/MemberUpdate", Need::Admin),
-    ("/etcdserverpb.Cluster/MemberList", Need::Nothing),
-    ("/etcdserverpb.Cluster/MemberPromote", Need::Admin),
+    (
+        "/etcdserverpb.Lease/LeaseLeases",
+        Need::Nothing,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Cluster/MemberAdd",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Cluster/MemberRemove",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Cluster/MemberUpdate",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Cluster/MemberList",
+        Need::Nothing,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Cluster/MemberPromote",
+        Need::Admin,
+        Refusal::Status,
+    ),
     (
         "/etcdserverpb.Maintenance/Alarm",
         Need::Request(check::<AlarmRequest>),
+        Refusal::AuthStore,
     ),
-    ("/etcdserverpb.Maintenance/Status", Need::Nothing),
-    ("/etcdserverpb.Maintenance/Defragment", Need::Admin),
-    ("/etcdserverpb.Maintenance/Hash", Need::Admin),
-    ("/etcdserverpb.Maintenance/HashKV", Need::Admin),
-    ("/etcdserverpb.Maintenance/Snapshot", Need::Admin),
-    ("/etcdserverpb.Maintenance/MoveLeader", Need::Admin),
-    ("/etcdserverpb.Maintenance/Downgrade", Need::Admin),
-    ("/etcdserverpb.Auth/AuthEnable", Need::Admin),
-    ("/etcdserverpb.Auth/AuthDisable", Need::Admin),
-    ("/etcdserverpb.Auth/AuthStatus", Need::Admin),
-    ("/etcdserverpb.Auth/Authenticate", Need::Nothing),
-    ("/etcdserverpb.Auth/UserAdd", Need::Admin),
+    (
+        "/etcdserverpb.Maintenance/Status",
+        Need::Nothing,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Maintenance/Defragment",
+        Need::Admin,
+        Refusal::AuthStore,
+    ),
+    (
+        "/etcdserverpb.Maintenance/Hash",
+        Need::Admin,
+        Refusal::AuthStore,
+    ),
+    (
+        "/etcdserverpb.Maintenance/HashKV",
+        Need::Admin,
+        Refusal::AuthStore,
+    ),
+    (
+        "/etcdserverpb.Maintenance/Snapshot",
+        Need::Admin,
+        Refusal::AuthStore,
+    ),
+    (
+        "/etcdserverpb.Maintenance/MoveLeader",
+        Need::Admin,
+        Refusal::AuthStore,
+    ),
+    (
+        "/etcdserverpb.Maintenance/Downgrade",
+        Need::Admin,
+        Refusal::AuthStore,
+    ),
+    (
+        "/etcdserverpb.Auth/AuthEnable",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/AuthDisable",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/AuthStatus",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/Authenticate",
+        Need::Nothing,
+        Refusal::Status,
+    ),
+    ("/etcdserverpb.Auth/UserAdd", Need::Admin, Refusal::Status),
     (
         "/etcdserverpb.Auth/UserGet",
         Need::Request(check::<AuthUserGetRequest>),
+        Refusal::Status,
     ),
-    ("/etcdserverpb.Auth/UserList", Need::Admin),
-    ("/etcdserverpb.Auth/UserDelete", Need::Admin),
-    ("/etcdserverpb.Auth/UserChangePassword", Need::Admin),
-    ("/etcdserverpb.Auth/UserGrantRole", Need::Admin),
-    ("/etcdserverpb.Auth/UserRevokeRole", Need::Admin),
-    ("/etcdserverpb.Auth/RoleAdd", Need::Admin),
+    ("/etcdserverpb.Auth/UserList", Need::Admin, Refusal::Status),
+    (
+        "/etcdserverpb.Auth/UserDelete",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/UserChangePassword",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/UserGrantRole",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/UserRevokeRole",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    ("/etcdserverpb.Auth/RoleAdd", Need::Admin, Refusal::Status),
     (
         "/etcdserverpb.Auth/RoleGet",
         Need::Request(check::<AuthRoleGetRequest>),
+        Refusal::Status,
     ),
-    ("/etcdserverpb.Auth/RoleList", Need::Admin),
-    ("/etcdserverpb.Auth/RoleDelete", Need::Admin),
-    ("/etcdserverpb.Auth/RoleGrantPermission", Need::Admin),
-    ("/etcdserverpb.Auth/RoleRevokePermission", Need::Admin),
-    ("/grpc.health.v1.Health/Check", Need::Nothing),
-    ("/grpc.health.v1.Health/Watch", Need::Nothing),
+    ("/etcdserverpb.Auth/RoleList", Need::Admin, Refusal::Status),
+    (
+        "/etcdserverpb.Auth/RoleDelete",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/RoleGrantPermission",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/etcdserverpb.Auth/RoleRevokePermission",
+        Need::Admin,
+        Refusal::Status,
+    ),
+    (
+        "/grpc.health.v1.Health/Check",
+        Need::Nothing,
+        Refusal::Status,
+    ),
+    (
+        "/grpc.health.v1.Health/Watch",
+        Need::Nothing,
+        Refusal::Status,
+    ),
 ];
 
-static BY_PATH: LazyLock<HashMap<&'static str, Need>> =
-    LazyLock::new(|| TABLE.iter().copied().collect());
+static BY_PATH: LazyLock<HashMap<&'static str, (Need, Refusal)>> =
+    LazyLock::new(|| TABLE.iter().map(|&(p, n, r)| (p, (n, r))).collect());
 
-/// What `path` needs; `None` for a method not in the table.
-pub fn need(path: &str) -> Option<Need> {
+/// What `path` needs and how it is refused; `None` for a method not in the table.
+pub fn need(path: &str) -> Option<(Need, Refusal)> {
     BY_PATH.get(path).copied()
 }
 
@@ -167,7 +308,7 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
 /// The one authorization layer in front of every gRPC service.
 pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let Some(need) = need(&path) else {
+    let Some((need, refusal)) = need(&path) else {
         // Fail closed: a method nobody classified is not served.
         return tonic::Status::unimplemented("").into_http();
     };
@@ -204,9 +345,13 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
             }
         },
     };
-    match verdict {
-        Ok(()) => next.run(req).await,
-        Err(e) => deny(&path, super::status::to_status(e)),
+    match (verdict, refusal) {
+        (Ok(()), _) => next.run(req).await,
+        (Err(e), Refusal::Status) => deny(&path, super::status::to_status(e)),
+        (Err(e), Refusal::AuthStore) => deny(
+            &path,
+            super::status::to_status(Error::AuthStore(Box::new(e))),
+        ),
     }
 }
 
@@ -226,7 +371,7 @@ fn deny(path: &str, st: tonic::Status) -> Response {
 
 /// The table's own (static) service and method names for `path`.
 fn names(path: &str) -> Option<(&'static str, &'static str)> {
-    let (p, _) = TABLE.iter().find(|(p, _)| *p == path)?;
+    let (p, _, _) = TABLE.iter().find(|(p, _, _)| *p == path)?;
     p.trim_start_matches('/').split_once('/')
 }
 
@@ -406,7 +551,6 @@ pub fn watch_create(s: &EtcdServer, who: &Resolved, c: &WatchCreateRequest) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
 
     /// Every method the generated servers route is in the table, and the table
     /// names no method that does not exist: a new RPC cannot be served without
@@ -424,7 +568,7 @@ mod tests {
         for m in &served {
             assert!(need(m).is_some(), "{m} is not in the authorization table");
         }
-        for (p, _) in TABLE {
+        for (p, _, _) in TABLE {
             assert!(
                 served.contains(p) || p.starts_with("/grpc.health.v1.Health/"),
                 "{p} is in the table but not served"
