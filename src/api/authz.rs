@@ -524,9 +524,7 @@ impl Authorize for AuthRoleGetRequest {
     fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
         match (s.auth.check_admin(c), c) {
             (Err(_), Caller::User(u))
-                if s.auth
-                    .user(u)
-                    .is_some_and(|x| x.roles.iter().any(|r| *r == self.role)) =>
+                if s.auth.user(u).is_some_and(|x| x.roles.contains(&self.role)) =>
             {
                 Ok(())
             }
