@@ -575,6 +575,9 @@ const STRICTER: &[&str] = &[
     "Lease/LeaseTimeToLive",
 ];
 
+/// A caller: who, its token on ours and on etcd, and the root check's refusals.
+type Probe<'a> = (&'a str, Option<&'a str>, Option<&'a str>, [&'a str; 2]);
+
 #[test]
 fn every_rpc_without_permission_is_refused_as_etcd_refuses_it() {
     let (ours, our_member, our_peer) = prepared(false);
@@ -588,7 +591,7 @@ fn every_rpc_without_permission_is_refused_as_etcd_refuses_it() {
         let etcd_bob = token(&etcd, "bob", "pw").await;
         // Each caller, and how the root check refuses it: etcd's gRPC error, and
         // the auth store's own error etcd 3.4's maintenance service returns.
-        let callers: [(&str, Option<&str>, Option<&str>, [&str; 2]); 3] = [
+        let callers: [Probe; 3] = [
             (
                 "no token",
                 None,
