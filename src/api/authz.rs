@@ -277,11 +277,13 @@ pub const TABLE: &[(&str, Need, Refusal)] = &[
     ),
 ];
 
-static BY_PATH: LazyLock<HashMap<&'static str, (Need, Refusal)>> =
-    LazyLock::new(|| TABLE.iter().map(|&(p, n, r)| (p, (n, r))).collect());
+type Rule = (&'static str, Need, Refusal);
 
-/// What `path` needs and how it is refused; `None` for a method not in the table.
-pub fn need(path: &str) -> Option<(Need, Refusal)> {
+static BY_PATH: LazyLock<HashMap<&'static str, Rule>> =
+    LazyLock::new(|| TABLE.iter().map(|&rule| (rule.0, rule)).collect());
+
+/// The table's row for `path`; `None` for a method not in the table.
+pub fn need(path: &str) -> Option<Rule> {
     BY_PATH.get(path).copied()
 }
 
@@ -307,8 +309,7 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
 
 /// The one authorization layer in front of every gRPC service.
 pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    let Some((need, refusal)) = need(&path) else {
+    let Some((path, need, refusal)) = need(req.uri().path()) else {
         // Fail closed: a method nobody classified is not served.
         return tonic::Status::unimplemented("").into_http();
     };
@@ -334,7 +335,7 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
                 let (parts, body) = req.into_parts();
                 let (first, body) = match first_message(body, limit).await {
                     Ok(x) => x,
-                    Err(e) => return deny(&path, tonic::Status::cancelled(e.to_string())),
+                    Err(e) => return deny(path, tonic::Status::cancelled(e.to_string())),
                 };
                 req = Request::from_parts(parts, body);
                 match first.as_deref().and_then(|m| chk(&s, &c, m)) {
@@ -347,16 +348,16 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
     };
     match (verdict, refusal) {
         (Ok(()), _) => next.run(req).await,
-        (Err(e), Refusal::Status) => deny(&path, super::status::to_status(e)),
+        (Err(e), Refusal::Status) => deny(path, super::status::to_status(e)),
         (Err(e), Refusal::AuthStore) => deny(
-            &path,
+            path,
             super::status::to_status(Error::AuthStore(Box::new(e))),
         ),
     }
 }
 
 /// Answers a refused call, counted as the service would have counted it.
-fn deny(path: &str, st: tonic::Status) -> Response {
+fn deny(path: &'static str, st: tonic::Status) -> Response {
     if let Some((svc, method)) = names(path) {
         let kind = match method {
             "Watch" | "LeaseKeepAlive" => "bidi_stream",
@@ -369,10 +370,9 @@ fn deny(path: &str, st: tonic::Status) -> Response {
     st.into_http()
 }
 
-/// The table's own (static) service and method names for `path`.
-fn names(path: &str) -> Option<(&'static str, &'static str)> {
-    let (p, _, _) = TABLE.iter().find(|(p, _, _)| *p == path)?;
-    p.trim_start_matches('/').split_once('/')
+/// The service and method names in `path`.
+fn names(path: &'static str) -> Option<(&'static str, &'static str)> {
+    path.trim_start_matches('/').split_once('/')
 }
 
 /// Reads a request body up to the end of its first gRPC message. Returns the

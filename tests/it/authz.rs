@@ -519,7 +519,8 @@ async fn state(srv: &Server, root: &str) -> BTreeMap<&'static str, String> {
 }
 
 /// A member with the guides' users (root, alice with role app on /app/), user
-/// bob without any role, auth on, and /secret written with lease LEASE.
+/// bob without any role, user carol who may only write under /w/, auth on, and
+/// /secret written with lease LEASE.
 fn prepared(reference: bool) -> (Server, u64, String) {
     let srv = if reference {
         Server::start_reference(&[])
@@ -528,6 +529,23 @@ fn prepared(reference: bool) -> (Server, u64, String) {
     };
     sh_ok(&srv, None, &["user", "add", "bob:pw"]);
     setup_users(&srv);
+    // carol may only write under /w/.
+    let root = Some("root:pw");
+    sh_ok(&srv, root, &["role", "add", "wo"]);
+    sh_ok(
+        &srv,
+        root,
+        &[
+            "role",
+            "grant-permission",
+            "wo",
+            "--prefix=true",
+            "write",
+            "/w/",
+        ],
+    );
+    sh_ok(&srv, root, &["user", "add", "carol:pw"]);
+    sh_ok(&srv, root, &["user", "grant-role", "carol", "wo"]);
     rt().block_on(async {
         let root = token(&srv, "root", "pw").await;
         let ch = channel(&srv).await;
@@ -653,6 +671,131 @@ fn every_rpc_without_permission_is_refused_as_etcd_refuses_it() {
         // No call changed anything, on either server.
         assert_eq!(state(&ours, &our_root).await, our_before, "ours changed");
         assert_eq!(state(&etcd, &etcd_root).await, etcd_before, "etcd changed");
+    });
+}
+
+fn put_op(key: &str, prev_kv: bool) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            prev_kv,
+            ..Default::default()
+        })),
+    }
+}
+
+fn del_op(key: &str, prev_kv: bool) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.into(),
+                prev_kv,
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// KV calls whose permission depends on more than the key: prev_kv needs read
+/// permission, a lease needs write permission on the keys already attached to
+/// it, a txn needs each op's permission. carol may only write under /w/.
+async fn key_probe(srv: &Server, t: Option<&str>) -> Vec<(&'static str, String)> {
+    let ch = channel(srv).await;
+    let mut kv = KvClient::new(ch.clone());
+    let mut o: Vec<(&'static str, String)> = Vec::new();
+    let put = |key: &str, prev_kv: bool, lease: i64| PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        prev_kv,
+        lease,
+        ..Default::default()
+    };
+    o.push(("put", out(kv.put(req(put("/w/a", false, 0), t)).await)));
+    o.push((
+        "put prev_kv",
+        out(kv.put(req(put("/w/a", true, 0), t)).await),
+    ));
+    o.push((
+        "put with a lease on /secret",
+        out(kv.put(req(put("/w/b", false, LEASE), t)).await),
+    ));
+    let range = RangeRequest {
+        key: b"/w/a".to_vec(),
+        ..Default::default()
+    };
+    o.push(("range", out(kv.range(req(range, t)).await)));
+    let del = |prev_kv: bool| DeleteRangeRequest {
+        key: b"/w/a".to_vec(),
+        prev_kv,
+        ..Default::default()
+    };
+    o.push((
+        "delete prev_kv",
+        out(kv.delete_range(req(del(true), t)).await),
+    ));
+    o.push(("delete", out(kv.delete_range(req(del(false), t)).await)));
+    let txn = |success: Vec<RequestOp>| TxnRequest {
+        success,
+        ..Default::default()
+    };
+    o.push((
+        "txn put",
+        out(kv.txn(req(txn(vec![put_op("/w/c", false)]), t)).await),
+    ));
+    o.push((
+        "txn delete prev_kv",
+        out(kv.txn(req(txn(vec![del_op("/w/c", true)]), t)).await),
+    ));
+    o.push((
+        "txn delete",
+        out(kv.txn(req(txn(vec![del_op("/w/c", false)]), t)).await),
+    ));
+    let nested = RequestOp {
+        request: Some(request_op::Request::RequestTxn(txn(vec![del_op(
+            "/secret", false,
+        )]))),
+    };
+    o.push(("nested txn", out(kv.txn(req(txn(vec![nested]), t)).await)));
+    o
+}
+
+#[test]
+fn key_permissions_follow_etcd() {
+    let (ours, _, _) = prepared(false);
+    let (etcd, _, _) = prepared(true);
+    rt().block_on(async {
+        let a = key_probe(&ours, Some(&token(&ours, "carol", "pw").await)).await;
+        let b = key_probe(&etcd, Some(&token(&etcd, "carol", "pw").await)).await;
+        let mut differences = Vec::new();
+        for ((call, got), (_, want)) in a.iter().zip(b.iter()) {
+            eprintln!("{call:30} ours: {got}\n{:30} etcd: {want}", "");
+            // etcd 3.4 does not check the ops of a nested txn: carol would
+            // delete /secret, which she may not write.
+            let want = if *call == "nested txn" {
+                "PermissionDenied: etcdserver: permission denied"
+            } else {
+                want.as_str()
+            };
+            if got != want {
+                differences.push(format!("{call}: ours {got:?}, expected {want:?}"));
+            }
+        }
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+        // The refused nested txn did not delete /secret on ours.
+        let root = token(&ours, "root", "pw").await;
+        let r = KvClient::new(channel(&ours).await)
+            .range(req(
+                RangeRequest {
+                    key: SECRET.to_vec(),
+                    ..Default::default()
+                },
+                Some(&root),
+            ))
+            .await
+            .expect("range")
+            .into_inner();
+        assert_eq!(r.count, 1, "/secret is gone");
     });
 }
 
