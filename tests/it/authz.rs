@@ -19,8 +19,9 @@ use etcd_rs::pb::etcdserverpb::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::cluster::Cluster;
 use crate::harness::Server;
-use crate::security::{setup_users, sh_ok};
+use crate::security::{auth_setup, setup_users, sh_ok};
 
 const LEASE: i64 = 7777;
 const SECRET: &[u8] = b"/secret";
@@ -33,7 +34,11 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn channel(srv: &Server) -> Channel {
-    Channel::from_shared(srv.endpoint())
+    channel_at(&srv.endpoint()).await
+}
+
+async fn channel_at(endpoint: &str) -> Channel {
+    Channel::from_shared(endpoint.to_string())
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -65,7 +70,11 @@ fn out<T>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
 }
 
 async fn token(srv: &Server, user: &str, password: &str) -> String {
-    let mut a = AuthClient::new(channel(srv).await);
+    token_at(&srv.endpoint(), user, password).await
+}
+
+async fn token_at(endpoint: &str, user: &str, password: &str) -> String {
+    let mut a = AuthClient::new(channel_at(endpoint).await);
     a.authenticate(AuthenticateRequest {
         name: user.into(),
         password: password.into(),
@@ -870,5 +879,74 @@ fn unauthenticated_defragment_does_not_defragment() {
         let after = db_size(&srv).await;
         assert!(after < before / 2, "root's defragment: {before} -> {after}");
         assert!(srv.log().contains("finished defragment"));
+    });
+}
+
+/// A follower asks the leader for a lease's time-to-live on the caller's
+/// behalf: the caller's permission on the lease's keys decides, on both.
+#[test]
+fn lease_time_to_live_on_a_follower_is_checked_for_the_caller() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    let m = &c.members[leader];
+    m.ctl_ok(&["user", "add", "bob:pw"]);
+    for args in auth_setup(&["user", "add", "alice:pw"]) {
+        m.ctl_ok(&args);
+    }
+    let (lead_ep, follow_ep) = (m.endpoint(), c.members[follower].endpoint());
+    c.rt.block_on(async {
+        let alice = token_at(&lead_ep, "alice", "pw").await;
+        let ch = channel_at(&lead_ep).await;
+        LeaseClient::new(ch.clone())
+            .lease_grant(req(
+                LeaseGrantRequest {
+                    ttl: 600,
+                    id: LEASE,
+                },
+                Some(&alice),
+            ))
+            .await
+            .expect("grant");
+        let put = PutRequest {
+            key: b"/app/x".to_vec(),
+            value: b"v".to_vec(),
+            lease: LEASE,
+            ..Default::default()
+        };
+        KvClient::new(ch)
+            .put(req(put, Some(&alice)))
+            .await
+            .expect("put");
+        let mut lease = LeaseClient::new(channel_at(&follow_ep).await);
+        let ttl = LeaseTimeToLiveRequest {
+            id: LEASE,
+            keys: true,
+        };
+        // The follower applies the put soon; until then it may not know the key.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = lease
+                .lease_time_to_live(req(ttl, Some(&alice)))
+                .await
+                .map(|r| r.into_inner().keys);
+            match r {
+                Ok(keys) if keys == vec![b"/app/x".to_vec()] => break,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "alice's time-to-live on a follower: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let bob = token_at(&follow_ep, "bob", "pw").await;
+        assert_eq!(
+            out(lease.lease_time_to_live(req(ttl, Some(&bob))).await),
+            "PermissionDenied: etcdserver: permission denied"
+        );
+        assert_eq!(
+            out(lease.lease_time_to_live(req(ttl, None)).await),
+            "InvalidArgument: etcdserver: user name is empty"
+        );
     });
 }
