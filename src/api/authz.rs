@@ -12,12 +12,14 @@
 //! stream checks each create request with [`watch_create`] before it creates
 //! the watcher.
 //!
-//! What each method needs follows etcd 3.4 (`IsAdminPermitted` for the root role,
-//! `isOpPermitted` for key ranges, a token check for requests that go through
-//! its log), with these deliberate exceptions, where etcd 3.4 lets any caller
-//! change the cluster: changing alarms and moving the leader need the root role,
-//! nested txns are checked like the outer one, and a lease's time-to-live needs
-//! read permission on its keys (as etcd does since 3.4.26).
+//! What each method needs, and the error a refusal gives, follow etcd 3.4
+//! (`IsAdminPermitted` for the root role, `isOpPermitted` for key ranges, a token
+//! check for requests that go through its log, the unmapped auth-store errors of
+//! its maintenance service), with deliberate exceptions where etcd 3.4 lets any
+//! caller act: changing alarms and moving the leader need the root role, nested
+//! txns are checked like the outer one, and a lease's time-to-live needs read
+//! permission on its keys (the fix of CVE-2023-32082 in later etcd releases).
+//! AuthStatus and Downgrade, which etcd 3.4 does not have, need the root role.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

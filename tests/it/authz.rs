@@ -592,8 +592,9 @@ fn prepared(reference: bool) -> (Server, u64, String) {
 
 /// Calls where we refuse what etcd 3.4 lets any caller do: changing alarms and
 /// moving the leader need the root role (etcd 3.4 checks neither); AuthStatus and
-/// Downgrade are etcd 3.5's and need the root role; a lease's time-to-live names
-/// its keys, so it needs read permission on them (etcd since 3.4.26).
+/// Downgrade, which etcd 3.4 does not have, need the root role; a lease's
+/// time-to-live names its keys, so it needs read permission on them (the fix of
+/// CVE-2023-32082 in later etcd releases).
 const STRICTER: &[&str] = &[
     "Maintenance/Alarm(deactivate)",
     "Maintenance/MoveLeader",
