@@ -678,6 +678,17 @@ fn every_rpc_without_permission_is_refused_as_etcd_refuses_it() {
             differences.len(),
             differences.join("\n")
         );
+        // Raising an alarm, which etcd 3.4 lets anyone do (so not on etcd).
+        let mut mt = MaintenanceClient::new(channel(&ours).await);
+        for (who, our_token, _, refusal) in &callers {
+            let raise = AlarmRequest {
+                action: alarm_request::AlarmAction::Activate as i32,
+                member_id: our_member,
+                alarm: AlarmType::Nospace as i32,
+            };
+            let got = out(mt.alarm(req(raise, *our_token)).await);
+            assert_eq!(got, refusal[1], "{who} raising an alarm");
+        }
         // No call changed anything, on either server.
         assert_eq!(state(&ours, &our_root).await, our_before, "ours changed");
         assert_eq!(state(&etcd, &etcd_root).await, etcd_before, "etcd changed");
