@@ -105,12 +105,28 @@ pub enum Error {
     InvalidAuthMgmt,
     #[error("etcdserver: unimplemented")]
     Unimplemented,
+    /// An auth error as etcd 3.4's maintenance service returns it: the auth
+    /// store's own text, unmapped (gRPC code Unknown).
+    #[error("{}", auth_store_text(.0))]
+    AuthStore(Box<Error>),
     /// A malformed request that etcd rejects in the gRPC layer.
     #[error("{0}")]
     InvalidArgument(String),
     /// Storage failed underneath a request; the member stops applying.
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
+}
+
+/// The text etcd's auth store gives an error before its gRPC layer maps it.
+fn auth_store_text(e: &Error) -> String {
+    match e {
+        Error::UserEmpty => "auth: user name is empty".into(),
+        Error::UserNotFound => "auth: user not found".into(),
+        Error::PermissionDenied => "auth: permission denied".into(),
+        Error::InvalidAuthToken => "auth: invalid auth token".into(),
+        Error::AuthOldRevision => "auth: revision in header is old".into(),
+        other => other.to_string(),
+    }
 }
 
 impl From<StorageError> for Error {

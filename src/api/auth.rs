@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, unary};
+use super::unary;
 use crate::error::{Error, Result};
 use crate::pb::etcdserverpb::auth_server::Auth;
 use crate::pb::etcdserverpb::{
@@ -37,27 +37,10 @@ impl AuthService {
         Some(self.s.header(self.s.store.current_rev()))
     }
 
-    /// Admin check, then the change through the log.
-    async fn admin_op<T>(&self, req: &Request<T>, op: Op) -> Result<Option<ResponseHeader>> {
-        let c = caller(&self.s, req)?;
-        self.s.auth.check_admin(&c)?;
+    /// A change through the log.
+    async fn change(&self, op: Op) -> Result<Option<ResponseHeader>> {
         self.s.propose(op).await?;
         Ok(self.header())
-    }
-
-    fn admin<T>(&self, req: &Request<T>) -> Result<()> {
-        let c = caller(&self.s, req)?;
-        self.s.auth.check_admin(&c)
-    }
-
-    /// Admin operations that a non-admin user may also do when `own` holds for
-    /// that user (reading their own user or one of their roles, as etcd allows).
-    fn admin_or_own<T>(&self, req: &Request<T>, own: impl FnOnce(&str) -> bool) -> Result<()> {
-        let c = caller(&self.s, req)?;
-        match (self.s.auth.check_admin(&c), &c) {
-            (Err(_), crate::auth::Caller::User(u)) if !u.is_empty() && own(u) => Ok(()),
-            (r, _) => r,
-        }
     }
 
     async fn authenticate(&self, r: AuthenticateRequest) -> Result<AuthenticateResponse> {
@@ -113,10 +96,10 @@ impl AuthService {
 impl Auth for AuthService {
     async fn auth_enable(
         &self,
-        req: Request<AuthEnableRequest>,
+        _req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
         let r = self
-            .admin_op(&req, Op::AuthEnable(AuthEnableRequest {}))
+            .change(Op::AuthEnable(AuthEnableRequest {}))
             .await
             .map(|header| AuthEnableResponse { header });
         if r.is_ok() {
@@ -127,10 +110,10 @@ impl Auth for AuthService {
 
     async fn auth_disable(
         &self,
-        req: Request<AuthDisableRequest>,
+        _req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
         let r = self
-            .admin_op(&req, Op::AuthDisable(AuthDisableRequest {}))
+            .change(Op::AuthDisable(AuthDisableRequest {}))
             .await
             .map(|header| AuthDisableResponse { header });
         unary(SVC, "AuthDisable", r)
@@ -167,7 +150,6 @@ impl Auth for AuthService {
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
         let r = async {
-            self.admin(&req)?;
             let mut r = req.into_inner();
             if r.name.is_empty() {
                 return Err(Error::UserEmpty);
@@ -192,7 +174,6 @@ impl Auth for AuthService {
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
         let r = (|| {
-            self.admin_or_own(&req, |u| u == req.get_ref().name)?;
             let u = self
                 .s
                 .auth
@@ -208,9 +189,9 @@ impl Auth for AuthService {
 
     async fn user_list(
         &self,
-        req: Request<AuthUserListRequest>,
+        _req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        let r = self.admin(&req).map(|_| AuthUserListResponse {
+        let r = Ok(AuthUserListResponse {
             header: self.header(),
             users: self.s.auth.user_names(),
         });
@@ -223,7 +204,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
         let op = Op::UserDelete(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthUserDeleteResponse { header });
         unary(SVC, "UserDelete", r)
@@ -234,7 +215,6 @@ impl Auth for AuthService {
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let r = async {
-            self.admin(&req)?;
             let mut r = req.into_inner();
             if r.hashed_password.is_empty() {
                 let pw = std::mem::take(&mut r.password);
@@ -256,7 +236,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
         let op = Op::UserGrantRole(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthUserGrantRoleResponse { header });
         unary(SVC, "UserGrantRole", r)
@@ -268,7 +248,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
         let op = Op::UserRevokeRole(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthUserRevokeRoleResponse { header });
         unary(SVC, "UserRevokeRole", r)
@@ -280,7 +260,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
         let op = Op::RoleAdd(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthRoleAddResponse { header });
         unary(SVC, "RoleAdd", r)
@@ -291,12 +271,6 @@ impl Auth for AuthService {
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
         let r = (|| {
-            self.admin_or_own(&req, |u| {
-                self.s
-                    .auth
-                    .user(u)
-                    .is_some_and(|x| x.roles.iter().any(|r| *r == req.get_ref().role))
-            })?;
             let role = self
                 .s
                 .auth
@@ -312,9 +286,9 @@ impl Auth for AuthService {
 
     async fn role_list(
         &self,
-        req: Request<AuthRoleListRequest>,
+        _req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        let r = self.admin(&req).map(|_| AuthRoleListResponse {
+        let r = Ok(AuthRoleListResponse {
             header: self.header(),
             roles: self.s.auth.role_names(),
         });
@@ -327,7 +301,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
         let op = Op::RoleDelete(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthRoleDeleteResponse { header });
         unary(SVC, "RoleDelete", r)
@@ -339,7 +313,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
         let op = Op::RoleGrantPermission(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthRoleGrantPermissionResponse { header });
         unary(SVC, "RoleGrantPermission", r)
@@ -351,7 +325,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
         let op = Op::RoleRevokePermission(req.get_ref().clone());
         let r = self
-            .admin_op(&req, op)
+            .change(op)
             .await
             .map(|header| AuthRoleRevokePermissionResponse { header });
         unary(SVC, "RoleRevokePermission", r)

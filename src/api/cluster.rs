@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use raft::eraftpb::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
-use super::{caller, unary};
+use super::unary;
 use crate::error::{Error, Result};
 use crate::membership;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
@@ -178,33 +178,21 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
-            Ok(()) => self.add(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        unary(SVC, "MemberAdd", r)
+        unary(SVC, "MemberAdd", self.add(req.into_inner()).await)
     }
 
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
-            Ok(()) => self.remove(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        unary(SVC, "MemberRemove", r)
+        unary(SVC, "MemberRemove", self.remove(req.into_inner()).await)
     }
 
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
-            Ok(()) => self.update(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        unary(SVC, "MemberUpdate", r)
+        unary(SVC, "MemberUpdate", self.update(req.into_inner()).await)
     }
 
     async fn member_list(
@@ -228,10 +216,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let r = match caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
-            Ok(()) => self.promote(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        unary(SVC, "MemberPromote", r)
+        unary(SVC, "MemberPromote", self.promote(req.into_inner()).await)
     }
 }

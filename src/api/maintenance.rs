@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{caller, fill, unary};
+use super::{fill, unary};
 use crate::config::SERVER_VERSION;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -96,20 +96,7 @@ impl MaintenanceService {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // Listing alarms is open (etcdctl endpoint health does it); changing them
-        // needs the root role.
-        let get = req.get_ref().action == alarm_request::AlarmAction::Get as i32;
-        let admin = caller(&self.s, &req).and_then(|c| {
-            if get {
-                Ok(())
-            } else {
-                self.s.auth.check_admin(&c)
-            }
-        });
-        let r = match admin {
-            Ok(()) => MaintenanceService::alarm(self, req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let r = MaintenanceService::alarm(self, req.into_inner()).await;
         unary(SVC, "Alarm", r)
     }
 
@@ -129,9 +116,6 @@ impl Maintenance for MaintenanceService {
             header: Some(self.s.header(self.s.store.current_rev())),
         });
         crate::info!("finished defragment", db_size = self.s.backend.size());
-        let r = caller(&self.s, &_req)
-            .and_then(|c| self.s.auth.check_admin(&c))
-            .and(r);
         unary(SVC, "Defragment", r)
     }
 
@@ -140,9 +124,6 @@ impl Maintenance for MaintenanceService {
             header: Some(self.s.header(rev)),
             hash,
         });
-        let r = caller(&self.s, &_req)
-            .and_then(|c| self.s.auth.check_admin(&c))
-            .and(r);
         unary(SVC, "Hash", r)
     }
 
@@ -160,9 +141,6 @@ impl Maintenance for MaintenanceService {
                 compact_revision: compact,
                 hash_revision: rev,
             });
-        let r = caller(&self.s, &req)
-            .and_then(|c| self.s.auth.check_admin(&c))
-            .and(r);
         unary(SVC, "HashKV", r)
     }
 
@@ -173,9 +151,6 @@ impl Maintenance for MaintenanceService {
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         metrics::grpc_started("server_stream", SVC, "Snapshot");
-        caller(&self.s, &_req)
-            .and_then(|c| self.s.auth.check_admin(&c))
-            .map_err(super::status::to_status)?;
         let s = self.s.clone();
         let path = s
             .cfg
@@ -226,9 +201,6 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        if let Err(e) = caller(&self.s, &req).and_then(|c| self.s.auth.check_admin(&c)) {
-            return unary(SVC, "MoveLeader", Err(e));
-        }
         let target = req.into_inner().target_id;
         let r = async {
             // As etcd: only the leader hands leadership over (etcdctl

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod authority;
+pub mod authz;
 pub mod cluster;
 pub mod conn;
 pub mod http;
@@ -36,21 +37,6 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// its connection.
 #[derive(Debug, Clone)]
 pub struct PeerCn(pub String);
-
-/// Who is calling: from the `token` metadata (or `authorization`, as the HTTP
-/// gateway sends it), else the client certificate's common name.
-pub(crate) fn caller<T>(s: &EtcdServer, req: &tonic::Request<T>) -> Result<crate::auth::Caller> {
-    if !s.auth.enabled() {
-        return Ok(crate::auth::Caller::Anyone);
-    }
-    let md = req.metadata();
-    let token = md
-        .get("token")
-        .or_else(|| md.get("authorization"))
-        .and_then(|v| v.to_str().ok());
-    let cn = req.extensions().get::<PeerCn>().map(|c| c.0.as_str());
-    s.auth.caller(token, cn)
-}
 
 /// Completes a header that the apply loop filled with a revision.
 pub(crate) fn fill(s: &EtcdServer, h: &mut Option<ResponseHeader>) {
@@ -137,7 +123,15 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
         .add_service(health_svc)
         .clone()
         .routes();
-    routes.into_axum_router().merge(http::router(s))
+    // Every gRPC call passes the authorization layer first; the HTTP
+    // endpoints are not gRPC and need no caller.
+    routes
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            authz::layer,
+        ))
+        .merge(http::router(s))
 }
 
 /// Resolves a listen URL's host and port to a socket address (IPv4 preferred, as

@@ -31,7 +31,7 @@ pub fn code_of(e: &Error) -> Code {
             Code::FailedPrecondition
         }
         RoleEmpty | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
-        VerifyOnly => Code::Unknown,
+        VerifyOnly | AuthStore(_) => Code::Unknown,
         Unimplemented => Code::Unimplemented,
         Storage(_) => Code::Internal,
     }

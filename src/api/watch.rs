@@ -79,7 +79,7 @@ struct Stream {
     /// Every event up to this revision has been offered to every watcher.
     delivered: i64,
     /// The stream's caller, for permission checks on each watcher.
-    who: crate::auth::Caller,
+    who: super::authz::Resolved,
 }
 
 impl Stream {
@@ -127,27 +127,19 @@ impl Stream {
             self.next_id += 1;
             id
         };
-        let key = if c.key.is_empty() { vec![0] } else { c.key };
-        if self
-            .s
-            .auth
-            .check(&self.who, false, &key, &c.range_end)
-            .is_err()
-        {
+        if let Err(cancel_reason) = super::authz::watch_create(&self.s, &self.who, &c) {
             return self
                 .send(WatchResponse {
                     header: self.header(self.s.store.current_rev()),
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    // etcd sends the full gRPC status text here.
-                    cancel_reason:
-                        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
-                            .into(),
+                    cancel_reason,
                     ..Default::default()
                 })
                 .await;
         }
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
         let (cur, compacted) = self.s.store.revs();
         let mut w = Watcher {
             key,
@@ -452,7 +444,15 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         metrics::grpc_started("bidi_stream", SVC, "Watch");
-        let who = super::caller(&self.s, &req).map_err(super::status::to_status)?;
+        // The authorization layer resolved the caller; each create request is
+        // checked against it. Without it (never the case) nothing is allowed.
+        let who = req
+            .extensions()
+            .get::<super::authz::Resolved>()
+            .cloned()
+            .unwrap_or(super::authz::Resolved(Err(
+                crate::error::Error::PermissionDenied,
+            )));
         let input = req.into_inner();
         let sub = self.s.hub.subscribe();
         let (tx, rx) = mpsc::channel(128);

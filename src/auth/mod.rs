@@ -183,6 +183,10 @@ impl AuthStore {
                 let st = self.state.read();
                 if !st.enabled || Self::is_root(&st, u) {
                     Ok(())
+                } else if !st.users.contains_key(u) {
+                    // etcd's IsAdminPermitted: an unknown user is not found,
+                    // where a key check says permission denied.
+                    Err(Error::UserNotFound)
                 } else {
                     Err(Error::PermissionDenied)
                 }

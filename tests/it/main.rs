@@ -1,6 +1,7 @@
 //! Integration tests: the real `etcd` binary driven by real clients (Debian's
 //! etcdctl, the etcd-client crate), often side by side with Debian's etcd.
 
+mod authz;
 mod certs;
 mod client;
 mod cluster;

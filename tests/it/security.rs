@@ -1288,7 +1288,7 @@ fn outcome(srv: &Server, user: Option<&str>, args: &[&str]) -> String {
 /// The guides' auth set-up as etcdctl commands: user root with the root role,
 /// role app with readwrite on the /app/ prefix, user alice (added by
 /// `add_alice`) with role app, then auth enabled.
-fn auth_setup<'a>(add_alice: &[&'a str]) -> Vec<Vec<&'a str>> {
+pub(crate) fn auth_setup<'a>(add_alice: &[&'a str]) -> Vec<Vec<&'a str>> {
     vec![
         vec!["user", "add", "root:pw"],
         vec!["role", "add", "root"],
