@@ -136,7 +136,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let r = self.s.store.hash_kv(0).map(|(hash, _, rev)| HashResponse {
+        let r = self.s.store.hash_kv(0).await.map(|(hash, _, rev)| HashResponse {
             header: Some(self.s.header(rev)),
             hash,
         });
@@ -154,6 +154,7 @@ impl Maintenance for MaintenanceService {
             .s
             .store
             .hash_kv(req.get_ref().revision)
+            .await
             .map(|(hash, compact, rev)| HashKvResponse {
                 header: Some(self.s.header(self.s.store.current_rev())),
                 hash,
