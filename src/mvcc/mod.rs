@@ -404,9 +404,6 @@ fn compact_job(
     let mut removed = 0u64;
     loop {
         let mut txn = backend.write()?;
-        // Made durable by the member's next durable commit; a compaction lost
-        // in a crash is resumed when the store opens.
-        txn.set_durability(redb::Durability::None)?;
         let mut next = None;
         {
             let mut table = txn.open_table(KV)?;
@@ -431,6 +428,13 @@ fn compact_job(
             }
             removed += doomed.len() as u64;
             crate::metrics::MVCC_COMPACTED_KEYS.add(doomed.len() as u64);
+        }
+        // A batch is made durable by the member's next durable commit (a
+        // compaction lost in a crash is resumed when the store opens); the
+        // last one is made durable at once, so that a finished compaction stays
+        // finished.
+        if next.is_some() {
+            txn.set_durability(redb::Durability::None)?;
         }
         txn.commit()?;
         match next {
