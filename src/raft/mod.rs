@@ -33,8 +33,8 @@ fn enc<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
 pub struct ForcedRestart {
     /// Members removed from the membership.
     pub removed: Vec<u64>,
-    /// Uncommitted entries dropped.
-    pub discarded: usize,
+    /// Entries beyond the recorded commit index, kept and committed.
+    pub beyond_commit: u64,
     /// The new commit index (the last membership change appended).
     pub commit: u64,
 }
@@ -160,9 +160,8 @@ impl LogStore {
     }
 
     /// `--force-new-cluster`, as etcd does it: on a member that has a log,
-    /// entries beyond the commit index are discarded, and committed membership
-    /// changes are appended that remove every other member (and add this one if
-    /// the membership lacks it). Once applied, the member is a one-member cluster
+    /// committed membership changes are appended that remove every other
+    /// member (and add this one if the membership lacks it). Once applied, the member is a one-member cluster
     /// with all its data and its cluster ID. Returns the member IDs removed, or
     /// `None` when the database holds no Raft state yet (a new member: the flag
     /// has no effect).
@@ -196,7 +195,19 @@ impl LogStore {
                 .copied()
                 .collect();
             let mut log = txn.open_table(LOG)?;
-            // Committed membership changes not applied yet count too.
+            // etcd discards the entries beyond the commit index its WAL records.
+            // Here a commit index that only moved is written without a sync
+            // (invariant 2 of ARCHITECTURE.md), so a crash can lose it while
+            // the entries themselves are durable: they are kept, and committed
+            // with the membership changes (a write whose client did not hear
+            // the outcome may survive; an acknowledged one is never dropped).
+            let last = match log.last()? {
+                Some((k, _)) => k.value().max(hs.commit),
+                None => hs.commit,
+            };
+            let beyond = last - hs.commit;
+            hs.commit = last;
+            // Membership changes not applied yet count too.
             for item in log.range(applied + 1..=hs.commit)? {
                 let (k, v) = item?;
                 let e: Entry = dec(&format!("raft_log/{}", k.value()), v.value())?;
@@ -212,13 +223,6 @@ impl LogStore {
                         ids.remove(&cc.node_id);
                     }
                 }
-            }
-            let uncommitted: Vec<u64> = log
-                .range(hs.commit + 1..)?
-                .map(|r| r.map(|(k, _)| k.value()))
-                .collect::<std::result::Result<_, _>>()?;
-            for k in &uncommitted {
-                log.remove(*k)?;
             }
             let mut changes = Vec::new();
             // Add this member first: the set of voters must never become empty.
@@ -250,7 +254,7 @@ impl LogStore {
             meta.insert(storage::meta::HARD_STATE, enc(&hs)?.as_slice())?;
             ForcedRestart {
                 removed,
-                discarded: uncommitted.len(),
+                beyond_commit: beyond,
                 commit: index,
             }
         };

@@ -513,10 +513,10 @@ impl EtcdServer {
         let Some(done) = LogStore::force_new_cluster(backend, &local)? else {
             return Ok(());
         };
-        if done.discarded > 0 {
+        if done.beyond_commit > 0 {
             crate::info!(
-                "discarding uncommitted WAL entries",
-                number_of_discarded_entries = done.discarded
+                "committing log entries beyond the recorded commit index",
+                number_of_entries = done.beyond_commit
             );
         }
         crate::info!(
