@@ -136,10 +136,15 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let r = self.s.store.hash_kv(0).await.map(|(hash, _, rev)| HashResponse {
-            header: Some(self.s.header(rev)),
-            hash,
-        });
+        let r = self
+            .s
+            .store
+            .hash_kv(0)
+            .await
+            .map(|(hash, _, rev)| HashResponse {
+                header: Some(self.s.header(rev)),
+                hash,
+            });
         let r = caller(&self.s, &_req)
             .and_then(|c| self.s.auth.check_admin(&c))
             .and(r);

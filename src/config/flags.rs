@@ -307,10 +307,10 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "Time to wait for a keepalive answer before closing the connection (0 disables).",
         accept_duration),
     flag!("socket-reuse-port", Member, Bool, Yes, "false",
-        "Set SO_REUSEPORT on listeners.",
+        "Set SO_REUSEPORT on client, peer and metrics listeners (several processes may listen on one port).",
         |d, v| { d.cfg.socket_reuse_port = parse_bool(v)?; Ok(()) }),
     flag!("socket-reuse-address", Member, Bool, Yes, "false",
-        "Set SO_REUSEADDR on listeners.",
+        "Set SO_REUSEADDR on listeners (always set, as Go sets it on every listener).",
         |d, v| { d.cfg.socket_reuse_address = parse_bool(v)?; Ok(()) }),
     flag!("raft-read-timeout", Member, Duration, No, "5s",
         "Read timeout on peer connections.",
@@ -354,7 +354,7 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "Refuse membership changes that could lose quorum.",
         |d, v| { d.cfg.strict_reconfig_check = parse_bool(v)?; Ok(()) }),
     flag!("pre-vote", Clustering, Bool, Yes, "true",
-        "Run the raft pre-vote phase before elections.",
+        "Run the raft pre-vote phase before elections, so a member cut off from the others does not raise the term (default true as in etcd 3.5; etcd 3.4's default was false).",
         |d, v| { d.cfg.pre_vote = parse_bool(v)?; Ok(()) }),
     flag!("auto-compaction-retention", Clustering, Value, Yes, "0",
         "History to keep when compacting automatically; 0 disables. Hours or a duration (periodic), or revisions (revision).",
@@ -464,11 +464,11 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         |d, v| { d.cfg.auth_token_ttl = parse_uint(v, " (seconds)")?; Ok(()) }),
 
     // Profiling and monitoring.
-    flag!("enable-pprof", Monitoring, Bool, Yes, "false",
+    flag!("enable-pprof", Monitoring, Bool, No, "false",
         "Serve runtime profiling data under /debug/pprof/ on the client URLs.",
         |d, v| { d.cfg.enable_pprof = parse_bool(v)?; Ok(()) }),
     flag!("metrics", Monitoring, Value, Yes, "basic",
-        "Metrics detail: 'basic' or 'extensive' (adds gRPC latency histograms).",
+        "Metrics detail: 'basic' or 'extensive' (etcd adds gRPC latency histograms; etcd-rs serves the basic set either way and warns).",
         |d, v| { d.cfg.metrics = v.to_string(); Ok(()) }),
     flag!("listen-metrics-urls", Monitoring, Urls, Yes, "",
         "Extra comma-separated URLs serving only /metrics and /health.",
@@ -479,7 +479,7 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "Logger implementation; only 'zap' is accepted.",
         set_logger),
     flag!("log-outputs", Logging, Value, Yes, "default",
-        "Comma-separated log targets: default, stderr, stdout, systemd/journal or file paths.",
+        "Comma-separated log targets: default, stderr, stdout, systemd/journal or file paths (etcd-rs logs to stderr, or to the journal when stderr is the journal; other targets warn).",
         set_log_outputs),
     flag!("log-level", Logging, Value, Yes, "info",
         "Lowest level logged: debug, info, warn, error, panic or fatal.",
@@ -529,7 +529,7 @@ pub(super) static FLAGS: &[FlagSpec] = &[
 
     // Experimental.
     flag!("experimental-initial-corrupt-check", Experimental, Bool, Yes, "false",
-        "Compare data hashes with the peers before serving traffic.",
+        "On restart, compare the local HashKV with the peers' at the same revision before serving; a mismatch stops the member.",
         |d, v| { d.cfg.experimental_initial_corrupt_check = parse_bool(v)?; Ok(()) }),
     flag!("experimental-corrupt-check-time", Experimental, Duration, No, "0s",
         "Interval between cluster-wide corruption checks.",
@@ -579,7 +579,7 @@ pub(super) static FLAGS: &[FlagSpec] = &[
 
     // Unsafe.
     flag!("force-new-cluster", Unsafe, Bool, Yes, "false",
-        "Restart as a single-member cluster, dropping the other members from the membership.",
+        "Restart a member that has data as a one-member cluster with all its data and its cluster ID, removing the other members (disaster recovery; restart without it afterwards).",
         |d, v| { d.cfg.force_new_cluster = parse_bool(v)?; Ok(()) }),
     flag!("unsafe-no-fsync", Unsafe, Bool, No, "false",
         "Skip fsync; data may be lost on a crash.",

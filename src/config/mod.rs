@@ -1003,6 +1003,25 @@ fn finalize(d: Draft) -> Result<Config, ConfigError> {
         ));
     }
 
+    // Flags honoured only in part: a value that would change nothing says so.
+    if cfg.metrics == "extensive" {
+        cfg.warnings.push(
+            "--metrics=extensive has no effect in etcd-rs: the gRPC latency histograms are not served; serving the basic metrics".to_string(),
+        );
+    }
+    let ignored: Vec<&str> = cfg
+        .log_outputs
+        .iter()
+        .map(String::as_str)
+        .filter(|o| !matches!(*o, "default" | "stderr" | "systemd/journal"))
+        .collect();
+    if !ignored.is_empty() {
+        cfg.warnings.push(format!(
+            "--log-outputs {} has no effect in etcd-rs: logging to stderr (or to the journal when stderr is the journal)",
+            ignored.join(",")
+        ));
+    }
+
     for spec in flags::FLAGS {
         let Some(origin) = d.set.get(spec.name) else {
             continue;

@@ -408,18 +408,19 @@ fn compact_job(
         {
             let mut table = txn.open_table(KV)?;
             let mut doomed = Vec::new();
-            let mut seen = 0;
-            for item in table.range(from..=end)? {
+            for (seen, item) in table.range(from..=end)?.enumerate() {
                 let (k, _) = item?;
                 let key = k.value();
                 if seen == limit {
                     next = Some(key);
                     break;
                 }
-                seen += 1;
                 // Tombstones are never kept: a generation that ended at or
                 // before the compaction revision is gone.
-                if !job.keep.contains(&Revision::new(key.0 as i64, key.1 as i64)) {
+                if !job
+                    .keep
+                    .contains(&Revision::new(key.0 as i64, key.1 as i64))
+                {
                     doomed.push(key);
                 }
             }

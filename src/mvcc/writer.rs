@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-
 use super::{Revision, State, encode_record, range_at, read_kv, rev_key};
 use crate::error::{Error, Result};
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};

@@ -175,7 +175,9 @@ impl LogStore {
         txn.set_durability(redb::Durability::Immediate)?;
         let out = {
             let mut meta = txn.open_table(META)?;
-            let Some(hs) = meta.get(storage::meta::HARD_STATE)?.map(|v| v.value().to_vec())
+            let Some(hs) = meta
+                .get(storage::meta::HARD_STATE)?
+                .map(|v| v.value().to_vec())
             else {
                 return Ok(None);
             };

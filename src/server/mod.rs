@@ -413,12 +413,10 @@ impl EtcdServer {
             let mut last = None;
             let mut resp = None;
             for ep in &m.peer_ur_ls {
-                let r = tokio::time::timeout(
-                    timeout,
-                    fetch_hash_kv(ep, cluster.cluster_id, rev, tls),
-                )
-                .await
-                .unwrap_or_else(|_| Err(PeerHashError::Failed("request timed out".into())));
+                let r =
+                    tokio::time::timeout(timeout, fetch_hash_kv(ep, cluster.cluster_id, rev, tls))
+                        .await
+                        .unwrap_or_else(|_| Err(PeerHashError::Failed("request timed out".into())));
                 match r {
                     Ok(r) => {
                         resp = Some(r);

@@ -96,9 +96,11 @@ fn force_new_cluster_recovers_a_lone_survivor() {
     assert_eq!(before.len(), 29);
     let cid = cluster_id(&c, 0);
     let survivor = 2;
-    wait_until(Duration::from_secs(10), "the survivor has everything", || {
-        dump(&c, survivor, true) == (rev, before.clone())
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the survivor has everything",
+        || dump(&c, survivor, true) == (rev, before.clone()),
+    );
 
     // Disaster: two members are lost for good, the third one stops.
     c.members[0].kill9();
@@ -125,7 +127,9 @@ fn force_new_cluster_recovers_a_lone_survivor() {
 
     // Restarted without the flag, it stays a one-member cluster.
     c.members[survivor].terminate();
-    c.members[survivor].args.retain(|a| a != "--force-new-cluster");
+    c.members[survivor]
+        .args
+        .retain(|a| a != "--force-new-cluster");
     c.members[survivor].spawn();
     c.members[survivor].wait_ready(Duration::from_secs(30));
     assert!(
@@ -258,11 +262,8 @@ fn plant_divergence(data_dir: &Path, key: &[u8]) {
         }
         let (rev, mut kv) = found.expect("the key is stored");
         kv.value = b"planted".to_vec();
-        t.insert(
-            rev,
-            etcd_rs::mvcc::encode_record(&kv, false).as_slice(),
-        )
-        .expect("rewrite the record");
+        t.insert(rev, etcd_rs::mvcc::encode_record(&kv, false).as_slice())
+            .expect("rewrite the record");
     }
     txn.commit().expect("commit");
 }
@@ -414,7 +415,10 @@ fn compaction_runs_in_batches_while_clients_are_served() {
         n += 1;
         let c2 = compacted_keys(&srv);
         assert_eq!(vals.len(), KEYS);
-        assert!(vals.iter().all(|v| *v == format!("a{}", rounds - 1)), "{vals:?}");
+        assert!(
+            vals.iter().all(|v| *v == format!("a{}", rounds - 1)),
+            "{vals:?}"
+        );
         assert!(put_rev > rev);
         if c1 > 0 && c2 < doomed {
             served_meanwhile += 1;
@@ -509,7 +513,10 @@ fn serves_or_exits(child: &mut std::process::Child, log: &Path) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        assert!(Instant::now() < deadline, "neither served nor exited:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "neither served nor exited:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -526,7 +533,10 @@ fn socket_reuse_port_lets_two_servers_share_a_client_port() {
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!served, "a second server bound the port without SO_REUSEPORT");
+    assert!(
+        !served,
+        "a second server bound the port without SO_REUSEPORT"
+    );
     assert!(text.contains("failed to listen on client URL"), "{text}");
 
     // With it both listen on the same port.
