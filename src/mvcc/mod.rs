@@ -71,6 +71,8 @@ pub struct State {
     /// Compactions applied to the index whose records are still to be removed
     /// from storage; handed to the compactor once their batch has committed.
     pub compactions: Vec<CompactJob>,
+    /// The last compaction known complete in storage when the store was opened.
+    pub finished_compact_rev: i64,
 }
 
 /// The records of revisions up to `rev` that the compacted index no longer
@@ -122,7 +124,7 @@ impl Store {
     ) -> Result<(Store, LeasedKeys), StorageError> {
         let (mut st, leased) = Self::scan(&backend)?;
         let resume = Self::resume(&mut st);
-        let (compacted, _) = tokio::sync::watch::channel(0);
+        let (compacted, _) = tokio::sync::watch::channel(st.finished_compact_rev);
         let (tx, rx) = std::sync::mpsc::channel();
         {
             let backend = backend.clone();
@@ -147,7 +149,13 @@ impl Store {
     pub fn reload(&self) -> Result<LeasedKeys, StorageError> {
         let (mut st, leased) = Self::scan(&self.backend)?;
         let resume = Self::resume(&mut st);
+        let finished = st.finished_compact_rev;
         *self.state.write() = st;
+        self.compacted.send_modify(|d| {
+            if *d != i64::MIN {
+                *d = (*d).max(finished);
+            }
+        });
         self.schedule(resume.into_iter().collect());
         Ok(leased)
     }
@@ -156,7 +164,7 @@ impl Store {
     /// compaction at the stored compaction revision makes it the index the
     /// compaction left, and the records it drops are removed again.
     fn resume(st: &mut State) -> Option<CompactJob> {
-        if st.compact_rev <= 0 {
+        if st.compact_rev <= 0 || st.finished_compact_rev >= st.compact_rev {
             return None;
         }
         let keep = st.index.compact(st.compact_rev);
@@ -210,6 +218,8 @@ impl Store {
             let meta = txn.open_table(META)?;
             st.compact_rev =
                 storage::get_u64(&meta, storage::meta::COMPACT_REV)?.unwrap_or(0) as i64;
+            st.finished_compact_rev =
+                storage::get_u64(&meta, storage::meta::FINISHED_COMPACT_REV)?.unwrap_or(0) as i64;
             let kv = txn.open_table(KV)?;
             for item in kv.iter()? {
                 let (k, v) = item?;
@@ -436,6 +446,13 @@ fn compact_job(
         // finished.
         if next.is_some() {
             txn.set_durability(redb::Durability::None)?;
+        } else {
+            let mut meta = txn.open_table(META)?;
+            storage::put_u64(
+                &mut meta,
+                storage::meta::FINISHED_COMPACT_REV,
+                job.rev as u64,
+            )?;
         }
         txn.commit()?;
         match next {
