@@ -107,6 +107,9 @@ pub struct Store {
     backend: Arc<Backend>,
     state: RwLock<State>,
     jobs: Mutex<Option<std::sync::mpsc::Sender<CompactJob>>>,
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Asks the compactor to stop between two batches.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The last compaction revision whose records are all gone from storage;
     /// `i64::MIN` once the compactor failed.
     compacted: tokio::sync::watch::Sender<i64>,
@@ -126,18 +129,22 @@ impl Store {
         let resume = Self::resume(&mut st);
         let (compacted, _) = tokio::sync::watch::channel(st.finished_compact_rev);
         let (tx, rx) = std::sync::mpsc::channel();
-        {
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
             let backend = backend.clone();
             let compacted = compacted.clone();
+            let stopping = stopping.clone();
             std::thread::Builder::new()
                 .name("compactor".into())
-                .spawn(move || compactor(backend, cfg, rx, compacted))
-                .map_err(|e| StorageError::Db(format!("cannot start the compactor: {e}")))?;
-        }
+                .spawn(move || compactor(backend, cfg, rx, compacted, stopping))
+                .map_err(|e| StorageError::Db(format!("cannot start the compactor: {e}")))?
+        };
         let store = Store {
             backend,
             state: RwLock::new(st),
             jobs: Mutex::new(Some(tx)),
+            compactor: Mutex::new(Some(thread)),
+            stopping,
             compacted,
         };
         store.schedule(resume.into_iter().collect());
@@ -186,9 +193,18 @@ impl Store {
         }
     }
 
-    /// Stops the background compactor (after the compactions already queued).
+    /// Stops the background compactor after its current batch and waits for
+    /// it (it holds the database open). A compaction left unfinished is
+    /// resumed when the store opens again.
     pub fn stop_compactor(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.jobs.lock().take();
+        if let Some(t) = self.compactor.lock().take()
+            && t.join().is_err()
+        {
+            crate::error!("the compactor panicked");
+        }
     }
 
     /// Waits until the records of every compaction applied so far are gone
@@ -376,12 +392,14 @@ fn compactor(
     cfg: CompactionConfig,
     jobs: std::sync::mpsc::Receiver<CompactJob>,
     compacted: tokio::sync::watch::Sender<i64>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let limit = cfg.batch_limit.max(1);
     for job in jobs {
         let start = std::time::Instant::now();
-        match compact_job(&backend, limit, cfg.sleep, &job) {
-            Ok(removed) => {
+        match compact_job(&backend, limit, cfg.sleep, &job, &stopping) {
+            Ok(None) => return,
+            Ok(Some(removed)) => {
                 crate::info!(
                     "finished scheduled compaction",
                     compact_revision = job.rev,
@@ -408,11 +426,15 @@ fn compact_job(
     limit: usize,
     sleep: Duration,
     job: &CompactJob,
-) -> Result<u64, StorageError> {
+    stopping: &std::sync::atomic::AtomicBool,
+) -> Result<Option<u64>, StorageError> {
     let end = (job.rev as u64, u64::MAX);
     let mut from = (0u64, 0u64);
     let mut removed = 0u64;
     loop {
+        if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
         let mut txn = backend.write()?;
         let mut next = None;
         {
@@ -460,7 +482,7 @@ fn compact_job(
                 from = k;
                 std::thread::sleep(sleep);
             }
-            None => return Ok(removed),
+            None => return Ok(Some(removed)),
         }
     }
 }

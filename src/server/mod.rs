@@ -723,13 +723,14 @@ impl EtcdServer {
     /// Stops the Raft loop and waits for it.
     pub fn stop(&self) -> Result<(), StorageError> {
         let _ = self.send(Msg::Stop);
-        self.store.stop_compactor();
-        if let Some(t) = self.thread.lock().take() {
-            return t
+        let r = match self.thread.lock().take() {
+            Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(StorageError::Db("raft loop panicked".into())));
-        }
-        Ok(())
+                .unwrap_or_else(|_| Err(StorageError::Db("raft loop panicked".into()))),
+            None => Ok(()),
+        };
+        self.store.stop_compactor();
+        r
     }
 
     /// The backend quota in bytes (u64::MAX when disabled by a negative value).
