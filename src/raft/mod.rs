@@ -199,8 +199,9 @@ impl LogStore {
             let mut log = txn.open_table(LOG)?;
             // etcd discards the entries beyond the commit index its WAL records.
             // Here a commit index that only moved is written without a sync
-            // (invariant 2 of ARCHITECTURE.md), so a crash can lose it while
-            // the entries themselves are durable: they are kept, and committed
+            // (the raft loop syncs the hard state when its term or vote
+            // changes), so a crash can lose it while the entries themselves
+            // are durable: they are kept, and committed
             // with the membership changes (a write whose client did not hear
             // the outcome may survive; an acknowledged one is never dropped).
             let last = match log.last()? {
