@@ -126,6 +126,7 @@ pub static DB_SIZE_IN_USE: Gauge = Gauge::new();
 pub static KEYS_TOTAL: Gauge = Gauge::new();
 pub static MVCC_PUT: Counter = Counter::new();
 pub static MVCC_DELETE: Counter = Counter::new();
+pub static MVCC_COMPACTED_KEYS: Counter = Counter::new();
 pub static MVCC_RANGE: Counter = Counter::new();
 pub static MVCC_TXN: Counter = Counter::new();
 pub static WATCHERS: Gauge = Gauge::new();
@@ -338,6 +339,12 @@ pub fn render(server_version: &str, cluster_version: &str) -> String {
         "etcd_mvcc_delete_total",
         "Total number of deletes seen by this member.",
         MVCC_DELETE.get(),
+    );
+    counter(
+        &mut out,
+        "etcd_debugging_mvcc_db_compaction_keys_total",
+        "Total number of db keys compacted.",
+        MVCC_COMPACTED_KEYS.get(),
     );
     counter(
         &mut out,

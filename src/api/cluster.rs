@@ -58,6 +58,11 @@ impl ClusterService {
         let started = voters.iter().filter(|m| !m.name.is_empty()).count() as i64;
         let size = voters.len() as i64 + add;
         let quorum = size / 2 + 1;
+        // As etcd: a second member may always join a one-member cluster (how a
+        // cluster restored from a snapshot or by --force-new-cluster grows again).
+        if add > 0 && started == 1 && size == 2 {
+            return Ok(());
+        }
         if add > 0 && started < quorum {
             return Err(Error::NotEnoughStartedMembers);
         }

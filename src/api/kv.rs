@@ -206,8 +206,14 @@ impl KvService {
     }
 
     async fn do_compact(&self, r: CompactionRequest) -> Result<CompactionResponse> {
+        let physical = r.physical;
         match self.s.propose(Op::Compaction(r)).await? {
             Applied::Compaction(mut p) => {
+                // As etcd: a physical compaction answers once its records are
+                // gone from storage.
+                if physical {
+                    self.s.store.wait_compacted().await?;
+                }
                 fill(&self.s, &mut p.header);
                 Ok(p)
             }

@@ -120,10 +120,15 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let r = self.s.store.hash_kv(0).map(|(hash, _, rev)| HashResponse {
-            header: Some(self.s.header(rev)),
-            hash,
-        });
+        let r = self
+            .s
+            .store
+            .hash_kv(0)
+            .await
+            .map(|(hash, _, rev)| HashResponse {
+                header: Some(self.s.header(rev)),
+                hash,
+            });
         unary(SVC, "Hash", r)
     }
 
@@ -135,6 +140,7 @@ impl Maintenance for MaintenanceService {
             .s
             .store
             .hash_kv(req.get_ref().revision)
+            .await
             .map(|(hash, compact, rev)| HashKvResponse {
                 header: Some(self.s.header(self.s.store.current_rev())),
                 hash,

@@ -96,7 +96,7 @@ async fn run(cfg: Config) -> i32 {
         }
     } else {
         for u in &cfg.listen_client_urls {
-            match bind(u).await {
+            match bind(u, &cfg).await {
                 Ok(l) => client_listeners.push((u.clone(), l)),
                 Err(e) => {
                     error!("failed to listen on client URL", url = u, error = e);
@@ -113,7 +113,7 @@ async fn run(cfg: Config) -> i32 {
         }
     } else {
         for u in &cfg.listen_peer_urls {
-            match bind(u).await {
+            match bind(u, &cfg).await {
                 Ok(l) => peer_listeners.push(l),
                 Err(e) => {
                     error!("failed to listen on peer URL", url = u, error = e);
@@ -124,7 +124,7 @@ async fn run(cfg: Config) -> i32 {
     }
     let mut metrics_listeners = Vec::new();
     for u in &cfg.listen_metrics_urls {
-        match bind(u).await {
+        match bind(u, &cfg).await {
             Ok(l) => metrics_listeners.push((u.clone(), l)),
             Err(e) => {
                 error!("failed to listen on metrics URL", url = u, error = e);
@@ -281,14 +281,26 @@ fn adopt(
     Ok(out)
 }
 
-async fn bind(url: &str) -> std::io::Result<tokio::net::TcpListener> {
+/// SO_REUSEADDR as Go sets it on listeners by default.
+const GO_LISTENER_REUSEADDR: bool = true;
+
+/// Binds a client, peer or metrics listener. SO_REUSEADDR is always set, as
+/// Go sets it on every listener (so `--socket-reuse-address` only makes it
+/// explicit); `--socket-reuse-port` adds SO_REUSEPORT, which lets several
+/// processes listen on one port.
+async fn bind(url: &str, cfg: &Config) -> std::io::Result<tokio::net::TcpListener> {
     let addr = api::resolve(url).await?;
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    sock.set_reuseaddr(true)?;
+    // Go's net package sets SO_REUSEADDR on every listener, so etcd's have it
+    // with or without --socket-reuse-address; ours too.
+    sock.set_reuseaddr(cfg.socket_reuse_address || GO_LISTENER_REUSEADDR)?;
+    if cfg.socket_reuse_port {
+        sock.set_reuseport(true)?;
+    }
     sock.bind(addr)?;
     sock.listen(1024)
 }

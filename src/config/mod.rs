@@ -50,6 +50,7 @@ pub const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
 const OTHER_ETCD_VARIABLES: &[&str] = &["ETCD_UNSUPPORTED_ARCH"];
 
 const DEFAULT_COMPACTION_BATCH_LIMIT: i64 = 1000;
+const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10);
 const DEFAULT_WATCH_PROGRESS_NOTIFY_MS: u64 = 10 * 60 * 1000;
 const DEFAULT_BCRYPT_COST: u32 = 10;
 
@@ -217,6 +218,8 @@ pub struct Config {
     pub experimental_watch_progress_notify_interval_ms: u64,
     /// Revisions removed per compaction batch (a configured 0 becomes 1000).
     pub experimental_compaction_batch_limit: i64,
+    /// Pause between two compaction batches (a configured 0 becomes 10ms).
+    pub experimental_compaction_sleep_interval: Duration,
     pub socket_reuse_address: bool,
     pub socket_reuse_port: bool,
     pub debug_freeze_apply: bool,
@@ -273,6 +276,7 @@ impl Default for Config {
             experimental_initial_corrupt_check: false,
             experimental_watch_progress_notify_interval_ms: DEFAULT_WATCH_PROGRESS_NOTIFY_MS,
             experimental_compaction_batch_limit: DEFAULT_COMPACTION_BATCH_LIMIT,
+            experimental_compaction_sleep_interval: DEFAULT_COMPACTION_SLEEP_INTERVAL,
             socket_reuse_address: false,
             socket_reuse_port: false,
             debug_freeze_apply: false,
@@ -293,6 +297,16 @@ impl Config {
             0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
             n if n < 0 => None,
             n => Some(n as u64),
+        }
+    }
+
+    /// How the background compactor batches its work.
+    pub fn compaction(&self) -> crate::mvcc::CompactionConfig {
+        crate::mvcc::CompactionConfig {
+            // As etcd (bbolt's range limit): a negative limit means no limit.
+            batch_limit: usize::try_from(self.experimental_compaction_batch_limit)
+                .unwrap_or(usize::MAX),
+            sleep: self.experimental_compaction_sleep_interval,
         }
     }
 
@@ -982,6 +996,9 @@ fn finalize(d: Draft) -> Result<Config, ConfigError> {
     if cfg.experimental_compaction_batch_limit == 0 {
         cfg.experimental_compaction_batch_limit = DEFAULT_COMPACTION_BATCH_LIMIT;
     }
+    if cfg.experimental_compaction_sleep_interval.is_zero() {
+        cfg.experimental_compaction_sleep_interval = DEFAULT_COMPACTION_SLEEP_INTERVAL;
+    }
     if cfg.experimental_watch_progress_notify_interval_ms == 0 {
         cfg.experimental_watch_progress_notify_interval_ms = DEFAULT_WATCH_PROGRESS_NOTIFY_MS;
     }
@@ -989,6 +1006,25 @@ fn finalize(d: Draft) -> Result<Config, ConfigError> {
         return Err(invalid(
             "--log-outputs requires a single file path when --log-rotate-config-json is defined"
                 .to_string(),
+        ));
+    }
+
+    // Flags honoured only in part: a value that would change nothing says so.
+    if cfg.metrics == "extensive" {
+        cfg.warnings.push(
+            "--metrics=extensive has no effect in etcd-rs: the gRPC latency histograms are not served; serving the basic metrics".to_string(),
+        );
+    }
+    let ignored: Vec<&str> = cfg
+        .log_outputs
+        .iter()
+        .map(String::as_str)
+        .filter(|o| !matches!(*o, "default" | "stderr" | "systemd/journal"))
+        .collect();
+    if !ignored.is_empty() {
+        cfg.warnings.push(format!(
+            "--log-outputs {} has no effect in etcd-rs: logging to stderr (or to the journal when stderr is the journal)",
+            ignored.join(",")
         ));
     }
 

@@ -600,7 +600,31 @@ fn other_values() {
     assert_eq!(c.max_concurrent_streams, 100);
     assert_eq!(c.log_outputs, ["/var/log/etcd.log", "stderr"]);
     assert_eq!(c.bcrypt_cost, 10);
-    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("--log-outputs /var/log/etcd.log has no effect")),
+        "{:?}",
+        c.warnings
+    );
+    let c = config(&["--metrics=extensive", "--enable-pprof"], &[]);
+    assert_eq!(
+        c.warnings,
+        [
+            "--metrics=extensive has no effect in etcd-rs: the gRPC latency histograms are not served; serving the basic metrics",
+            "flag --enable-pprof is accepted but has no effect in etcd-rs",
+        ]
+    );
+    let c = config(
+        &[
+            "--experimental-compaction-batch-limit=-1",
+            "--experimental-compaction-sleep-interval=0s",
+        ],
+        &[],
+    );
+    assert_eq!(c.compaction().batch_limit, usize::MAX);
+    assert_eq!(c.compaction().sleep, Duration::from_millis(10));
     assert_eq!(
         error(&["--log-outputs=default,stderr"], &[]),
         "multi logoutput for \"default\" is not supported yet"

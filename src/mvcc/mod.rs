@@ -11,9 +11,11 @@ pub mod index;
 pub mod watch;
 pub mod writer;
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 use redb::ReadableTable;
 
@@ -66,33 +68,162 @@ pub struct State {
     pub rev: i64,
     /// The revision of the last compaction (0 when none).
     pub compact_rev: i64,
+    /// Compactions applied to the index whose records are still to be removed
+    /// from storage; handed to the compactor once their batch has committed.
+    pub compactions: Vec<CompactJob>,
+    /// The last compaction known complete in storage when the store was opened.
+    pub finished_compact_rev: i64,
+}
+
+/// The records of revisions up to `rev` that the compacted index no longer
+/// names (all but `keep`) leave storage in the background.
+#[derive(Debug)]
+pub struct CompactJob {
+    pub rev: i64,
+    pub keep: HashSet<Revision>,
+}
+
+/// How the background compactor removes records: at most `batch_limit`
+/// records are visited per write transaction, with a pause of `sleep` between
+/// two transactions (etcd's --experimental-compaction-batch-limit and
+/// --experimental-compaction-sleep-interval), so the apply loop is never held
+/// for a whole compaction.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionConfig {
+    pub batch_limit: usize,
+    pub sleep: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            batch_limit: 1000,
+            sleep: Duration::from_millis(10),
+        }
+    }
 }
 
 pub struct Store {
     backend: Arc<Backend>,
     state: RwLock<State>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<CompactJob>>>,
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Asks the compactor to stop between two batches.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The last compaction revision whose records are all gone from storage;
+    /// `i64::MIN` once the compactor failed.
+    compacted: tokio::sync::watch::Sender<i64>,
 }
 
 impl Store {
     /// Rebuilds the key index from the `kv` table. Also returns the live keys that
     /// are attached to a lease, for the lessor.
-    pub fn open(backend: Arc<Backend>) -> Result<(Store, LeasedKeys), StorageError> {
-        let (st, leased) = Self::scan(&backend)?;
-        Ok((
-            Store {
-                backend,
-                state: RwLock::new(st),
-            },
-            leased,
-        ))
+    ///
+    /// A compaction whose records were not all removed yet (the member stopped
+    /// meanwhile) is resumed in the background.
+    pub fn open(
+        backend: Arc<Backend>,
+        cfg: CompactionConfig,
+    ) -> Result<(Store, LeasedKeys), StorageError> {
+        let (mut st, leased) = Self::scan(&backend)?;
+        let resume = Self::resume(&mut st);
+        let (compacted, _) = tokio::sync::watch::channel(st.finished_compact_rev);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let backend = backend.clone();
+            let compacted = compacted.clone();
+            let stopping = stopping.clone();
+            std::thread::Builder::new()
+                .name("compactor".into())
+                .spawn(move || compactor(backend, cfg, rx, compacted, stopping))
+                .map_err(|e| StorageError::Db(format!("cannot start the compactor: {e}")))?
+        };
+        let store = Store {
+            backend,
+            state: RwLock::new(st),
+            jobs: Mutex::new(Some(tx)),
+            compactor: Mutex::new(Some(thread)),
+            stopping,
+            compacted,
+        };
+        store.schedule(resume.into_iter().collect());
+        Ok((store, leased))
     }
 
     /// Rebuilds the index from storage after the state machine was replaced (a
     /// snapshot from the leader).
     pub fn reload(&self) -> Result<LeasedKeys, StorageError> {
-        let (st, leased) = Self::scan(&self.backend)?;
+        let (mut st, leased) = Self::scan(&self.backend)?;
+        let resume = Self::resume(&mut st);
+        let finished = st.finished_compact_rev;
         *self.state.write() = st;
+        self.compacted.send_modify(|d| {
+            if *d != i64::MIN {
+                *d = (*d).max(finished);
+            }
+        });
+        self.schedule(resume.into_iter().collect());
         Ok(leased)
+    }
+
+    /// The index as scanned from storage names every record still stored; a
+    /// compaction at the stored compaction revision makes it the index the
+    /// compaction left, and the records it drops are removed again.
+    fn resume(st: &mut State) -> Option<CompactJob> {
+        if st.compact_rev <= 0 || st.finished_compact_rev >= st.compact_rev {
+            return None;
+        }
+        let keep = st.index.compact(st.compact_rev);
+        Some(CompactJob {
+            rev: st.compact_rev,
+            keep,
+        })
+    }
+
+    /// Hands compactions committed to the index to the background compactor.
+    pub fn schedule(&self, jobs: Vec<CompactJob>) {
+        let tx = self.jobs.lock();
+        for job in jobs {
+            if let Some(tx) = tx.as_ref()
+                && tx.send(job).is_err()
+            {
+                crate::error!("the compactor has stopped");
+            }
+        }
+    }
+
+    /// Stops the background compactor after its current batch and waits for
+    /// it (it holds the database open). A compaction left unfinished is
+    /// resumed when the store opens again.
+    pub fn stop_compactor(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.jobs.lock().take();
+        if let Some(t) = self.compactor.lock().take()
+            && t.join().is_err()
+        {
+            crate::error!("the compactor panicked");
+        }
+    }
+
+    /// Waits until the records of every compaction applied so far are gone
+    /// from storage (a physical compaction).
+    pub async fn wait_compacted(&self) -> Result<()> {
+        let mut rx = self.compacted.subscribe();
+        loop {
+            let target = self.compact_rev();
+            let done = *rx.borrow_and_update();
+            if done == i64::MIN {
+                return Err(Error::Storage("the compactor failed".into()));
+            }
+            if done >= target {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Stopped);
+            }
+        }
     }
 
     fn scan(backend: &Backend) -> Result<(State, LeasedKeys), StorageError> {
@@ -103,6 +234,8 @@ impl Store {
             let meta = txn.open_table(META)?;
             st.compact_rev =
                 storage::get_u64(&meta, storage::meta::COMPACT_REV)?.unwrap_or(0) as i64;
+            st.finished_compact_rev =
+                storage::get_u64(&meta, storage::meta::FINISHED_COMPACT_REV)?.unwrap_or(0) as i64;
             let kv = txn.open_table(KV)?;
             for item in kv.iter()? {
                 let (k, v) = item?;
@@ -216,16 +349,26 @@ impl Store {
     }
 
     /// etcd's HashKV: a CRC-32C over every stored revision up to `rev` (0 = current).
-    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
-        let (cur, compact) = self.revs();
-        let rev = if rev <= 0 { cur } else { rev };
-        if rev > cur {
-            return Err(Error::FutureRev);
-        }
-        if rev < compact {
-            return Err(Error::Compacted);
-        }
-        let txn = self.backend.read()?;
+    /// It waits for the compactor, so that the hash does not depend on how far
+    /// a compaction has progressed.
+    pub async fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let (txn, rev, compact) = loop {
+            self.wait_compacted().await?;
+            let st = self.state.read();
+            let (cur, compact) = (st.rev, st.compact_rev);
+            let rev = if rev <= 0 { cur } else { rev };
+            if rev > cur {
+                return Err(Error::FutureRev);
+            }
+            if rev < compact {
+                return Err(Error::Compacted);
+            }
+            // Under the read lock no compaction can be applied; one applied
+            // since the wait sends us back to waiting.
+            if *self.compacted.borrow() >= compact {
+                break (self.backend.read()?, rev, compact);
+            }
+        };
         let table = txn.open_table(KV).map_err(StorageError::from)?;
         let mut h: u32 = 0;
         for item in table
@@ -239,6 +382,108 @@ impl Store {
             h = crc32c::crc32c_append(h, v.value());
         }
         Ok((h, compact, rev))
+    }
+}
+
+/// The background compactor: removes the records of each compaction in
+/// batches, one write transaction per batch.
+fn compactor(
+    backend: Arc<Backend>,
+    cfg: CompactionConfig,
+    jobs: std::sync::mpsc::Receiver<CompactJob>,
+    compacted: tokio::sync::watch::Sender<i64>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let limit = cfg.batch_limit.max(1);
+    for job in jobs {
+        let start = std::time::Instant::now();
+        match compact_job(&backend, limit, cfg.sleep, &job, &stopping) {
+            Ok(None) => return,
+            Ok(Some(removed)) => {
+                crate::info!(
+                    "finished scheduled compaction",
+                    compact_revision = job.rev,
+                    removed = removed,
+                    took = format!("{:?}", start.elapsed())
+                );
+                compacted.send_modify(|d| {
+                    if *d != i64::MIN {
+                        *d = (*d).max(job.rev);
+                    }
+                });
+            }
+            Err(e) => {
+                crate::error!("compaction failed", compact_revision = job.rev, error = e);
+                compacted.send_replace(i64::MIN);
+                return;
+            }
+        }
+    }
+}
+
+fn compact_job(
+    backend: &Backend,
+    limit: usize,
+    sleep: Duration,
+    job: &CompactJob,
+    stopping: &std::sync::atomic::AtomicBool,
+) -> Result<Option<u64>, StorageError> {
+    let end = (job.rev as u64, u64::MAX);
+    let mut from = (0u64, 0u64);
+    let mut removed = 0u64;
+    loop {
+        if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut txn = backend.write()?;
+        let mut next = None;
+        {
+            let mut table = txn.open_table(KV)?;
+            let mut doomed = Vec::new();
+            for (seen, item) in table.range(from..=end)?.enumerate() {
+                let (k, _) = item?;
+                let key = k.value();
+                if seen == limit {
+                    next = Some(key);
+                    break;
+                }
+                // Tombstones are never kept: a generation that ended at or
+                // before the compaction revision is gone.
+                if !job
+                    .keep
+                    .contains(&Revision::new(key.0 as i64, key.1 as i64))
+                {
+                    doomed.push(key);
+                }
+            }
+            for k in &doomed {
+                table.remove(*k)?;
+            }
+            removed += doomed.len() as u64;
+            crate::metrics::MVCC_COMPACTED_KEYS.add(doomed.len() as u64);
+        }
+        // A batch is made durable by the member's next durable commit (a
+        // compaction lost in a crash is resumed when the store opens); the
+        // last one is made durable at once, so that a finished compaction stays
+        // finished.
+        if next.is_some() {
+            txn.set_durability(redb::Durability::None)?;
+        } else {
+            let mut meta = txn.open_table(META)?;
+            storage::put_u64(
+                &mut meta,
+                storage::meta::FINISHED_COMPACT_REV,
+                job.rev as u64,
+            )?;
+        }
+        txn.commit()?;
+        match next {
+            Some(k) => {
+                from = k;
+                std::thread::sleep(sleep);
+            }
+            None => return Ok(Some(removed)),
+        }
     }
 }
 

@@ -3,8 +3,6 @@
 
 use std::collections::HashSet;
 
-use redb::ReadableTable;
-
 use super::{Revision, State, encode_record, range_at, read_kv, rev_key};
 use crate::error::{Error, Result};
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
@@ -151,29 +149,16 @@ impl<'t, 's> Writer<'t, 's> {
         Ok(deleted)
     }
 
-    /// Compacts history at `rev`: the index forgets superseded revisions and their
-    /// records leave the `kv` table. The caller has validated `rev`.
-    pub fn compact(&mut self, meta: &mut redb::Table<&str, &[u8]>, rev: i64) -> Result<usize> {
+    /// Compacts history at `rev`: the index forgets superseded revisions at
+    /// once; their records leave the `kv` table in the background once this
+    /// batch has committed (see [`super::CompactJob`]). The caller has
+    /// validated `rev`.
+    pub fn compact(&mut self, meta: &mut redb::Table<&str, &[u8]>, rev: i64) -> Result<()> {
         let keep: HashSet<Revision> = self.st.index.compact(rev);
-        let mut doomed = Vec::new();
-        for item in self
-            .table
-            .range(..=(rev as u64, u64::MAX))
-            .map_err(StorageError::from)?
-        {
-            let (k, _) = item.map_err(StorageError::from)?;
-            let key = k.value();
-            // Tombstones are never kept: a generation that ended at or before `rev` is gone.
-            if !keep.contains(&Revision::new(key.0 as i64, key.1 as i64)) {
-                doomed.push(key);
-            }
-        }
-        for k in &doomed {
-            self.table.remove(*k).map_err(StorageError::from)?;
-        }
         self.st.compact_rev = rev;
         storage::put_u64(meta, storage::meta::COMPACT_REV, rev as u64)?;
-        Ok(doomed.len())
+        self.st.compactions.push(super::CompactJob { rev, keep });
+        Ok(())
     }
 }
 

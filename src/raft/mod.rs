@@ -28,6 +28,17 @@ fn enc<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
     })
 }
 
+/// What `--force-new-cluster` did to the log.
+#[derive(Debug)]
+pub struct ForcedRestart {
+    /// Members removed from the membership.
+    pub removed: Vec<u64>,
+    /// Entries beyond the recorded commit index, kept and committed.
+    pub beyond_commit: u64,
+    /// The new commit index (the last membership change appended).
+    pub commit: u64,
+}
+
 pub struct LogStore {
     mem: MemStorage,
     backend: Arc<Backend>,
@@ -146,6 +157,112 @@ impl LogStore {
             mem,
             backend: backend.clone(),
         }))
+    }
+
+    /// `--force-new-cluster`, as etcd does it: on a member that has a log,
+    /// committed membership changes are appended that remove every other
+    /// member (and add this one if the membership lacks it). Once applied, the member is a one-member cluster
+    /// with all its data and its cluster ID. Returns the member IDs removed, or
+    /// `None` when the database holds no Raft state yet (a new member: the flag
+    /// has no effect).
+    pub fn force_new_cluster(
+        backend: &Arc<Backend>,
+        local: &crate::pb::etcdserverpb::Member,
+    ) -> Result<Option<ForcedRestart>> {
+        use prost::Message as _;
+        use raft::eraftpb::{ConfChange, ConfChangeType, EntryType};
+        let mut txn = backend.write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        let out = {
+            let mut meta = txn.open_table(META)?;
+            let Some(hs) = meta
+                .get(storage::meta::HARD_STATE)?
+                .map(|v| v.value().to_vec())
+            else {
+                return Ok(None);
+            };
+            let mut hs: HardState = dec("meta/raft_hard_state", &hs)?;
+            let applied = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?.unwrap_or(0);
+            hs.commit = hs.commit.max(applied);
+            let cs: ConfState = match meta.get(storage::meta::CONF_STATE)? {
+                Some(v) => dec("meta/raft_conf_state", v.value())?,
+                None => ConfState::default(),
+            };
+            let mut ids: std::collections::BTreeSet<u64> = cs
+                .voters
+                .iter()
+                .chain(cs.learners.iter())
+                .chain(cs.voters_outgoing.iter())
+                .chain(cs.learners_next.iter())
+                .copied()
+                .collect();
+            let mut log = txn.open_table(LOG)?;
+            // etcd discards the entries beyond the commit index its WAL records.
+            // Here a commit index that only moved is written without a sync
+            // (the raft loop syncs the hard state when its term or vote
+            // changes), so a crash can lose it while the entries themselves
+            // are durable: they are kept, and committed
+            // with the membership changes (a write whose client did not hear
+            // the outcome may survive; an acknowledged one is never dropped).
+            let last = match log.last()? {
+                Some((k, _)) => k.value().max(hs.commit),
+                None => hs.commit,
+            };
+            let beyond = last - hs.commit;
+            hs.commit = last;
+            // Membership changes not applied yet count too.
+            for item in log.range(applied + 1..=hs.commit)? {
+                let (k, v) = item?;
+                let e: Entry = dec(&format!("raft_log/{}", k.value()), v.value())?;
+                if e.get_entry_type() != EntryType::EntryConfChange {
+                    continue;
+                }
+                let cc: ConfChange = dec(&format!("raft_log/{}", k.value()), &e.data)?;
+                match cc.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        ids.insert(cc.node_id);
+                    }
+                    ConfChangeType::RemoveNode => {
+                        ids.remove(&cc.node_id);
+                    }
+                }
+            }
+            let mut changes = Vec::new();
+            // Add this member first: the set of voters must never become empty.
+            if !ids.contains(&local.id) {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = local.id;
+                cc.context = local.encode_to_vec().into();
+                changes.push(cc);
+            }
+            let removed: Vec<u64> = ids.iter().copied().filter(|id| *id != local.id).collect();
+            for id in &removed {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+                changes.push(cc);
+            }
+            let mut index = hs.commit;
+            for cc in changes {
+                index += 1;
+                let mut e = Entry::default();
+                e.set_entry_type(EntryType::EntryConfChange);
+                e.term = hs.term;
+                e.index = index;
+                e.data = enc(&cc)?.into();
+                log.insert(index, enc(&e)?.as_slice())?;
+            }
+            hs.commit = index;
+            meta.insert(storage::meta::HARD_STATE, enc(&hs)?.as_slice())?;
+            ForcedRestart {
+                removed,
+                beyond_commit: beyond,
+                commit: index,
+            }
+        };
+        txn.commit()?;
+        Ok(Some(out))
     }
 
     /// The handle raft-rs reads from.

@@ -10,7 +10,8 @@
 //!
 //! The same port answers a cluster-info request, which a member joining an
 //! existing cluster (`--initial-cluster-state existing`) uses to learn the cluster
-//! ID and members.
+//! ID and members, and a HashKV request, which a restarting member asks its
+//! peers with `--experimental-initial-corrupt-check` (etcd's `/members/hashkv`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,14 +25,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::pb::etcdserverpb::{Member, MemberListResponse, ResponseHeader};
+use crate::pb::etcdserverpb::{HashKvResponse, Member, MemberListResponse, ResponseHeader};
 
 const MAGIC: &[u8; 8] = b"ETCDRSP1";
 const KIND_RAFT: u8 = b'R';
 const KIND_INFO: u8 = b'I';
+const KIND_HASH: u8 = b'H';
 const OK: u8 = 0;
 const WRONG_CLUSTER: u8 = 1;
 const WRONG_MEMBER: u8 = 2;
+const FUTURE_REV: u8 = 3;
+const COMPACTED: u8 = 4;
+const FAILED: u8 = 5;
 /// Largest frame accepted (a snapshot travels in one frame).
 const MAX_FRAME: usize = 1 << 31;
 const QUEUE: usize = 4096;
@@ -90,6 +95,8 @@ pub struct Transport {
     /// Members learned when joining, reachable before the log replay names them.
     seed: Mutex<Vec<Member>>,
     tls: Option<PeerTls>,
+    /// The store HashKV requests are answered from.
+    store: Mutex<Option<Arc<crate::mvcc::Store>>>,
 }
 
 async fn read_u64<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<u64> {
@@ -121,7 +128,50 @@ impl Transport {
             members: Mutex::new(Vec::new()),
             seed: Mutex::new(Vec::new()),
             tls,
+            store: Mutex::new(None),
         })
+    }
+
+    /// The store that answers peers' HashKV requests.
+    pub fn set_store(&self, store: Arc<crate::mvcc::Store>) {
+        *self.store.lock() = Some(store);
+    }
+
+    /// Answers a peer's HashKV request: `[cluster u64][revision i64]`, then
+    /// a status byte and, when OK, a length-prefixed `HashKvResponse`.
+    async fn answer_hash(&self, s: &mut Stream) -> std::io::Result<()> {
+        let cluster = read_u64(s).await?;
+        let rev = read_u64(s).await? as i64;
+        if cluster != self.cluster_id {
+            s.write_all(&[WRONG_CLUSTER]).await?;
+            return Ok(());
+        }
+        let Some(store) = self.store.lock().clone() else {
+            s.write_all(&[FAILED]).await?;
+            return Ok(());
+        };
+        match store.hash_kv(rev).await {
+            Ok((hash, compact, rev)) => {
+                let resp = HashKvResponse {
+                    header: Some(ResponseHeader {
+                        cluster_id: self.cluster_id,
+                        member_id: self.local_id,
+                        revision: store.current_rev(),
+                        ..Default::default()
+                    }),
+                    hash,
+                    compact_revision: compact,
+                    hash_revision: rev,
+                };
+                let bytes = resp.encode_to_vec();
+                s.write_all(&[OK]).await?;
+                s.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+                s.write_all(&bytes).await
+            }
+            Err(crate::error::Error::FutureRev) => s.write_all(&[FUTURE_REV]).await,
+            Err(crate::error::Error::Compacted) => s.write_all(&[COMPACTED]).await,
+            Err(_) => s.write_all(&[FAILED]).await,
+        }
     }
 
     /// Members fetched from the cluster when joining it: they stay reachable while
@@ -368,6 +418,9 @@ impl Transport {
         if &magic[..8] != MAGIC {
             return Err(std::io::Error::other("not an etcd-rs peer"));
         }
+        if magic[8] == KIND_HASH {
+            return self.answer_hash(&mut s).await;
+        }
         if magic[8] == KIND_INFO {
             let members = self.members.lock().clone();
             let resp = MemberListResponse {
@@ -433,6 +486,80 @@ impl Transport {
     }
 }
 
+/// A connection to the peer URL `u` for a one-off request.
+async fn connect_once(u: &str, tls: &Option<PeerTls>) -> std::io::Result<Stream> {
+    let tcp = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(host_port(u)))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    Ok(match (tls, u.starts_with("https://")) {
+        (Some(tls), true) => {
+            let hp = host_port(u);
+            let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name =
+                rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+            let c = tokio_rustls::TlsConnector::from(tls.client.clone());
+            Box::new(c.connect(name, tcp).await?)
+        }
+        _ => Box::new(tcp),
+    })
+}
+
+/// Why a peer gave no hash.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerHashError {
+    /// The peer has not reached the revision yet.
+    #[error("{}", crate::error::Error::FutureRev)]
+    FutureRev,
+    /// The peer has compacted the revision away.
+    #[error("{}", crate::error::Error::Compacted)]
+    Compacted,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Asks the member at the peer URL `u` for its HashKV at `rev`.
+pub async fn fetch_hash_kv(
+    u: &str,
+    cluster_id: u64,
+    rev: i64,
+    tls: &Option<PeerTls>,
+) -> Result<HashKvResponse, PeerHashError> {
+    let io = |e: std::io::Error| PeerHashError::Failed(e.to_string());
+    let mut s = connect_once(u, tls).await.map_err(io)?;
+    let mut req = Vec::with_capacity(25);
+    req.extend_from_slice(MAGIC);
+    req.push(KIND_HASH);
+    req.extend_from_slice(&cluster_id.to_be_bytes());
+    req.extend_from_slice(&rev.to_be_bytes());
+    s.write_all(&req).await.map_err(io)?;
+    let mut status = [0u8; 1];
+    s.read_exact(&mut status).await.map_err(io)?;
+    match status[0] {
+        OK => {}
+        FUTURE_REV => return Err(PeerHashError::FutureRev),
+        COMPACTED => return Err(PeerHashError::Compacted),
+        WRONG_CLUSTER => {
+            return Err(PeerHashError::Failed(format!(
+                "peer {u} belongs to another cluster"
+            )));
+        }
+        _ => {
+            return Err(PeerHashError::Failed(format!(
+                "peer {u} could not compute its hash"
+            )));
+        }
+    }
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.map_err(io)?;
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await.map_err(io)?;
+    HashKvResponse::decode(buf.as_slice()).map_err(|e| PeerHashError::Failed(e.to_string()))
+}
+
 /// Asks the members at `urls` for the cluster ID and member list (for joining).
 pub async fn fetch_cluster(
     urls: &[String],
@@ -441,25 +568,7 @@ pub async fn fetch_cluster(
     let mut last = std::io::Error::other("no peer to ask");
     for u in urls {
         let r: std::io::Result<MemberListResponse> = async {
-            let tcp =
-                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(host_port(u)))
-                    .await
-                    .map_err(|_| std::io::Error::other("connect timed out"))??;
-            let mut s: Stream = match (&tls, u.starts_with("https://")) {
-                (Some(tls), true) => {
-                    let hp = host_port(u);
-                    let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-                    let host = host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_string();
-                    let name = rustls::pki_types::ServerName::try_from(host)
-                        .map_err(std::io::Error::other)?;
-                    let c = tokio_rustls::TlsConnector::from(tls.client.clone());
-                    Box::new(c.connect(name, tcp).await?)
-                }
-                _ => Box::new(tcp),
-            };
+            let mut s = connect_once(u, &tls).await?;
             s.write_all(MAGIC).await?;
             s.write_all(&[KIND_INFO]).await?;
             let mut len = [0u8; 4];

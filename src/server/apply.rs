@@ -150,7 +150,9 @@ impl Applier {
             rev = w.state().rev;
         }
         txn.commit()?;
+        let compactions = std::mem::take(&mut st.compactions);
         drop(st);
+        self.store.schedule(compactions);
         Ok(BatchOutcome {
             results,
             events,

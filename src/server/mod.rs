@@ -51,6 +51,11 @@ pub enum StartError {
     Jwt(#[from] crate::auth::jwt::JwtError),
     #[error("cannot start the raft loop: {0}")]
     Thread(String),
+    /// `--experimental-initial-corrupt-check` found a peer with another hash
+    /// at the same revision (etcd's text: `<member ID> found data
+    /// inconsistency with peers`).
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 pub struct EtcdServer {
@@ -94,6 +99,7 @@ impl EtcdServer {
         prepare_data_dir(&cfg.data_dir)?;
         let backend = Arc::new(Backend::open(&cfg.data_dir)?);
 
+        let mut initialized = false;
         let (member_id, cluster_id, log, seed) = {
             let txn = backend.read()?;
             let meta = txn.open_table(META).map_err(StorageError::from)?;
@@ -101,6 +107,9 @@ impl EtcdServer {
             let c = storage::get_u64(&meta, storage::meta::CLUSTER_ID)?;
             drop(meta);
             drop(txn);
+            if let (Some(m), Some(c), true) = (m, c, cfg.force_new_cluster) {
+                Self::force_new_cluster(&cfg, &backend, m, c)?;
+            }
             match (m, c, LogStore::load(&backend)?) {
                 (Some(m), Some(c), Some(log)) => {
                     crate::info!(
@@ -108,6 +117,7 @@ impl EtcdServer {
                         local_member_id = format!("{m:x}"),
                         cluster_id = format!("{c:x}")
                     );
+                    initialized = true;
                     (m, c, log, Vec::new())
                 }
                 _ => Self::bootstrap(&cfg, &backend)?,
@@ -130,7 +140,7 @@ impl EtcdServer {
         };
         let cluster = Arc::new(Cluster::new(cluster_id, member_id, members));
 
-        let (store, leased) = Store::open(backend.clone())?;
+        let (store, leased) = Store::open(backend.clone(), cfg.compaction())?;
         let store = Arc::new(store);
         let election_ticks = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2);
         // etcd's floor for a lease TTL: 1.5 election timeouts, in whole seconds.
@@ -191,6 +201,17 @@ impl EtcdServer {
                 .map_err(|e| StartError::Thread(format!("no async runtime: {e}")))?,
             Self::peer_tls(&cfg)?,
         );
+        transport.set_store(store.clone());
+        // As etcd: only a member that already had data is checked, before its
+        // Raft loop starts.
+        if initialized && cfg.experimental_initial_corrupt_check {
+            let peer_tls = Self::peer_tls(&cfg)?;
+            tokio::runtime::Handle::try_current()
+                .map_err(|e| StartError::Thread(format!("no async runtime: {e}")))?
+                .block_on(Self::initial_corrupt_check(
+                    &cfg, &store, &cluster, &peer_tls,
+                ))?;
+        }
         let node = Node::new(
             NodeConfig {
                 id: member_id,
@@ -199,6 +220,7 @@ impl EtcdServer {
                 applied,
                 snapshot_count: cfg.snapshot_count,
                 single_voter,
+                pre_vote: cfg.pre_vote,
                 freeze_file: cfg
                     .debug_freeze_apply
                     .then(|| cfg.data_dir.join("member").join("freeze-apply")),
@@ -356,6 +378,161 @@ impl EtcdServer {
             }
         };
         Ok((member_id, cluster_id, log, seed))
+    }
+
+    /// etcd's initial corruption check: this member's HashKV at its current
+    /// revision is compared with every peer's at the same revision; a peer
+    /// with the same compaction revision and another hash stops the member.
+    /// Peers that cannot answer (down, behind, or compacted past that
+    /// revision) are logged and skipped.
+    async fn initial_corrupt_check(
+        cfg: &Config,
+        store: &Store,
+        cluster: &Cluster,
+        tls: &Option<crate::raft::transport::PeerTls>,
+    ) -> Result<(), StartError> {
+        use crate::raft::transport::{PeerHashError, fetch_hash_kv};
+        let local = format!("{:x}", cluster.local_id);
+        let timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout_ms);
+        crate::info!(
+            "starting initial corruption check",
+            local_member_id = local,
+            timeout = format!("{timeout:?}")
+        );
+        let (h, rev, crev) = match store.hash_kv(0).await {
+            Ok((h, crev, rev)) => (h, rev, crev),
+            Err(e) => {
+                return Err(StartError::Corrupt(format!(
+                    "{local} failed to fetch hash ({e})"
+                )));
+            }
+        };
+        let mut mismatch = 0;
+        for m in cluster.members() {
+            if m.id == cluster.local_id || m.peer_ur_ls.is_empty() {
+                continue;
+            }
+            let peer = format!("{:x}", m.id);
+            let mut last = None;
+            let mut resp = None;
+            for ep in &m.peer_ur_ls {
+                let r =
+                    tokio::time::timeout(timeout, fetch_hash_kv(ep, cluster.cluster_id, rev, tls))
+                        .await
+                        .unwrap_or_else(|_| Err(PeerHashError::Failed("request timed out".into())));
+                match r {
+                    Ok(r) => {
+                        resp = Some(r);
+                        break;
+                    }
+                    Err(e) => {
+                        crate::warn!(
+                            "failed hash kv request",
+                            local_member_id = local,
+                            requested_revision = rev,
+                            remote_peer_endpoint = ep,
+                            error = e
+                        );
+                        last = Some(e);
+                    }
+                }
+            }
+            match (resp, last) {
+                (Some(r), _) => {
+                    let peer_rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                    if r.hash == h {
+                        continue;
+                    }
+                    let what = if r.compact_revision == crev {
+                        mismatch += 1;
+                        "found different hash values from remote peer"
+                    } else {
+                        "found different compact revision values from remote peer"
+                    };
+                    crate::warn!(
+                        what,
+                        local_member_id = local,
+                        local_member_revision = rev,
+                        local_member_compact_revision = crev,
+                        local_member_hash = h,
+                        remote_peer_id = peer,
+                        remote_peer_endpoints = m.peer_ur_ls.join(","),
+                        remote_peer_revision = peer_rev,
+                        remote_peer_compact_revision = r.compact_revision,
+                        remote_peer_hash = r.hash
+                    );
+                }
+                (None, Some(e @ PeerHashError::FutureRev)) => crate::warn!(
+                    "cannot fetch hash from slow remote peer",
+                    local_member_id = local,
+                    local_member_revision = rev,
+                    remote_peer_id = peer,
+                    error = e
+                ),
+                (None, Some(e @ PeerHashError::Compacted)) => crate::warn!(
+                    "cannot fetch hash from remote peer; local member is behind",
+                    local_member_id = local,
+                    local_member_revision = rev,
+                    remote_peer_id = peer,
+                    error = e
+                ),
+                (None, _) => {}
+            }
+        }
+        if mismatch > 0 {
+            return Err(StartError::Corrupt(format!(
+                "{local} found data inconsistency with peers"
+            )));
+        }
+        crate::info!(
+            "initial corruption checking passed; no corruption",
+            local_member_id = local
+        );
+        Ok(())
+    }
+
+    /// `--force-new-cluster` on a member that has data: see
+    /// [`LogStore::force_new_cluster`].
+    fn force_new_cluster(
+        cfg: &Config,
+        backend: &Arc<Backend>,
+        member_id: u64,
+        cluster_id: u64,
+    ) -> Result<(), StartError> {
+        let local = {
+            let txn = backend.read()?;
+            let t = txn.open_table(MEMBERS).map_err(StorageError::from)?;
+            let known = t.get(member_id).map_err(StorageError::from)?;
+            known.and_then(|v| Member::decode(v.value()).ok())
+        }
+        .unwrap_or_else(|| Member {
+            id: member_id,
+            name: cfg.name.clone(),
+            peer_ur_ls: cfg.initial_advertise_peer_urls.clone(),
+            ..Default::default()
+        });
+        let Some(done) = LogStore::force_new_cluster(backend, &local)? else {
+            return Ok(());
+        };
+        if done.beyond_commit > 0 {
+            crate::info!(
+                "committing log entries beyond the recorded commit index",
+                number_of_entries = done.beyond_commit
+            );
+        }
+        crate::info!(
+            "forcing restart member",
+            cluster_id = format!("{cluster_id:x}"),
+            local_member_id = format!("{member_id:x}"),
+            commit_index = done.commit,
+            removed_member_ids = done
+                .removed
+                .iter()
+                .map(|id| format!("{id:x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(())
     }
 
     fn write_ids(backend: &Backend, member_id: u64, cluster_id: u64) -> Result<(), StartError> {
@@ -560,12 +737,14 @@ impl EtcdServer {
     /// Stops the Raft loop and waits for it.
     pub fn stop(&self) -> Result<(), StorageError> {
         let _ = self.send(Msg::Stop);
-        if let Some(t) = self.thread.lock().take() {
-            return t
+        let r = match self.thread.lock().take() {
+            Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(StorageError::Db("raft loop panicked".into())));
-        }
-        Ok(())
+                .unwrap_or_else(|_| Err(StorageError::Db("raft loop panicked".into()))),
+            None => Ok(()),
+        };
+        self.store.stop_compactor();
+        r
     }
 
     /// The backend quota in bytes (u64::MAX when disabled by a negative value).

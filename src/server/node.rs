@@ -105,6 +105,9 @@ pub struct NodeConfig {
     pub applied: u64,
     pub snapshot_count: u64,
     pub single_voter: bool,
+    /// `--pre-vote`: a candidate first asks whether it could win, so a member
+    /// cut off from the others does not raise the term by campaigning.
+    pub pre_vote: bool,
     /// When set, the loop freezes once this file exists (a watchdog test aid).
     pub freeze_file: Option<std::path::PathBuf>,
 }
@@ -179,7 +182,7 @@ impl Node {
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
-            pre_vote: true,
+            pre_vote: cfg.pre_vote,
             ..Default::default()
         };
         rc.validate().map_err(raft_err)?;

@@ -37,6 +37,9 @@ pub mod meta {
     /// (index, term) of the last entry removed from the log by compaction.
     pub const LOG_SNAPSHOT: &str = "raft_log_snapshot";
     pub const COMPACT_REV: &str = "compact_rev";
+    /// The compaction revision whose records are all gone from the `kv`
+    /// table (the background compactor writes it when it finishes).
+    pub const FINISHED_COMPACT_REV: &str = "finished_compact_rev";
     pub const CURRENT_REV: &str = "current_rev";
     pub const CLUSTER_VERSION: &str = "cluster_version";
     pub const AUTH_ENABLED: &str = "auth_enabled";

@@ -61,7 +61,7 @@ fn member_port() -> u16 {
 }
 
 impl Member {
-    fn new(index: usize, net: &Net) -> Member {
+    pub fn new(index: usize, net: &Net) -> Member {
         let peer_port = member_port();
         Member {
             name: format!("m{index}"),

@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 mod crash;
 mod etcdctl;
+mod flags;
 mod harness;
 mod jwt;
 mod limits;
