@@ -10,6 +10,7 @@ mod jwt;
 mod linearizability;
 mod misc;
 mod model;
+mod peer;
 mod proxy;
 mod restore;
 mod security;
