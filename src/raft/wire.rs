@@ -1,11 +1,11 @@
 //! Decoding of Raft messages received from peers.
 //!
 //! raft-rs's message types (`eraftpb`) are generated for the `protobuf` 2 crate,
-//! whose parser recurses without a bound on nested unknown groups
-//! (RUSTSEC-2024-0437): crafted bytes overflow the stack. Bytes that come from a
-//! peer are therefore decoded here with prost (which limits nesting) into mirror
-//! structs holding only `eraftpb`'s known fields, then moved into raft-rs's types.
-//! Payloads are not copied: byte fields are slices of the received buffer.
+//! which RUSTSEC-2024-0437 flags (uncontrolled recursion on crafted input) and
+//! which is no longer maintained. Bytes that come from a peer are therefore
+//! decoded here with prost (which bounds nesting) into mirror structs holding
+//! only `eraftpb`'s known fields, then moved into raft-rs's types. Payloads are
+//! not copied: byte fields are slices of the received buffer.
 //!
 //! The payload of a membership-change entry (`ConfChange`, `ConfChangeV2`) is
 //! parsed later with protobuf 2, by raft-rs (a proposal on the leader) and by
@@ -367,7 +367,8 @@ mod tests {
         assert_eq!(leading_msg_type(&encode(&hup).expect("encode")), None);
     }
 
-    /// Nested groups in an unknown field: protobuf 2 recurses once per level.
+    /// A million groups nested in an unknown field (the pattern of
+    /// RUSTSEC-2024-0437): refused, without recursing once per level.
     #[test]
     fn deeply_nested_groups_are_refused_without_recursion() {
         let mut b = vec![0x08, 0x03];

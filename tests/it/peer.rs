@@ -1,7 +1,7 @@
 //! The peer port under hostile input: after a valid member handshake, a peer that
 //! announces a 3 GiB chunk, one that sends more than a message may hold, one that
-//! sends garbage, and one that sends the nested groups which overflow protobuf 2's
-//! parser (RUSTSEC-2024-0437); and many idle connections. Each test runs a
+//! sends garbage, and one that sends deeply nested groups (the pattern of
+//! RUSTSEC-2024-0437); and many idle connections. Each test runs a
 //! three-member cluster under client load and ends with the member attacked still
 //! healthy, the cluster converged, and every acknowledged write present
 //! (`Cluster::final_checks`, which also checks the histories are linearizable).
@@ -227,8 +227,9 @@ fn varint(mut v: u64) -> Vec<u8> {
     out
 }
 
-/// RUSTSEC-2024-0437: protobuf 2 skips an unknown group by recursing into it, so
-/// a million nested groups overflow its stack. The member must refuse them.
+/// RUSTSEC-2024-0437: a million nested groups in an unknown field, which made
+/// protobuf's parser recurse once per level. The member's own decoder (not
+/// protobuf 2's) must refuse them, say so, and stay up.
 #[test]
 fn nested_groups_from_a_peer_do_not_reach_protobuf_2() {
     let (mut c, load) = cluster_under_load();
