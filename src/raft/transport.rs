@@ -22,12 +22,10 @@
 //! [`super::wire`], never by the `protobuf` 2 crate.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prost::Message as _;
@@ -694,6 +692,16 @@ pub async fn fetch_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_follow_the_request_limit_and_the_quota() {
+        let l = Limits::new(1_572_864, Some(2 << 30));
+        assert_eq!(l.message, 7 << 20);
+        assert_eq!(l.snapshot, 4 << 30);
+        let l = Limits::new(1024, None);
+        assert_eq!(l.message, (1 << 20) + 4096);
+        assert_eq!(l.snapshot, 16 << 30);
+    }
 
     #[test]
     fn large_messages_travel_in_chunks() {
