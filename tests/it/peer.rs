@@ -293,3 +293,39 @@ fn many_idle_peer_connections() {
     c.members[2].wait_ready(Duration::from_secs(30));
     finish(c, load);
 }
+
+/// After the handshake a member keeps one connection per known peer: a second
+/// one of the same member replaces the first, and a member it does not know is
+/// turned away (answer 3), as etcd turns away an unknown sender.
+#[test]
+fn one_peer_connection_per_known_member() {
+    let (c, load) = cluster_under_load();
+    let mut first = handshake(&c, 0, 1);
+    let _second = handshake(&c, 0, 1);
+    assert!(
+        closed_by_server(&mut first, Duration::from_secs(10)),
+        "the older connection of a member stayed open"
+    );
+
+    let mut s = TcpStream::connect(("127.0.0.1", c.members[0].peer_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let stranger = c.ids().iter().fold(0x5eed_u64, |a, id| a ^ id) | 1;
+    let mut hello = b"ETCDRSP1R".to_vec();
+    hello.extend_from_slice(&cluster_id(&c).to_be_bytes());
+    hello.extend_from_slice(&stranger.to_be_bytes());
+    hello.extend_from_slice(&c.members[0].id.to_be_bytes());
+    s.write_all(&hello).expect("hello");
+    let mut ans = [9u8; 1];
+    s.read_exact(&mut ans).expect("answer");
+    assert_eq!(ans[0], 3, "an unknown member was let in");
+    assert!(closed_by_server(&mut s, Duration::from_secs(10)));
+    assert!(
+        c.members[0]
+            .log()
+            .contains("rejected connection from an unknown member"),
+        "{}",
+        c.members[0].log()
+    );
+    finish(c, load);
+}
