@@ -388,6 +388,7 @@ impl LogStore {
     }
 }
 pub mod transport;
+pub mod wire;
 
 /// What raft-rs reads: the in-memory log window, and snapshots made from the
 /// state machine at its applied index.

@@ -12,19 +12,31 @@
 //! existing cluster (`--initial-cluster-state existing`) uses to learn the cluster
 //! ID and members, and a HashKV request, which a restarting member asks its
 //! peers with `--experimental-initial-corrupt-check` (etcd's `/members/hashkv`).
+//!
+//! What a peer may cost is bounded: at most [`MAX_HANDSHAKING`] connections at a
+//! time may be in their (TLS and member) handshake, each for at most
+//! [`HANDSHAKE_TIMEOUT`]; after it, a member keeps one inbound connection per
+//! known peer (a newer one replaces the older, as etcd's streams do); a message
+//! may not exceed [`Limits`]. A connection that sends anything else than
+//! well-formed chunks of well-formed messages from the member it named is closed,
+//! with a log line naming its address. Received bytes are decoded by
+//! [`super::wire`], never by the `protobuf` 2 crate.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prost::Message as _;
-use protobuf::Message as PbMessage;
-use raft::eraftpb::Message;
+use prost::bytes::Bytes;
+use raft::eraftpb::{Message, MessageType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::wire::{self, WireError};
 use crate::pb::etcdserverpb::{HashKvResponse, Member, MemberListResponse, ResponseHeader};
 
 const MAGIC: &[u8; 8] = b"ETCDRSP1";
@@ -34,14 +46,76 @@ const KIND_HASH: u8 = b'H';
 const OK: u8 = 0;
 const WRONG_CLUSTER: u8 = 1;
 const WRONG_MEMBER: u8 = 2;
-const FUTURE_REV: u8 = 3;
-const COMPACTED: u8 = 4;
-const FAILED: u8 = 5;
-/// Largest frame accepted (a snapshot travels in one frame).
-const MAX_FRAME: usize = 1 << 31;
+const UNKNOWN_SENDER: u8 = 3;
+// Answers to a HashKV request.
+const FUTURE_REV: u8 = 4;
+const COMPACTED: u8 = 5;
+const FAILED: u8 = 6;
+/// Largest HashKV answer read from a peer (the message is a few dozen bytes).
+const MAX_HASH_ANSWER: usize = 4096;
 const QUEUE: usize = 4096;
 /// Messages (snapshots above all) travel in chunks of at most this many bytes.
 const CHUNK: usize = 1 << 20;
+/// The most log entry bytes raft-rs puts in one append (`max_size_per_msg`); it
+/// exceeds it by at most one entry.
+pub const MAX_SIZE_PER_MSG: u64 = 1 << 20;
+/// Connections accepted at once that have not finished their handshake (or are
+/// being answered a cluster-info request); more are closed at once.
+pub const MAX_HANDSHAKING: usize = 64;
+/// Time a connection has for the TLS handshake and the member handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest cluster-info answer a joining member reads.
+const MAX_INFO: usize = 16 << 20;
+
+/// The largest messages a peer may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Any message but a snapshot.
+    pub message: usize,
+    /// A snapshot message (the whole state machine).
+    pub snapshot: usize,
+}
+
+impl Limits {
+    /// Bounds for a member with `--max-request-bytes` `max_request` and the
+    /// backend quota `quota` (`None`: no quota).
+    ///
+    /// Every entry is a request of at most `max_request` bytes plus a few bytes
+    /// of framing, and an append holds entries up to [`MAX_SIZE_PER_MSG`] plus at
+    /// most one more, so `MAX_SIZE_PER_MSG + 4 × max_request` lets every
+    /// legitimate message through with room to spare (7 MiB by default). A
+    /// snapshot holds the keyspace, which the quota bounds (the database file
+    /// holds the same records and more): twice the quota, or 16 GiB without one.
+    pub fn new(max_request: usize, quota: Option<u64>) -> Limits {
+        let message = (MAX_SIZE_PER_MSG as usize).saturating_add(max_request.saturating_mul(4));
+        let snapshot = quota
+            .unwrap_or(8 << 30)
+            .saturating_mul(2)
+            .try_into()
+            .unwrap_or(usize::MAX);
+        Limits {
+            message,
+            snapshot: snapshot.max(message),
+        }
+    }
+}
+
+/// Why an inbound peer connection ended.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("chunk of {0} bytes exceeds the limit of {CHUNK} bytes")]
+    Chunk(usize),
+    #[error("invalid chunk flag {0}")]
+    Flag(u8),
+    #[error("message exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("message from {from:x} to {to:x} on the connection of member {peer:x}")]
+    Misrouted { from: u64, to: u64, peer: u64 },
+}
 
 /// Appends `msg` as chunks: `[len u32 BE][last u8][bytes]`.
 fn push_chunks(buf: &mut Vec<u8>, msg: &[u8]) {
@@ -97,6 +171,14 @@ pub struct Transport {
     tls: Option<PeerTls>,
     /// The store HashKV requests are answered from.
     store: Mutex<Option<Arc<crate::mvcc::Store>>>,
+    limits: Limits,
+    /// Permits for connections in their handshake.
+    handshaking: Arc<Semaphore>,
+    /// The inbound connection of each peer: its number, and what closes it.
+    inbound: Mutex<HashMap<u64, (u64, oneshot::Sender<()>)>>,
+    next_conn: AtomicU64,
+    /// When a refused connection was last logged (one line per burst).
+    refused_logged: Mutex<Option<Instant>>,
 }
 
 async fn read_u64<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<u64> {
@@ -118,6 +200,7 @@ impl Transport {
         deliver: Deliver,
         rt: tokio::runtime::Handle,
         tls: Option<PeerTls>,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Transport {
             cluster_id,
@@ -129,6 +212,11 @@ impl Transport {
             seed: Mutex::new(Vec::new()),
             tls,
             store: Mutex::new(None),
+            limits,
+            handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
+            inbound: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            refused_logged: Mutex::new(None),
         })
     }
 
@@ -284,6 +372,12 @@ impl Transport {
                                 "peer {u} belongs to another cluster"
                             ))
                         }
+                        UNKNOWN_SENDER => {
+                            last = std::io::Error::other(format!(
+                                "peer {u} does not know member {:x} (yet)",
+                                self.local_id
+                            ))
+                        }
                         _ => last = std::io::Error::other(format!("peer {u} is not member {to:x}")),
                     }
                 }
@@ -314,7 +408,7 @@ impl Transport {
                     // Drop what queued up meanwhile; Raft resends.
                     let mut snap_failed = false;
                     while let Ok(m) = rx.try_recv() {
-                        snap_failed |= m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+                        snap_failed |= m.get_msg_type() == MessageType::MsgSnapshot;
                     }
                     if snap_failed {
                         (self.deliver)(Event::SnapshotDone(to, false));
@@ -331,7 +425,7 @@ impl Transport {
             let mut buf = Vec::new();
             loop {
                 let Some(m) = rx.recv().await else { return };
-                let is_snap = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+                let is_snap = m.get_msg_type() == MessageType::MsgSnapshot;
                 buf.clear();
                 let mut batch = vec![m];
                 while batch.len() < 256 {
@@ -341,7 +435,7 @@ impl Transport {
                     }
                 }
                 for m in &batch {
-                    let Ok(bytes) = m.write_to_bytes() else {
+                    let Ok(bytes) = wire::encode(m) else {
                         continue;
                     };
                     push_chunks(&mut buf, &bytes);
@@ -361,7 +455,7 @@ impl Transport {
                 if is_snap
                     || batch
                         .iter()
-                        .any(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+                        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
                 {
                     (self.deliver)(Event::SnapshotDone(to, true));
                 }
@@ -376,50 +470,77 @@ impl Transport {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let Ok(permit) = self.handshaking.clone().try_acquire_owned() else {
+                self.log_refused(addr);
+                drop(s);
+                continue;
+            };
             let _ = s.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                let s: Stream = match &this.tls {
-                    Some(tls) => {
-                        let acc = tls.server.acceptor();
-                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(s)).await {
-                            Ok(Ok(s)) => {
-                                let leaf =
-                                    s.get_ref().1.peer_certificates().and_then(|c| c.first());
-                                if let Err(why) = tls.server.admits(leaf) {
-                                    crate::warn!(
-                                        "rejected peer connection",
-                                        remote = addr,
-                                        error = why
-                                    );
-                                    return;
-                                }
-                                Box::new(s)
-                            }
-                            Ok(Err(e)) => {
-                                crate::warn!("rejected peer connection", remote = addr, error = e);
-                                return;
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                    None => Box::new(s),
-                };
-                if let Err(e) = this.inbound(s).await {
-                    crate::debug!("peer connection closed", remote = addr, error = e);
+                let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, this.handshake(s, addr)).await;
+                drop(permit);
+                match shaken {
+                    Ok(Ok(Some((s, from)))) => this.run_inbound(s, from, addr).await,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => crate::debug!("peer connection closed", remote = addr, error = e),
+                    Err(_) => crate::debug!("peer handshake timed out", remote = addr),
                 }
             });
         }
     }
 
-    async fn inbound(&self, mut s: Stream) -> std::io::Result<()> {
+    fn log_refused(&self, addr: SocketAddr) {
+        let mut last = self.refused_logged.lock();
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            crate::warn!(
+                "too many peer connections in their handshake; refusing more",
+                remote = addr,
+                limit = MAX_HANDSHAKING
+            );
+        }
+    }
+
+    /// The TLS handshake (with the peer's certificate verified) and the member
+    /// handshake; nothing is answered before both passed. Returns the stream
+    /// and the peer's member ID when Raft messages follow, `None` when the
+    /// connection was answered (cluster info) or refused.
+    async fn handshake(
+        &self,
+        s: TcpStream,
+        addr: SocketAddr,
+    ) -> std::io::Result<Option<(Stream, u64)>> {
+        let mut s: Stream = match &self.tls {
+            Some(tls) => match tls.server.acceptor().accept(s).await {
+                Ok(s) => {
+                    let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    if let Err(why) = tls.server.admits(leaf) {
+                        crate::warn!("rejected peer connection", remote = addr, error = why);
+                        return Ok(None);
+                    }
+                    Box::new(s)
+                }
+                Err(e) => {
+                    crate::warn!("rejected peer connection", remote = addr, error = e);
+                    return Ok(None);
+                }
+            },
+            None => Box::new(s),
+        };
         let mut magic = [0u8; 9];
         s.read_exact(&mut magic).await?;
         if &magic[..8] != MAGIC {
-            return Err(std::io::Error::other("not an etcd-rs peer"));
+            crate::warn!(
+                "rejected peer connection",
+                remote = addr,
+                error = "not an etcd-rs peer"
+            );
+            return Ok(None);
         }
         if magic[8] == KIND_HASH {
-            return self.answer_hash(&mut s).await;
+            self.answer_hash(&mut s).await?;
+            return Ok(None);
         }
         if magic[8] == KIND_INFO {
             let members = self.members.lock().clone();
@@ -434,7 +555,15 @@ impl Transport {
             let bytes = resp.encode_to_vec();
             s.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
             s.write_all(&bytes).await?;
-            return Ok(());
+            return Ok(None);
+        }
+        if magic[8] != KIND_RAFT {
+            crate::warn!(
+                "rejected peer connection",
+                remote = addr,
+                error = "unknown request kind"
+            );
+            return Ok(None);
         }
         let cluster = read_u64(&mut s).await?;
         let from = read_u64(&mut s).await?;
@@ -442,46 +571,124 @@ impl Transport {
         if cluster != self.cluster_id {
             crate::warn!(
                 "rejected connection from a peer of another cluster",
+                remote = addr,
                 remote_peer_id = format!("{from:x}"),
                 remote_cluster_id = format!("{cluster:x}"),
                 local_cluster_id = format!("{:x}", self.cluster_id)
             );
             s.write_all(&[WRONG_CLUSTER]).await?;
-            return Ok(());
+            return Ok(None);
         }
         if to != self.local_id {
             crate::warn!(
                 "rejected connection meant for another member",
+                remote = addr,
                 remote_peer_id = format!("{from:x}"),
                 intended_member_id = format!("{to:x}"),
                 local_member_id = format!("{:x}", self.local_id)
             );
             s.write_all(&[WRONG_MEMBER]).await?;
-            return Ok(());
+            return Ok(None);
+        }
+        if !self.peers.lock().contains_key(&from) {
+            // As etcd: a sender this member does not know (yet) is turned away;
+            // a member just added retries until its addition is applied here.
+            crate::warn!(
+                "rejected connection from an unknown member",
+                remote = addr,
+                remote_peer_id = format!("{from:x}")
+            );
+            s.write_all(&[UNKNOWN_SENDER]).await?;
+            return Ok(None);
         }
         s.write_all(&[OK]).await?;
+        Ok(Some((s, from)))
+    }
+
+    /// Receives `from`'s messages until the connection ends or a newer one of
+    /// the same peer replaces it.
+    async fn run_inbound(&self, s: Stream, from: u64, addr: SocketAddr) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (stop, stopped) = oneshot::channel();
+        if let Some((_, old)) = self.inbound.lock().insert(from, (conn, stop)) {
+            let _ = old.send(());
+        }
+        let r = tokio::select! {
+            r = self.receive(s, from) => Some(r),
+            _ = stopped => None,
+        };
+        {
+            let mut inbound = self.inbound.lock();
+            if inbound.get(&from).is_some_and(|(c, _)| *c == conn) {
+                inbound.remove(&from);
+            }
+        }
+        match r {
+            None => crate::debug!(
+                "peer connection replaced by a newer one",
+                remote = addr,
+                remote_peer_id = format!("{from:x}")
+            ),
+            Some(Err(PeerError::Io(e))) => crate::debug!(
+                "peer connection closed",
+                remote = addr,
+                remote_peer_id = format!("{from:x}"),
+                error = e
+            ),
+            Some(Err(e)) => crate::warn!(
+                "closed peer connection that sent invalid data",
+                remote = addr,
+                remote_peer_id = format!("{from:x}"),
+                error = e
+            ),
+            Some(Ok(())) => {}
+        }
+    }
+
+    /// Reads messages: each arrives as one or more chunks
+    /// (`[len u32 BE][last u8][bytes]`), the last one flagged.
+    async fn receive(&self, s: Stream, from: u64) -> Result<(), PeerError> {
         let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
-        let mut buf = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut limit = self.limits.message;
         loop {
-            // A message arrives as one or more chunks; the last one is flagged.
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await?;
             let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            if n > CHUNK || buf.len() + n > MAX_FRAME {
-                return Err(std::io::Error::other("frame too large"));
+            if n > CHUNK {
+                return Err(PeerError::Chunk(n));
+            }
+            let last = match head[4] {
+                0 => false,
+                1 => true,
+                f => return Err(PeerError::Flag(f)),
+            };
+            if buf.len() + n > limit {
+                return Err(PeerError::TooLarge(limit));
             }
             let start = buf.len();
             buf.resize(start + n, 0);
             s.read_exact(&mut buf[start..]).await?;
-            if head[4] == 0 {
+            if start == 0 && wire::leading_msg_type(&buf) == Some(MessageType::MsgSnapshot as u64) {
+                limit = self.limits.snapshot;
+            }
+            if !last {
                 continue;
             }
-            let parsed = Message::parse_from_bytes(&buf);
-            buf.clear();
-            match parsed {
-                Ok(m) => (self.deliver)(Event::Message(m)),
-                Err(e) => return Err(std::io::Error::other(format!("bad raft message: {e}"))),
+            let len = buf.len();
+            let m = wire::decode(Bytes::from(std::mem::take(&mut buf)))?;
+            if len > self.limits.message && m.get_msg_type() != MessageType::MsgSnapshot {
+                return Err(PeerError::TooLarge(self.limits.message));
             }
+            if m.from != from || m.to != self.local_id {
+                return Err(PeerError::Misrouted {
+                    from: m.from,
+                    to: m.to,
+                    peer: from,
+                });
+            }
+            limit = self.limits.message;
+            (self.deliver)(Event::Message(m));
         }
     }
 }
@@ -555,7 +762,13 @@ pub async fn fetch_hash_kv(
     }
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.map_err(io)?;
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_HASH_ANSWER {
+        return Err(PeerHashError::Failed(format!(
+            "peer {u} answered {len} bytes, more than a hash takes"
+        )));
+    }
+    let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await.map_err(io)?;
     HashKvResponse::decode(buf.as_slice()).map_err(|e| PeerHashError::Failed(e.to_string()))
 }
@@ -567,17 +780,26 @@ pub async fn fetch_cluster(
 ) -> std::io::Result<MemberListResponse> {
     let mut last = std::io::Error::other("no peer to ask");
     for u in urls {
-        let r: std::io::Result<MemberListResponse> = async {
+        let ask = async {
             let mut s = connect_once(u, &tls).await?;
             s.write_all(MAGIC).await?;
             s.write_all(&[KIND_INFO]).await?;
             let mut len = [0u8; 4];
             s.read_exact(&mut len).await?;
-            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_INFO {
+                return Err(std::io::Error::other(format!(
+                    "cluster information of {len} bytes exceeds the limit of {MAX_INFO}"
+                )));
+            }
+            let mut buf = vec![0u8; len];
             s.read_exact(&mut buf).await?;
             MemberListResponse::decode(buf.as_slice()).map_err(std::io::Error::other)
-        }
-        .await;
+        };
+        let r = match tokio::time::timeout(Duration::from_secs(10), ask).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::other("peer did not answer within 10s")),
+        };
         match r {
             Ok(r) => return Ok(r),
             Err(e) => last = e,
@@ -589,6 +811,16 @@ pub async fn fetch_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_follow_the_request_limit_and_the_quota() {
+        let l = Limits::new(1_572_864, Some(2 << 30));
+        assert_eq!(l.message, 7 << 20);
+        assert_eq!(l.snapshot, 4 << 30);
+        let l = Limits::new(1024, None);
+        assert_eq!(l.message, (1 << 20) + 4096);
+        assert_eq!(l.snapshot, 16 << 30);
+    }
 
     #[test]
     fn large_messages_travel_in_chunks() {

@@ -200,6 +200,10 @@ impl EtcdServer {
             tokio::runtime::Handle::try_current()
                 .map_err(|e| StartError::Thread(format!("no async runtime: {e}")))?,
             Self::peer_tls(&cfg)?,
+            crate::raft::transport::Limits::new(
+                cfg.max_request_bytes,
+                cfg.effective_quota_backend_bytes(),
+            ),
         );
         transport.set_store(store.clone());
         // As etcd: only a member that already had data is checked, before its

@@ -179,7 +179,7 @@ impl Node {
             max_election_tick: 2 * cfg.election_ticks.max(2),
             heartbeat_tick: 1,
             applied: cfg.applied,
-            max_size_per_msg: 1 << 20,
+            max_size_per_msg: crate::raft::transport::MAX_SIZE_PER_MSG,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: cfg.pre_vote,

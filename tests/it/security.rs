@@ -600,6 +600,61 @@ fn cluster_with_client_and_peer_mtls() {
     assert_no_pem(&m3.proc().log());
 }
 
+/// With peer TLS and `--peer-client-cert-auth`, the peer port answers nothing,
+/// not even the cluster-info request a joining member sends, before the peer's
+/// certificate chain is verified: not without a client certificate, not with one
+/// of another CA, not in plain TCP. With the CA's certificate it answers.
+#[test]
+fn peer_port_answers_nothing_before_the_certificate_is_verified() {
+    use std::io::Write;
+    let pki = Pki::new();
+    let peer = make_leaf(pki.dir.path(), "peer0", &pki.ca1, "m0", 0x50, false);
+    let tls = pki.root.ctl_flags(&pki.ca1.path);
+    let mut m = TlsMember::new("m0");
+    let initial = format!("m0={}", m.peer_url());
+    m.start(&pki, &initial, "new", &peer, &pki.ca1.path);
+    m.proc().wait_healthy(&tls);
+
+    // What the peer port sends back to a cluster-info request over TLS.
+    let ask = |client: Option<&Pair>, version: &'static rustls::SupportedProtocolVersion| {
+        let (conn, sock) = tls_client(m.peer_port, &pki.ca1.path, client, &[version], &[], &[])
+            .expect("TLS client");
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        let mut out = Vec::new();
+        if s.write_all(b"ETCDRSP1I").is_ok() {
+            let _ = s.read_to_end(&mut out);
+        }
+        out
+    };
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let got = ask(None, version);
+        assert!(
+            got.is_empty(),
+            "answered without a client certificate: {got:?}"
+        );
+        let got = ask(Some(&pki.other_ca_client), version);
+        assert!(got.is_empty(), "answered another CA's certificate: {got:?}");
+        let got = ask(Some(&peer), version);
+        assert!(got.len() > 4, "no cluster information for a peer: {got:?}");
+        let len = u32::from_be_bytes([got[0], got[1], got[2], got[3]]) as usize;
+        assert_eq!(len, got.len() - 4, "{got:?}");
+    }
+    // Plain TCP: at most a TLS alert record, never an answer.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.peer_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"ETCDRSP1I").expect("request");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.is_empty() || got[0] == 0x15,
+        "plain TCP was answered: {got:?}"
+    );
+    let log = m.proc().log();
+    assert!(log.contains("rejected peer connection"), "{log}");
+    assert_no_pem(&log);
+}
+
 // ---------------------------------------------------------------------------
 // TLS versions and cipher suites
 
