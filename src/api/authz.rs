@@ -337,7 +337,8 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
                 let (parts, body) = req.into_parts();
                 let (first, body) = match first_message(body, limit).await {
                     Ok(x) => x,
-                    Err(e) => return deny(path, tonic::Status::cancelled(e.to_string())),
+                    // The message limit's refusal, or a broken body.
+                    Err(e) => return deny(path, tonic::Status::from_error(Box::new(e))),
                 };
                 req = Request::from_parts(parts, body);
                 match first.as_deref().and_then(|m| chk(&s, &c, m)) {

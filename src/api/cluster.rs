@@ -110,7 +110,8 @@ impl ClusterService {
         };
         let (member, members) = members_of(self.s.conf_change(cc(kind, id, Some(&m))).await?);
         Ok(MemberAddResponse {
-            header: Some(self.s.header(self.s.store.current_rev())),
+            // etcd's cluster answers carry no revision.
+            header: Some(self.s.header(0)),
             member: member.or(Some(m)),
             members,
         })
@@ -129,7 +130,8 @@ impl ClusterService {
                 .await?,
         );
         Ok(MemberRemoveResponse {
-            header: Some(self.s.header(self.s.store.current_rev())),
+            // etcd's cluster answers carry no revision.
+            header: Some(self.s.header(0)),
             members,
         })
     }
@@ -150,7 +152,8 @@ impl ClusterService {
         };
         let (_, members) = members_of(self.s.propose(Op::MemberUpdate(m)).await?);
         Ok(MemberUpdateResponse {
-            header: Some(self.s.header(self.s.store.current_rev())),
+            // etcd's cluster answers carry no revision.
+            header: Some(self.s.header(0)),
             members,
         })
     }
@@ -171,7 +174,8 @@ impl ClusterService {
                 .await?,
         );
         Ok(MemberPromoteResponse {
-            header: Some(self.s.header(self.s.store.current_rev())),
+            // etcd's cluster answers carry no revision.
+            header: Some(self.s.header(0)),
             members,
         })
     }
@@ -209,7 +213,8 @@ impl Cluster for ClusterService {
                 self.s.read_barrier().await?;
             }
             Ok(MemberListResponse {
-                header: Some(self.s.header(self.s.store.current_rev())),
+                // etcd's cluster answers carry no revision.
+                header: Some(self.s.header(0)),
                 members: self.s.cluster.members(),
             })
         }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{fill, unary};
+use super::unary;
 use crate::config::SERVER_VERSION;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -48,14 +48,15 @@ impl MaintenanceService {
                 if r.member_id != 0 {
                     alarms.retain(|a| a.member_id == r.member_id);
                 }
+                // etcd 3.4's alarm answers carry no header.
                 Ok(AlarmResponse {
-                    header: Some(self.s.header(self.s.store.current_rev())),
+                    header: None,
                     alarms,
                 })
             }
             _ => match self.s.propose(Op::Alarm(r)).await? {
                 Applied::Alarm(mut a) => {
-                    fill(&self.s, &mut a.header);
+                    a.header = None;
                     Ok(a)
                 }
                 _ => Err(Error::Storage("unexpected apply result".into())),
@@ -112,9 +113,12 @@ impl Maintenance for MaintenanceService {
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         crate::info!("starting defragment");
-        let r = self.s.defragment().await.map(|_| DefragmentResponse {
-            header: Some(self.s.header(self.s.store.current_rev())),
-        });
+        // As etcd's, the answer carries no header.
+        let r = self
+            .s
+            .defragment()
+            .await
+            .map(|_| DefragmentResponse { header: None });
         crate::info!("finished defragment", db_size = self.s.backend.size());
         unary(SVC, "Defragment", r)
     }
@@ -231,9 +235,8 @@ impl Maintenance for MaintenanceService {
                     to = format!("{target:x}")
                 );
             }
-            Ok(MoveLeaderResponse {
-                header: Some(self.s.header(self.s.store.current_rev())),
-            })
+            // As etcd's, the answer carries no header.
+            Ok(MoveLeaderResponse { header: None })
         }
         .await;
         unary(SVC, "MoveLeader", r)

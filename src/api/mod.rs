@@ -10,6 +10,7 @@ pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+mod msgsize;
 pub mod status;
 pub mod watch;
 
@@ -131,6 +132,7 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
             s.clone(),
             authz::layer,
         ))
+        .layer(axum::middleware::from_fn_with_state(max, msgsize::layer))
         .merge(http::router(s))
 }
 

@@ -43,6 +43,11 @@ pub struct Visible {
 }
 
 impl KeyIndex {
+    /// Whether the key exists now: its latest generation has revisions.
+    fn is_live(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.revs.is_empty())
+    }
+
     fn put(&mut self, rev: Revision) {
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
@@ -133,6 +138,8 @@ impl KeyIndex {
 #[derive(Debug, Default)]
 pub struct TreeIndex {
     tree: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Keys whose latest generation is open (not deleted).
+    live: usize,
 }
 
 /// How a range request names its keys: one key, a half-open range, or every key from
@@ -156,23 +163,33 @@ impl TreeIndex {
         self.tree.is_empty()
     }
 
+    /// Keys that exist now (etcd's `etcd_debugging_mvcc_keys_total`); deleted
+    /// keys still in the index for their history do not count.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        match self.tree.get_mut(key) {
-            Some(ki) => ki.put(rev),
-            None => {
-                let mut ki = KeyIndex::default();
-                ki.put(rev);
-                self.tree.insert(key.to_vec(), ki);
-            }
+        let ki = match self.tree.get_mut(key) {
+            Some(ki) => ki,
+            None => self.tree.entry(key.to_vec()).or_default(),
+        };
+        if !ki.is_live() {
+            self.live += 1;
         }
+        ki.put(rev);
     }
 
     /// Marks `key` deleted at `rev`; false when it was not live.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        match self.tree.get_mut(key) {
+        let closed = match self.tree.get_mut(key) {
             Some(ki) => ki.tombstone(rev),
             None => false,
+        };
+        if closed {
+            self.live -= 1;
         }
+        closed
     }
 
     pub fn get(&self, key: &[u8], at: i64) -> Option<Visible> {
@@ -248,8 +265,13 @@ impl TreeIndex {
     ) {
         let ki = self.tree.entry(key.to_vec()).or_default();
         if tombstone {
-            ki.tombstone(rev);
+            if ki.tombstone(rev) {
+                self.live -= 1;
+            }
             return;
+        }
+        if !ki.is_live() {
+            self.live += 1;
         }
         if ki.generations.is_empty() {
             ki.generations.push(Generation::default());
@@ -289,6 +311,29 @@ mod tests {
         assert_eq!(t.before(b"a", r(6)), None);
         assert_eq!(t.before(b"a", r(3)), Some(r(2)));
         assert_eq!(t.before(b"a", r(4)), Some(r(3)));
+    }
+
+    #[test]
+    fn live_keys_are_counted_without_the_deleted() {
+        let mut t = TreeIndex::default();
+        t.put(b"k", r(2));
+        t.put(b"a", r(3));
+        t.put(b"a", r(4));
+        assert_eq!(t.live(), 2);
+        assert!(t.tombstone(b"a", r(5)));
+        assert!(!t.tombstone(b"a", r(6)));
+        assert_eq!((t.live(), t.len()), (1, 2));
+        t.put(b"a", r(7));
+        assert_eq!(t.live(), 2);
+        assert!(t.tombstone(b"a", r(8)));
+        t.compact(9);
+        assert_eq!((t.live(), t.len()), (1, 1));
+        let mut u = TreeIndex::default();
+        u.restore(b"x", r(2), r(2), 1, false);
+        u.restore(b"x", r(3), r(2), 2, false);
+        u.restore(b"x", r(4), r(2), 0, true);
+        u.restore(b"y", r(5), r(5), 1, false);
+        assert_eq!(u.live(), 1);
     }
 
     #[test]

@@ -282,7 +282,7 @@ impl Store {
     }
 
     pub fn key_count(&self) -> usize {
-        self.state.read().index.len()
+        self.state.read().index.live()
     }
 
     /// The write lock, held by the apply loop for one batch.

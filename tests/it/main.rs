@@ -14,6 +14,7 @@ mod limits;
 mod linearizability;
 mod misc;
 mod model;
+mod parity;
 mod peer;
 mod proxy;
 mod restore;
