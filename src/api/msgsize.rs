@@ -83,7 +83,7 @@ impl http_body::Body for Limited {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         Poll::Ready(match frame {
-            Some(Ok(f)) => match f.data_ref().map(|d| d.clone()) {
+            Some(Ok(f)) => match f.data_ref().cloned() {
                 Some(d) => match self.scan(&d) {
                     Ok(()) => Some(Ok(f)),
                     Err(st) => Some(Err(Box::new(st))),
