@@ -72,6 +72,33 @@ impl ClusterService {
         Ok(())
     }
 
+    /// Voters (this member included) reachable for at least etcd's health
+    /// interval (5 s), and those that are not.
+    fn connected_voters(&self) -> (usize, usize) {
+        let since = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(5));
+        let (mut up, mut down) = (0, 0);
+        for m in self
+            .s
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_learner)
+        {
+            let ok = m.id == self.s.cluster.local_id
+                || self
+                    .s
+                    .transport
+                    .active_since(m.id)
+                    .is_some_and(|t| since.is_none_or(|s| t <= s));
+            if ok {
+                up += 1;
+            } else {
+                down += 1;
+            }
+        }
+        (up, down)
+    }
+
     async fn add(&self, r: MemberAddRequest) -> Result<MemberAddResponse> {
         if r.peer_ur_ls.is_empty() {
             return Err(Error::InvalidArgument(
@@ -85,6 +112,10 @@ impl ClusterService {
         }
         if !r.is_learner {
             self.check_quorum_after(1)?;
+        }
+        if self.s.cfg.strict_reconfig_check && self.connected_voters().1 > 0 {
+            // As etcd: every voter must have been reachable for a while.
+            return Err(Error::Unhealthy);
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -123,6 +154,17 @@ impl ClusterService {
         };
         if !m.is_learner {
             self.check_quorum_after(-1)?;
+            // As etcd: a member that is down may go; otherwise the voters
+            // left must keep a quorum of members that are up.
+            let up =
+                r.id == self.s.cluster.local_id || self.s.transport.active_since(r.id).is_some();
+            if self.s.cfg.strict_reconfig_check && up {
+                let (active, down) = self.connected_voters();
+                let voters = active + down;
+                if active - 1 < 1 + (voters - 1) / 2 {
+                    return Err(Error::Unhealthy);
+                }
+            }
         }
         let (_, members) = members_of(
             self.s

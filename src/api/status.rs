@@ -12,15 +12,8 @@ pub fn code_of(e: &Error) -> Code {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
-        LeaseExist
-        | MemberExist
-        | PeerUrlExist
-        | NotLeader
-        | AuthNotEnabled
-        | NotEnoughStartedMembers
-        | MemberNotLearner
-        | LearnerNotReady
-        | BadLeaderTransferee => Code::FailedPrecondition,
+        LeaseExist | MemberExist | PeerUrlExist | NotLeader | AuthNotEnabled | MemberNotLearner
+        | LearnerNotReady | BadLeaderTransferee => Code::FailedPrecondition,
         LeaderTransferTimeout => Code::DeadlineExceeded,
         Unhealthy | NoLeader | LeaderChanged | Timeout | Stopped | NotCapable => Code::Unavailable,
         Corrupt => Code::DataLoss,
@@ -31,7 +24,8 @@ pub fn code_of(e: &Error) -> Code {
             Code::FailedPrecondition
         }
         RoleEmpty | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
-        VerifyOnly | AuthStore(_) => Code::Unknown,
+        // etcd 3.4 maps no gRPC code to NotEnoughStartedMembers.
+        VerifyOnly | AuthStore(_) | NotEnoughStartedMembers => Code::Unknown,
         Unimplemented => Code::Unimplemented,
         Storage(_) => Code::Internal,
     }

@@ -179,6 +179,9 @@ pub struct Transport {
     next_conn: AtomicU64,
     /// When a refused connection was last logged (one line per burst).
     refused_logged: Mutex<Option<Instant>>,
+    /// Since when each peer has been reachable without interruption (etcd's
+    /// transport `ActiveSince`); absent while it is not.
+    active: Mutex<HashMap<u64, Instant>>,
 }
 
 async fn read_u64<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<u64> {
@@ -217,6 +220,7 @@ impl Transport {
             inbound: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             refused_logged: Mutex::new(None),
+            active: Mutex::new(HashMap::new()),
         })
     }
 
@@ -387,12 +391,18 @@ impl Transport {
         Err(last)
     }
 
+    /// Since when the peer `id` has been reachable, if it is now.
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        self.active.lock().get(&id).copied()
+    }
+
     async fn sender(self: Arc<Self>, to: u64, urls: Vec<String>, mut rx: mpsc::Receiver<Message>) {
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         'outer: loop {
             let mut stream = match self.dial(to, &urls).await {
                 Ok(s) => {
+                    self.active.lock().entry(to).or_insert_with(Instant::now);
                     backoff = Duration::from_millis(50);
                     if warned {
                         crate::info!("peer became active", peer_id = format!("{to:x}"));
@@ -401,6 +411,7 @@ impl Transport {
                     s
                 }
                 Err(e) => {
+                    self.active.lock().remove(&to);
                     if !warned {
                         crate::warn!("cannot reach peer", peer_id = format!("{to:x}"), error = e);
                         warned = true;

@@ -1252,13 +1252,12 @@ fn membership_changes_under_load() {
     // Add a learner and start it.
     let net = c.net.clone();
     let mut newm = Member::new(3, &net);
-    let out = c.members[kept[0]].ctl_ok(&[
-        "member",
-        "add",
-        "m3",
-        "--learner",
-        &format!("--peer-urls={}", newm.peer_url()),
-    ]);
+    let peer = format!("--peer-urls={}", newm.peer_url());
+    let out = crate::harness::retry_while_unhealthy(|| {
+        c.members[kept[0]].ctl(&["member", "add", "m3", "--learner", &peer])
+    });
+    assert!(out.status.success(), "member add: {out:?}");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let id_hex = out
         .split_whitespace()
         .skip_while(|w| *w != "Member")

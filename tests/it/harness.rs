@@ -382,3 +382,20 @@ pub fn etcdctl_at(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output 
     }
     child.wait_with_output().expect("etcdctl output")
 }
+
+/// Runs `run` again while it fails with `etcdserver: unhealthy cluster`, which
+/// etcd answers to a membership change until every voter has been reachable
+/// for 5 s (as an operator retries), for at most 20 s.
+pub fn retry_while_unhealthy(mut run: impl FnMut() -> Output) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run();
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("etcdserver: unhealthy cluster")
+            || Instant::now() > deadline
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

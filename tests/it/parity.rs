@@ -252,3 +252,72 @@ async fn oversized_requests_are_refused_as_etcd_refuses_them() {
     assert_eq!(seen[1], seen[0], "ours, then etcd's");
     assert_eq!(seen[0].1.0, tonic::Code::ResourceExhausted);
 }
+
+/// `member add` on a cluster of one started member, then again while the new
+/// member has not started, then a learner: each outcome (success, or the
+/// error text) as etcdctl prints it.
+fn growth_outcomes(srv: &Server, auth: bool) -> Vec<String> {
+    let user: &[&str] = if auth { &["--user=root:pw"] } else { &[] };
+    if auth {
+        for args in [
+            vec!["user", "add", "root", "--new-user-password=pw"],
+            vec!["user", "grant-role", "root", "root"],
+            vec!["auth", "enable"],
+        ] {
+            srv.ctl_ok(&args);
+        }
+    }
+    let p = || {
+        format!(
+            "--peer-urls=http://127.0.0.1:{}",
+            crate::harness::free_port()
+        )
+    };
+    let mut out = Vec::new();
+    for args in [
+        vec!["member", "add", "infra2", p().leak()],
+        vec!["member", "add", "infra3", p().leak()],
+        vec!["member", "add", "infra4", "--learner", p().leak()],
+    ] {
+        let mut all: Vec<&str> = user.to_vec();
+        all.extend(args.iter().copied());
+        let o = srv.etcdctl(&all);
+        let text = if o.status.success() {
+            "added".to_string()
+        } else {
+            // etcdctl's retry log line names the code; its last line the text.
+            let err = String::from_utf8_lossy(&o.stderr);
+            let code = err
+                .split("code = ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
+            format!("{code} {}", err.trim().lines().last().unwrap_or(""))
+        };
+        out.push(format!("{}: {text}", args[2]));
+    }
+    out
+}
+
+#[test]
+fn growing_a_one_member_cluster_as_etcd_does() {
+    for auth in [false, true] {
+        let ours = Server::start(&[]);
+        let theirs = Server::start_kind(Kind::Reference, &[]);
+        let got = growth_outcomes(&ours, auth);
+        let want = growth_outcomes(&theirs, auth);
+        assert_eq!(want[0], "infra2: added", "etcd grows a one-member cluster");
+        if auth {
+            // With auth on, etcdctl first authenticates, which needs a quorum
+            // the two-member cluster no longer has: etcd's attempt runs into
+            // the client's deadline, ours is answered at once when the leader
+            // steps down. Both refuse the later additions.
+            assert_eq!(got[0], want[0]);
+            assert!(got[1..].iter().all(|o| !o.ends_with("added")), "{got:?}");
+            assert!(want[1..].iter().all(|o| !o.ends_with("added")), "{want:?}");
+        } else {
+            assert_eq!(got, want, "ours, then etcd's");
+        }
+    }
+}

@@ -522,16 +522,12 @@ fn cluster_with_client_and_peer_mtls() {
 
     // A fourth member with a peer certificate from another CA cannot join.
     let mut m3 = TlsMember::new("m3");
-    let added = ctl_ok(
-        &ms[1].endpoint(),
-        &tls,
-        &[
-            "member",
-            "add",
-            "m3",
-            &format!("--peer-urls={}", m3.peer_url()),
-        ],
-    );
+    let peer = format!("--peer-urls={}", m3.peer_url());
+    let added = crate::harness::retry_while_unhealthy(|| {
+        ctl(&ms[1].endpoint(), &tls, &["member", "add", "m3", &peer])
+    });
+    assert!(added.status.success(), "member add: {added:?}");
+    let added = String::from_utf8_lossy(&added.stdout).into_owned();
     assert!(added.contains("ETCD_INITIAL_CLUSTER_STATE"), "{added}");
     let initial4 = format!("{initial},m3={}", m3.peer_url());
     m3.start(&pki, &initial4, "existing", &bad_peer, &pki.ca2.path);
