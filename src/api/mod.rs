@@ -65,13 +65,24 @@ pub(crate) fn unary<T>(
 /// would take the database over its quota.
 pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
     let quota = s.quota_bytes();
-    if s.backend.size() + cost as u64 <= quota {
+    // The space the data takes, as etcd counts bbolt's: redb's file also
+    // holds preallocated free space.
+    if s.backend.last_in_use() + cost as u64 <= quota {
+        return Ok(());
+    }
+    // The measure is up to a second old: take it again before refusing (a
+    // compaction or defragmentation may just have freed space).
+    let b = s.backend.clone();
+    let used = tokio::task::spawn_blocking(move || b.size_in_use())
+        .await
+        .unwrap_or(u64::MAX);
+    if used + cost as u64 <= quota {
         return Ok(());
     }
     crate::warn!(
         "database space exceeded; raising NOSPACE alarm",
         quota_size_bytes = quota,
-        current_db_size_bytes = s.backend.size()
+        current_db_size_bytes = used
     );
     let _ = s
         .propose(Op::Alarm(AlarmRequest {

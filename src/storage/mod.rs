@@ -85,6 +85,8 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub struct Backend {
     db: RwLock<Database>,
     path: PathBuf,
+    /// The last [`Backend::size_in_use`] measured, for the quota check.
+    in_use: std::sync::atomic::AtomicU64,
 }
 
 impl Backend {
@@ -131,6 +133,7 @@ impl Backend {
         let backend = Backend {
             db: RwLock::new(db),
             path,
+            in_use: std::sync::atomic::AtomicU64::new(0),
         };
         // Make sure every table exists so readers never see "table does not exist".
         let txn = backend.write()?;
@@ -145,6 +148,7 @@ impl Backend {
             txn.open_table(AUTH_ROLES)?;
         }
         txn.commit()?;
+        backend.size_in_use();
         Ok(backend)
     }
 
@@ -167,17 +171,33 @@ impl Backend {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Bytes of the file that hold live data (the rest is free pages).
+    /// Bytes of the file that hold the state machine: allocated pages, less
+    /// free pages and less the Raft log's entries (etcd keeps those in its WAL,
+    /// outside bbolt, so its in-use size and quota never count them).
     pub fn size_in_use(&self) -> u64 {
+        use redb::ReadableTableMetadata;
         let stats = self.write().and_then(|t| {
             let s = t.stats().map_err(StorageError::from)?;
+            let log = t.open_table(LOG).map_err(StorageError::from)?.stats();
+            let log = log.map_err(StorageError::from)?;
             t.abort().map_err(StorageError::from)?;
-            Ok(s)
+            Ok((s, log))
         });
-        match stats {
-            Ok(s) => s.allocated_pages() * s.page_size() as u64,
+        let n = match stats {
+            Ok((s, log)) => (s.allocated_pages() * s.page_size() as u64)
+                .saturating_sub(log.stored_bytes() + log.metadata_bytes() + log.fragmented_bytes()),
             Err(_) => self.size(),
-        }
+        };
+        self.in_use.store(n, std::sync::atomic::Ordering::Relaxed);
+        n
+    }
+
+    /// The bytes in use as last measured by [`Backend::size_in_use`] (the Raft
+    /// loop measures once a second): what the backend quota is checked
+    /// against, as etcd checks it against bbolt's size, which has no free
+    /// space preallocated.
+    pub fn last_in_use(&self) -> u64 {
+        self.in_use.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Rewrites the file without its free pages. Fails while a read transaction (a

@@ -321,3 +321,41 @@ fn growing_a_one_member_cluster_as_etcd_does() {
         }
     }
 }
+
+/// Puts 1,000-byte values until the member refuses one; returns how many it
+/// took and the refusal.
+async fn fill_until_refused(srv: &Server) -> (usize, String) {
+    let mut c = Client::connect([srv.endpoint()], None)
+        .await
+        .expect("connect");
+    for n in 0..5_000 {
+        if let Err(e) = c.put(format!("k{n}"), vec![b'x'; 1000], None).await {
+            return (n, e.to_string());
+        }
+    }
+    panic!("5,000 puts accepted under a 1 MB quota");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_quota_fills_where_etcd_fills() {
+    let mut got = Vec::new();
+    for kind in [Kind::Reference, Kind::Ours] {
+        let srv = Server::start_kind(kind, &["--quota-backend-bytes=1000000"]);
+        let (n, refusal) = fill_until_refused(&srv).await;
+        assert!(
+            refusal.contains("etcdserver: mvcc: database space exceeded"),
+            "{kind:?}: {refusal}"
+        );
+        assert!(
+            srv.ctl_ok(&["alarm", "list"]).contains("alarm:NOSPACE"),
+            "{kind:?}: no NOSPACE alarm"
+        );
+        got.push(n);
+    }
+    let (etcd, ours) = (got[0] as f64, got[1] as f64);
+    // The same data fills redb's pages and bbolt's within 15 %.
+    assert!(
+        (ours / etcd - 1.0).abs() <= 0.15,
+        "etcd took {etcd} puts, ours {ours}"
+    );
+}
