@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tonic::{Response, Status};
 
 use crate::error::{Error, Result};
@@ -160,11 +159,11 @@ pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other(format!("{url}: no address")))
 }
 
-/// Serves `app` on `listener` until `shutdown` fires; with `tls`, every connection
+/// Serves `app` on `listener` (TCP or Unix) until `shutdown` fires; with `tls`, every connection
 /// is a TLS connection (the handshake uses the certificates current at that moment).
 /// Connections beyond the member's cap are closed at once; see [`conn`].
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::net::Listener,
     app: axum::Router,
     limits: conn::Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -194,7 +193,6 @@ pub async fn serve(
             }
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
         let b = limits.builder();

@@ -18,3 +18,4 @@ mod peer;
 mod proxy;
 mod restore;
 mod security;
+mod unix;
