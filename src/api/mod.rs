@@ -211,7 +211,7 @@ pub async fn serve(
                 Some(tls) => {
                     let hs = tokio::time::timeout(
                         conn::FIRST_BYTE_DEADLINE,
-                        tls.acceptor().accept(stream),
+                        crate::tls::accept(&tls, stream),
                     )
                     .await;
                     match hs {
@@ -243,8 +243,8 @@ pub async fn serve(
                                 )
                                 .await;
                         }
-                        Ok(Err(e)) => {
-                            crate::warn!("rejected connection", remote_addr = remote, error = e);
+                        Ok(Err((server_name, e))) => {
+                            crate::tls::log_handshake_failure(&remote, &server_name, &e);
                         }
                         Err(_) => {
                             crate::warn!(

@@ -397,7 +397,11 @@ impl Transport {
                 }
                 Err(e) => {
                     if !warned {
-                        crate::warn!("cannot reach peer", peer_id = format!("{to:x}"), error = e);
+                        crate::warn!(
+                            "cannot reach peer",
+                            peer_id = format!("{to:x}"),
+                            error = crate::tls::handshake_error_text(&e, false)
+                        );
                         warned = true;
                     }
                     // Drop what queued up meanwhile; Raft resends.
@@ -502,7 +506,7 @@ impl Transport {
     /// connection was answered (cluster info) or refused.
     async fn handshake(&self, s: Conn, addr: Remote) -> std::io::Result<Option<(Stream, u64)>> {
         let mut s: Stream = match &self.tls {
-            Some(tls) => match tls.server.acceptor().accept(s).await {
+            Some(tls) => match crate::tls::accept(&tls.server, s).await {
                 Ok(s) => {
                     let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
                     if let Err(why) = tls.server.admits(leaf) {
@@ -511,8 +515,8 @@ impl Transport {
                     }
                     Box::new(s)
                 }
-                Err(e) => {
-                    crate::warn!("rejected peer connection", remote = addr, error = e);
+                Err((server_name, e)) => {
+                    crate::tls::log_handshake_failure(&addr, &server_name, &e);
                     return Ok(None);
                 }
             },
