@@ -657,6 +657,63 @@ where
 #[cfg(test)]
 mod tests {
     #[test]
+    fn refused_handshakes_in_go_words() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let refused =
+            super::verify::refused(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        // The other side hears bad_certificate, as from Go.
+        let Error::InvalidCertificate(c) = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(
+            AlertDescription::from(c.clone()),
+            AlertDescription::BadCertificate
+        );
+        assert_eq!(
+            super::handshake_error_text(&io(refused.clone()), true),
+            "tls: failed to verify client certificate: x509: certificate signed by unknown authority"
+        );
+        assert_eq!(
+            super::handshake_error_text(&io(refused), false),
+            "x509: certificate signed by unknown authority"
+        );
+        assert_eq!(
+            super::handshake_error_text(
+                &io(Error::AlertReceived(AlertDescription::BadCertificate)),
+                true
+            ),
+            "remote error: tls: bad certificate"
+        );
+        assert_eq!(
+            super::handshake_error_text(
+                &io(Error::AlertReceived(AlertDescription::UnknownCA)),
+                false
+            ),
+            "remote error: tls: unknown certificate authority"
+        );
+        assert_eq!(
+            super::handshake_error_text(&io(Error::NoCertificatesPresented), true),
+            "tls: client didn't provide a certificate"
+        );
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(super::handshake_error_text(&eof, true), "EOF");
+        let expired = super::verify::x509_text(&CertificateError::ExpiredContext {
+            time: rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                1_609_545_600,
+            )),
+            not_after: rustls::pki_types::UnixTime::since_unix_epoch(
+                std::time::Duration::from_secs(1_609_459_200),
+            ),
+        });
+        assert_eq!(
+            expired,
+            "x509: certificate has expired or is not yet valid: current time \
+             2021-01-02T00:00:00Z is after 2021-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
     fn allowed_common_names_and_host_names() {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut p =

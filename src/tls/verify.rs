@@ -23,7 +23,7 @@ const REFUSAL_MARK: &str = "\0x509";
 /// and others, which a peer would log differently than it logs etcd's
 /// refusals), and the reason, in Go's words, stays for the log line. The
 /// error rustls turns into a `bad_certificate` alert carries it.
-fn refused(e: rustls::Error) -> rustls::Error {
+pub(super) fn refused(e: rustls::Error) -> rustls::Error {
     match e {
         rustls::Error::InvalidCertificate(ce) => {
             rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
