@@ -218,10 +218,10 @@ pub async fn serve(
                         Ok(Ok(s)) => {
                             let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
                             if let Err(why) = tls.admits(leaf) {
-                                crate::warn!(
+                                crate::log::emit(
+                                    crate::log::Level::Warn,
                                     "rejected connection",
-                                    remote_addr = remote,
-                                    error = why
+                                    &[("remote-addr", remote.to_string()), ("error", why)],
                                 );
                                 return;
                             }
@@ -247,10 +247,13 @@ pub async fn serve(
                             crate::tls::log_handshake_failure(&remote, &server_name, &e);
                         }
                         Err(_) => {
-                            crate::warn!(
+                            crate::log::emit(
+                                crate::log::Level::Warn,
                                 "rejected connection",
-                                remote_addr = remote,
-                                error = "TLS handshake timed out"
+                                &[
+                                    ("remote-addr", remote.to_string()),
+                                    ("error", "TLS handshake timed out".to_string()),
+                                ],
                             );
                         }
                     }
