@@ -334,6 +334,35 @@ fn unixs_script(kind: Kind) -> Vec<String> {
     // Plain gRPC on the TLS socket is refused too.
     let o = ctl(cwd, "unix://localhost:2379", &[], &["get", "k"]);
     out.push(format!("plain ok: {}", o.status.success()));
+    // Both refusals are logged, the remote address of a socket's client
+    // being "@".
+    for (server_name, error) in [
+        ("localhost", "remote error: tls: bad certificate"),
+        ("", "tls: first record does not look like a TLS handshake"),
+    ] {
+        let want = [
+            "\"msg\":\"rejected connection\"".to_string(),
+            "\"level\":\"warn\"".to_string(),
+            "\"remote-addr\":\"@\"".to_string(),
+            format!("\"server-name\":\"{server_name}\""),
+            format!("\"error\":\"{error}\""),
+        ];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let logged = loop {
+            let log = m.log();
+            if log
+                .lines()
+                .any(|l| want.iter().all(|w| l.contains(w.as_str())))
+            {
+                break true;
+            }
+            if std::time::Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        out.push(format!("logged {error:?}: {logged}"));
+    }
     m.terminate();
     out
 }
@@ -344,6 +373,10 @@ fn etcdctl_over_tls_on_a_unix_socket_as_against_etcd() {
     let theirs = unixs_script(Kind::Reference);
     assert_eq!(ours, theirs);
     assert_eq!(theirs[1], "k\nv\n");
+    assert!(
+        theirs[4..].iter().all(|l| l.ends_with("true")),
+        "{theirs:?}"
+    );
 }
 
 #[test]
