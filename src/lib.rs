@@ -11,6 +11,7 @@ pub mod lease;
 pub mod membership;
 pub mod metrics;
 pub mod mvcc;
+pub mod net;
 pub mod pb;
 pub mod raft;
 pub mod server;

@@ -127,12 +127,29 @@ impl LeaseService {
             .get(leader)
             .and_then(|m| m.client_ur_ls.first().cloned())
             .ok_or(Error::NoLeader)?;
-        let ch = Channel::from_shared(url)
-            .map_err(|_| Error::NoLeader)?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|_| Error::NoLeader)?;
+        let ch = if crate::net::is_unix(&url) {
+            // A unix:// client URL: the leader's socket file.
+            let path = crate::net::host_port(&url).to_string();
+            tonic::transport::Endpoint::from_static("http://localhost")
+                .connect_timeout(Duration::from_secs(2))
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                }))
+                .await
+                .map_err(|_| Error::NoLeader)?
+        } else {
+            Channel::from_shared(url)
+                .map_err(|_| Error::NoLeader)?
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .map_err(|_| Error::NoLeader)?
+        };
         let c = LeaseClient::new(ch);
         *self.leader.lock() = Some((leader, c.clone()));
         Ok(c)

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tonic::{Response, Status};
 
 use crate::error::{Error, Result};
@@ -173,11 +172,11 @@ pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other(format!("{url}: no address")))
 }
 
-/// Serves `app` on `listener` until `shutdown` fires; with `tls`, every connection
+/// Serves `app` on `listener` (TCP or Unix) until `shutdown` fires; with `tls`, every connection
 /// is a TLS connection (the handshake uses the certificates current at that moment).
 /// Connections beyond the member's cap are closed at once; see [`conn`].
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::net::Listener,
     app: axum::Router,
     limits: conn::Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -207,7 +206,6 @@ pub async fn serve(
             }
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
         let b = limits.builder();
@@ -226,17 +224,17 @@ pub async fn serve(
                 Some(tls) => {
                     let hs = tokio::time::timeout(
                         conn::FIRST_BYTE_DEADLINE,
-                        tls.acceptor().accept(stream),
+                        crate::tls::accept(&tls, stream),
                     )
                     .await;
                     match hs {
                         Ok(Ok(s)) => {
                             let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
                             if let Err(why) = tls.admits(leaf) {
-                                crate::warn!(
+                                crate::log::emit(
+                                    crate::log::Level::Warn,
                                     "rejected connection",
-                                    remote_addr = remote,
-                                    error = why
+                                    &[("remote-addr", remote.to_string()), ("error", why)],
                                 );
                                 return;
                             }
@@ -258,14 +256,17 @@ pub async fn serve(
                                 )
                                 .await;
                         }
-                        Ok(Err(e)) => {
-                            crate::warn!("rejected connection", remote_addr = remote, error = e);
+                        Ok(Err((server_name, e))) => {
+                            crate::tls::log_handshake_failure(&remote, &server_name, &e);
                         }
                         Err(_) => {
-                            crate::warn!(
+                            crate::log::emit(
+                                crate::log::Level::Warn,
                                 "rejected connection",
-                                remote_addr = remote,
-                                error = "TLS handshake timed out"
+                                &[
+                                    ("remote-addr", remote.to_string()),
+                                    ("error", "TLS handshake timed out".to_string()),
+                                ],
                             );
                         }
                     }

@@ -96,7 +96,7 @@ async fn run(cfg: Config) -> i32 {
         }
     } else {
         for u in &cfg.listen_client_urls {
-            match bind(u, &cfg).await {
+            match bind(u, &cfg, Use::Client).await {
                 Ok(l) => client_listeners.push((u.clone(), l)),
                 Err(e) => {
                     error!("failed to listen on client URL", url = u, error = e);
@@ -113,7 +113,7 @@ async fn run(cfg: Config) -> i32 {
         }
     } else {
         for u in &cfg.listen_peer_urls {
-            match bind(u, &cfg).await {
+            match bind(u, &cfg, Use::Peer).await {
                 Ok(l) => peer_listeners.push(l),
                 Err(e) => {
                     error!("failed to listen on peer URL", url = u, error = e);
@@ -124,7 +124,7 @@ async fn run(cfg: Config) -> i32 {
     }
     let mut metrics_listeners = Vec::new();
     for u in &cfg.listen_metrics_urls {
-        match bind(u, &cfg).await {
+        match bind(u, &cfg, Use::Metrics).await {
             Ok(l) => metrics_listeners.push((u.clone(), l)),
             Err(e) => {
                 error!("failed to listen on metrics URL", url = u, error = e);
@@ -161,7 +161,7 @@ async fn run(cfg: Config) -> i32 {
     // Client and metrics listeners serve the same routes; https ones with the
     // client TLS settings.
     let serve = |u: &str, l| {
-        let tls = if u.starts_with("https://") {
+        let tls = if etcd_rs::net::is_tls(u) {
             client_tls.clone()
         } else {
             None
@@ -176,7 +176,7 @@ async fn run(cfg: Config) -> i32 {
     };
     for (u, l) in client_listeners {
         info!("ready to serve client requests");
-        if u.starts_with("https://") {
+        if etcd_rs::net::is_tls(&u) {
             info!("serving client traffic securely", address = u);
         } else {
             warn!(
@@ -252,7 +252,7 @@ async fn supervise(s: Arc<EtcdServer>) {
 fn adopt(
     ls: Vec<std::net::TcpListener>,
     what: &str,
-) -> Result<Vec<(String, tokio::net::TcpListener)>, ()> {
+) -> Result<Vec<(String, etcd_rs::net::Listener)>, ()> {
     let mut out = Vec::new();
     for l in ls {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -266,7 +266,7 @@ fn adopt(
                     kind = what,
                     address = addr
                 );
-                out.push((format!("http://{addr}"), l));
+                out.push((format!("http://{addr}"), etcd_rs::net::Listener::Tcp(l)));
             }
             Err(e) => {
                 error!(
@@ -284,11 +284,29 @@ fn adopt(
 /// SO_REUSEADDR as Go sets it on listeners by default.
 const GO_LISTENER_REUSEADDR: bool = true;
 
+/// What a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Client,
+    Peer,
+    Metrics,
+}
+
 /// Binds a client, peer or metrics listener. SO_REUSEADDR is always set, as
 /// Go sets it on every listener (so `--socket-reuse-address` only makes it
 /// explicit); `--socket-reuse-port` adds SO_REUSEPORT, which lets several
 /// processes listen on one port.
-async fn bind(url: &str, cfg: &Config) -> std::io::Result<tokio::net::TcpListener> {
+///
+/// A `unix://` or `unixs://` URL binds the socket file its host:port part
+/// names, in the working directory. As etcd, a peer or metrics listener
+/// removes a stale file first; a client listener does not.
+async fn bind(url: &str, cfg: &Config, what: Use) -> std::io::Result<etcd_rs::net::Listener> {
+    if etcd_rs::net::is_unix(url) {
+        return etcd_rs::net::Listener::bind_unix(
+            etcd_rs::net::host_port(url),
+            what != Use::Client,
+        );
+    }
     let addr = api::resolve(url).await?;
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -302,7 +320,7 @@ async fn bind(url: &str, cfg: &Config) -> std::io::Result<tokio::net::TcpListene
         sock.set_reuseport(true)?;
     }
     sock.bind(addr)?;
-    sock.listen(1024)
+    sock.listen(1024).map(etcd_rs::net::Listener::Tcp)
 }
 
 async fn wait_publish(s: &Arc<EtcdServer>) -> Result<(), etcd_rs::error::Error> {

@@ -240,8 +240,19 @@ pub fn parse_url(raw: &str, usage: UrlUse) -> Result<String, String> {
             }
         }
         "unix" | "unixs" => {
-            if rest.is_empty() {
-                return Err(format!("unix socket URL has no address: {u:?}"));
+            // As etcd: the socket file is named by the URL's host:port, so it
+            // must have that form and no path; its host is not checked.
+            let (authority, tail) = match rest.find(['/', '?', '#']) {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            };
+            if split_host_port(authority).is_none() {
+                return Err(format!(
+                    "URL address does not have the form \"host:port\": {u:?}"
+                ));
+            }
+            if !tail.is_empty() {
+                return Err(format!("URL must not contain a path: {u:?}"));
             }
         }
         _ => {
@@ -397,6 +408,9 @@ mod tests {
         assert!(parse_url("ftp://host:21", UrlUse::Any).is_err());
         assert!(parse_url("localhost:2379", UrlUse::Any).is_err());
         assert!(parse_url("unix://localhost:1234", UrlUse::Bind).is_ok());
+        assert!(parse_url("unixs://m1:0", UrlUse::Advertise).is_ok());
+        assert!(parse_url("unix:///tmp/etcd.sock", UrlUse::Bind).is_err());
+        assert!(parse_url("unix://localhost:1234/x", UrlUse::Bind).is_err());
         assert!(parse_url_list("", UrlUse::Any, false).is_err());
         assert_eq!(parse_url_list("", UrlUse::Any, true), Ok(vec![]));
     }

@@ -23,7 +23,6 @@
 //! [`super::wire`], never by the `protobuf` 2 crate.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,10 +32,10 @@ use prost::Message as _;
 use prost::bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::wire::{self, WireError};
+use crate::net::{Conn, Listener, Remote};
 use crate::pb::etcdserverpb::{HashKvResponse, Member, MemberListResponse, ResponseHeader};
 
 const MAGIC: &[u8; 8] = b"ETCDRSP1";
@@ -190,10 +189,18 @@ async fn read_u64<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<u
     Ok(u64::from_be_bytes(b))
 }
 
-/// host:port of a URL such as `http://10.0.0.1:2380`.
+/// host:port of a URL such as `http://10.0.0.1:2380` (for a `unix://` URL,
+/// the name of its socket file).
 pub fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    rest.split('/').next().unwrap_or(rest).to_string()
+    crate::net::host_port(url).to_string()
+}
+
+/// A TLS connection to the peer URL `u` over `s`, verified for the URL's host.
+async fn tls_connect(tls: &PeerTls, u: &str, s: Conn) -> std::io::Result<Stream> {
+    let name = rustls::pki_types::ServerName::try_from(crate::net::host(u).to_string())
+        .map_err(std::io::Error::other)?;
+    let c = tokio_rustls::TlsConnector::from(tls.client.clone());
+    Ok(Box::new(c.connect(name, s).await?))
 }
 
 impl Transport {
@@ -333,21 +340,9 @@ impl Transport {
     }
 
     async fn connect(&self, url: &str) -> std::io::Result<Stream> {
-        let hp = host_port(url);
-        let s = TcpStream::connect(&hp).await?;
-        s.set_nodelay(true)?;
-        match (&self.tls, url.starts_with("https://")) {
-            (Some(tls), true) => {
-                let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-                let host = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
-                let name =
-                    rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
-                let c = tokio_rustls::TlsConnector::from(tls.client.clone());
-                Ok(Box::new(c.connect(name, s).await?))
-            }
+        let s = crate::net::connect(url).await?;
+        match (&self.tls, crate::net::is_tls(url)) {
+            (Some(tls), true) => tls_connect(tls, url, s).await,
             (None, true) => Err(std::io::Error::other(
                 "peer URL is https but no peer TLS is configured",
             )),
@@ -413,7 +408,11 @@ impl Transport {
                 Err(e) => {
                     self.active.lock().remove(&to);
                     if !warned {
-                        crate::warn!("cannot reach peer", peer_id = format!("{to:x}"), error = e);
+                        crate::warn!(
+                            "cannot reach peer",
+                            peer_id = format!("{to:x}"),
+                            error = crate::tls::handshake_error_text(&e, false)
+                        );
                         warned = true;
                     }
                     // Drop what queued up meanwhile; Raft resends.
@@ -475,7 +474,7 @@ impl Transport {
     }
 
     /// Accepts peer connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
         loop {
             let Ok((s, addr)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -486,7 +485,6 @@ impl Transport {
                 drop(s);
                 continue;
             };
-            let _ = s.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
                 let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, this.handshake(s, addr)).await;
@@ -501,7 +499,7 @@ impl Transport {
         }
     }
 
-    fn log_refused(&self, addr: SocketAddr) {
+    fn log_refused(&self, addr: Remote) {
         let mut last = self.refused_logged.lock();
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             *last = Some(Instant::now());
@@ -517,13 +515,9 @@ impl Transport {
     /// handshake; nothing is answered before both passed. Returns the stream
     /// and the peer's member ID when Raft messages follow, `None` when the
     /// connection was answered (cluster info) or refused.
-    async fn handshake(
-        &self,
-        s: TcpStream,
-        addr: SocketAddr,
-    ) -> std::io::Result<Option<(Stream, u64)>> {
+    async fn handshake(&self, s: Conn, addr: Remote) -> std::io::Result<Option<(Stream, u64)>> {
         let mut s: Stream = match &self.tls {
-            Some(tls) => match tls.server.acceptor().accept(s).await {
+            Some(tls) => match crate::tls::accept(&tls.server, s).await {
                 Ok(s) => {
                     let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
                     if let Err(why) = tls.server.admits(leaf) {
@@ -532,8 +526,8 @@ impl Transport {
                     }
                     Box::new(s)
                 }
-                Err(e) => {
-                    crate::warn!("rejected peer connection", remote = addr, error = e);
+                Err((server_name, e)) => {
+                    crate::tls::log_handshake_failure(&addr, &server_name, &e);
                     return Ok(None);
                 }
             },
@@ -618,7 +612,7 @@ impl Transport {
 
     /// Receives `from`'s messages until the connection ends or a newer one of
     /// the same peer replaces it.
-    async fn run_inbound(&self, s: Stream, from: u64, addr: SocketAddr) {
+    async fn run_inbound(&self, s: Stream, from: u64, addr: Remote) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (stop, stopped) = oneshot::channel();
         if let Some((_, old)) = self.inbound.lock().insert(from, (conn, stop)) {
@@ -706,24 +700,13 @@ impl Transport {
 
 /// A connection to the peer URL `u` for a one-off request.
 async fn connect_once(u: &str, tls: &Option<PeerTls>) -> std::io::Result<Stream> {
-    let tcp = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(host_port(u)))
+    let s = tokio::time::timeout(Duration::from_secs(2), crate::net::connect(u))
         .await
         .map_err(|_| std::io::Error::other("connect timed out"))??;
-    Ok(match (tls, u.starts_with("https://")) {
-        (Some(tls), true) => {
-            let hp = host_port(u);
-            let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let name =
-                rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
-            let c = tokio_rustls::TlsConnector::from(tls.client.clone());
-            Box::new(c.connect(name, tcp).await?)
-        }
-        _ => Box::new(tcp),
-    })
+    match (tls, crate::net::is_tls(u)) {
+        (Some(tls), true) => tls_connect(tls, u, s).await,
+        _ => Ok(Box::new(s)),
+    }
 }
 
 /// Why a peer gave no hash.

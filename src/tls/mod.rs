@@ -355,10 +355,6 @@ impl ServerTls {
             cert,
         )
     }
-
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.config())
-    }
 }
 
 /// With neither list set, every certificate the CA signed may connect;
@@ -524,8 +520,199 @@ pub fn hosts_of(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Go's text for a TLS alert (crypto/tls `alert.Error`).
+fn go_alert(a: rustls::AlertDescription) -> String {
+    let n = u8::from(a);
+    let t = match n {
+        0 => "close notify",
+        10 => "unexpected message",
+        20 => "bad record MAC",
+        21 => "decryption failed",
+        22 => "record overflow",
+        30 => "decompression failure",
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "revoked certificate",
+        45 => "expired certificate",
+        46 => "unknown certificate",
+        47 => "illegal parameter",
+        48 => "unknown certificate authority",
+        49 => "access denied",
+        50 => "error decoding message",
+        51 => "error decrypting message",
+        70 => "protocol version not supported",
+        71 => "insufficient security level",
+        80 => "internal error",
+        86 => "inappropriate fallback",
+        90 => "user canceled",
+        100 => "no renegotiation",
+        109 => "missing extension",
+        110 => "unsupported extension",
+        112 => "unrecognized name",
+        116 => "certificate required",
+        120 => "no application protocol",
+        _ => return format!("alert({n})"),
+    };
+    t.to_string()
+}
+
+/// A failed TLS handshake in the words of Go's crypto/tls, as etcd logs it:
+/// `remote error: tls: bad certificate` when the other side refused this
+/// side's certificate, `tls: failed to verify client certificate: x509: ...`
+/// when this side (`server`) refused the client's, the bare x509 reason when
+/// this side (a client) refused the server's.
+pub fn handshake_error_text(e: &std::io::Error, server: bool) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "EOF".to_string();
+    }
+    let Some(r) = e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) else {
+        return e.to_string();
+    };
+    match r {
+        rustls::Error::AlertReceived(a) => format!("remote error: tls: {}", go_alert(*a)),
+        rustls::Error::NoCertificatesPresented => {
+            "tls: client didn't provide a certificate".to_string()
+        }
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            "tls: first record does not look like a TLS handshake".to_string()
+        }
+        rustls::Error::InvalidCertificate(c) => {
+            let reason = verify::refusal_reason(r)
+                .map(str::to_string)
+                .unwrap_or_else(|| verify::x509_text(c));
+            if server {
+                format!("tls: failed to verify client certificate: {reason}")
+            } else {
+                reason
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// How long the same refusal (remote host and reason) is not logged again.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When each refusal was last logged.
+static REFUSALS_LOGGED: Mutex<Option<std::collections::HashMap<(String, String), Instant>>> =
+    Mutex::new(None);
+
+/// Logs a refused TLS handshake as etcd does (`rejected connection`, at warn,
+/// with `remote-addr`, `server-name` and `error`), once per
+/// [`REFUSAL_LOG_INTERVAL`] for the same remote host and reason, so a peer
+/// or client that keeps reconnecting does not flood the log.
+pub fn log_handshake_failure(remote: &crate::net::Remote, server_name: &str, e: &std::io::Error) {
+    let error = handshake_error_text(e, true);
+    let host = match remote {
+        crate::net::Remote::Tcp(a) => a.ip().to_string(),
+        crate::net::Remote::Unix => remote.to_string(),
+    };
+    {
+        let mut logged = REFUSALS_LOGGED.lock();
+        let logged = logged.get_or_insert_with(Default::default);
+        let now = Instant::now();
+        if logged.len() >= 4096 {
+            logged.retain(|_, t| now.duration_since(*t) < REFUSAL_LOG_INTERVAL);
+        }
+        match logged.get(&(host.clone(), error.clone())) {
+            Some(t) if now.duration_since(*t) < REFUSAL_LOG_INTERVAL => return,
+            _ => {
+                logged.insert((host, error.clone()), now);
+            }
+        }
+    }
+    crate::log::emit(
+        crate::log::Level::Warn,
+        "rejected connection",
+        &[
+            ("remote-addr", remote.to_string()),
+            ("server-name", server_name.to_string()),
+            ("error", error),
+        ],
+    );
+}
+
+/// The server side of a TLS handshake with the configuration current now;
+/// on failure, the server name the client asked for (empty without SNI) and
+/// the error.
+pub async fn accept<IO>(
+    tls: &ServerTls,
+    io: IO,
+) -> Result<tokio_rustls::server::TlsStream<IO>, (String, std::io::Error)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+        .await
+        .map_err(|e| (String::new(), e))?;
+    let name = start
+        .client_hello()
+        .server_name()
+        .unwrap_or_default()
+        .to_string();
+    start.into_stream(tls.config()).await.map_err(|e| (name, e))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refused_handshakes_in_go_words() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let refused =
+            super::verify::refused(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        // The other side hears bad_certificate, as from Go.
+        let Error::InvalidCertificate(c) = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(
+            AlertDescription::from(c.clone()),
+            AlertDescription::BadCertificate
+        );
+        assert_eq!(
+            super::handshake_error_text(&io(refused.clone()), true),
+            "tls: failed to verify client certificate: x509: certificate signed by unknown authority"
+        );
+        assert_eq!(
+            super::handshake_error_text(&io(refused), false),
+            "x509: certificate signed by unknown authority"
+        );
+        assert_eq!(
+            super::handshake_error_text(
+                &io(Error::AlertReceived(AlertDescription::BadCertificate)),
+                true
+            ),
+            "remote error: tls: bad certificate"
+        );
+        assert_eq!(
+            super::handshake_error_text(
+                &io(Error::AlertReceived(AlertDescription::UnknownCA)),
+                false
+            ),
+            "remote error: tls: unknown certificate authority"
+        );
+        assert_eq!(
+            super::handshake_error_text(&io(Error::NoCertificatesPresented), true),
+            "tls: client didn't provide a certificate"
+        );
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(super::handshake_error_text(&eof, true), "EOF");
+        let expired = super::verify::x509_text(&CertificateError::ExpiredContext {
+            time: rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                1_609_545_600,
+            )),
+            not_after: rustls::pki_types::UnixTime::since_unix_epoch(
+                std::time::Duration::from_secs(1_609_459_200),
+            ),
+        });
+        assert_eq!(
+            expired,
+            "x509: certificate has expired or is not yet valid: current time \
+             2021-01-02T00:00:00Z is after 2021-01-01T00:00:00Z"
+        );
+    }
+
     #[test]
     fn allowed_common_names_and_host_names() {
         let key = rcgen::KeyPair::generate().expect("key");

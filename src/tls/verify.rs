@@ -15,6 +15,91 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::x509::{self, Purpose};
 
+/// Marks a refusal made by [`refused`].
+const REFUSAL_MARK: &str = "\0x509";
+
+/// A certificate refusal as Go makes it: the peer is sent a `bad_certificate`
+/// alert whatever the reason (rustls sends `unknown_ca`, `certificate_expired`
+/// and others, which a peer would log differently than it logs etcd's
+/// refusals), and the reason, in Go's words, stays for the log line. The
+/// error rustls turns into a `bad_certificate` alert carries it.
+pub(super) fn refused(e: rustls::Error) -> rustls::Error {
+    match e {
+        rustls::Error::InvalidCertificate(ce) => {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                presented: vec![REFUSAL_MARK.to_string(), x509_text(&ce)],
+            })
+        }
+        other => other,
+    }
+}
+
+/// The reason a certificate was refused in Go's words, when [`refused`] made
+/// the error.
+pub fn refusal_reason(e: &rustls::Error) -> Option<&str> {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+            presented,
+            ..
+        }) if presented.len() == 2 && presented[0] == REFUSAL_MARK => Some(&presented[1]),
+        _ => None,
+    }
+}
+
+/// RFC 3339 in seconds, as Go prints times in certificate errors.
+fn go_time(t: UnixTime) -> String {
+    let ms = crate::log::rfc3339_millis(t.as_secs().saturating_mul(1000));
+    // "2026-01-02T03:04:05.000Z" without the fraction.
+    match ms.rsplit_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => ms,
+    }
+}
+
+/// Go's crypto/x509 text for a certificate error.
+pub fn x509_text(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer => "x509: certificate signed by unknown authority".into(),
+        C::ExpiredContext { time, not_after } => format!(
+            "x509: certificate has expired or is not yet valid: current time {} is after {}",
+            go_time(*time),
+            go_time(*not_after)
+        ),
+        C::NotValidYetContext { time, not_before } => format!(
+            "x509: certificate has expired or is not yet valid: current time {} is before {}",
+            go_time(*time),
+            go_time(*not_before)
+        ),
+        C::Expired | C::NotValidYet => "x509: certificate has expired or is not yet valid".into(),
+        C::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let expected = match expected {
+                ServerName::DnsName(n) => n.as_ref().to_string(),
+                ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                _ => String::new(),
+            };
+            if presented.is_empty() {
+                "x509: certificate is not valid for any names, but wanted to match ".to_string()
+                    + &expected
+            } else {
+                format!(
+                    "x509: certificate is valid for {}, not {expected}",
+                    presented.join(", ")
+                )
+            }
+        }
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "x509: certificate specifies an incompatible key usage".into()
+        }
+        C::Revoked => "x509: certificate revoked".into(),
+        other => format!("x509: {other}"),
+    }
+}
+
 /// The trusted CA certificates, byte for byte, and the revocation lists.
 #[derive(Debug)]
 struct Anchors {
@@ -78,7 +163,7 @@ impl ClientCertVerifier for ClientVerifier {
             Err(_) if self.anchors.admit(end_entity, now, Purpose::Client) => {
                 Ok(ClientCertVerified::assertion())
             }
-            r => r,
+            r => r.map_err(refused),
         }
     }
 
@@ -148,7 +233,7 @@ impl ServerCertVerifier for ServerVerifier {
             {
                 Ok(ServerCertVerified::assertion())
             }
-            r => r,
+            r => r.map_err(refused),
         }
     }
 

@@ -19,3 +19,4 @@ mod peer;
 mod proxy;
 mod restore;
 mod security;
+mod unix;

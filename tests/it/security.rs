@@ -346,14 +346,19 @@ fn client_mtls_single_member() {
 
     wait_until(Duration::from_secs(5), "rejected connection logs", || {
         let log = s.log();
-        log.matches("rejected connection").count() >= 3 && log.contains("remote_addr")
+        log.matches("rejected connection").count() >= 3 && log.contains("remote-addr")
     });
     let log = s.log();
     let rejected: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("rejected connection"))
         .collect();
-    for reason in ["no certificates", "UnknownIssuer"] {
+    // etcd's (Go's) words.
+    for reason in [
+        "tls: client didn't provide a certificate",
+        "tls: failed to verify client certificate: x509: certificate signed by unknown authority",
+        "tls: failed to verify client certificate: x509: certificate has expired or is not yet valid",
+    ] {
         assert!(
             rejected.iter().any(|l| l.contains(reason)),
             "no rejection says {reason:?}:\n{}",
@@ -538,7 +543,7 @@ fn cluster_with_client_and_peer_mtls() {
         || {
             ms.iter()
                 .filter_map(|m| m.proc.as_ref())
-                .any(|p| p.log().contains("rejected peer connection"))
+                .any(|p| p.log().contains("\"msg\":\"rejected connection\""))
         },
     );
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -647,7 +652,13 @@ fn peer_port_answers_nothing_before_the_certificate_is_verified() {
         "plain TCP was answered: {got:?}"
     );
     let log = m.proc().log();
-    assert!(log.contains("rejected peer connection"), "{log}");
+    // Refused handshakes in etcd's words.
+    assert!(log.contains("\"msg\":\"rejected connection\""), "{log}");
+    assert!(
+        log.contains("tls: client didn't provide a certificate")
+            && log.contains("x509: certificate signed by unknown authority"),
+        "{log}"
+    );
     assert_no_pem(&log);
 }
 
@@ -1645,4 +1656,93 @@ fn certificate_common_name_is_the_user() {
         "alice\nroot\n"
     );
     assert_no_pem(&s.log());
+}
+
+// ---------------------------------------------------------------------------
+// Peer certificates from another CA: what each side logs
+
+/// The log lines of `log` that report a refused handshake with `error`, in
+/// etcd's shape: level warn, message "rejected connection", the remote
+/// address, the server name asked for (none: peers dial IP addresses).
+fn refusals<'a>(log: &'a str, error: &str) -> Vec<&'a str> {
+    let error = format!("\"error\":\"{error}\"");
+    log.lines()
+        .filter(|l| {
+            l.contains("\"msg\":\"rejected connection\"")
+                && l.contains(&error)
+                && l.contains("\"level\":\"warn\"")
+                && l.contains("\"remote-addr\":\"127.0.0.1:")
+                && l.contains("\"server-name\":\"\"")
+        })
+        .collect()
+}
+
+const REFUSING: &str =
+    "tls: failed to verify client certificate: x509: certificate signed by unknown authority";
+const REFUSED: &str = "remote error: tls: bad certificate";
+
+/// Two members of `bin` that both trust only ca1, the second with a peer
+/// certificate from ca2. The first refuses the second's client certificate
+/// when the second dials; the second hears the first refuse its server
+/// certificate when the first dials. Returns both once both have logged it,
+/// and (for ours) after `observe` more.
+fn peer_refusal(bin: &Path, pki: &Pki, observe: Duration) -> (Proc, Proc) {
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
+    let initial = format!(
+        "m1=https://127.0.0.1:{},m2=https://127.0.0.1:{}",
+        ports[0].1, ports[1].1
+    );
+    let mut procs = Vec::new();
+    for (i, peer) in [&pki.server, &pki.other_ca_client].into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cp, pp) = ports[i];
+        let mut args = member_args(
+            &format!("m{}", i + 1),
+            &dir.path().join("data"),
+            &format!("http://127.0.0.1:{cp}"),
+            &format!("https://127.0.0.1:{pp}"),
+            Some(&initial),
+        );
+        args.extend([
+            format!("--peer-cert-file={}", peer.cert),
+            format!("--peer-key-file={}", peer.key),
+            format!("--peer-trusted-ca-file={}", pki.ca1.path.display()),
+            "--peer-client-cert-auth".into(),
+            "--logger=zap".into(),
+        ]);
+        procs.push(Proc::spawn(bin, &args, dir, cp));
+    }
+    let m2 = procs.pop().expect("m2");
+    let m1 = procs.pop().expect("m1");
+    wait_until(Duration::from_secs(20), "both refusals logged", || {
+        !refusals(&m1.log(), REFUSING).is_empty() && !refusals(&m2.log(), REFUSED).is_empty()
+    });
+    std::thread::sleep(observe);
+    (m1, m2)
+}
+
+#[test]
+fn peer_certificate_refusals_are_logged_as_etcd_logs_them() {
+    let pki = Pki::new();
+    // Debian's etcd: every refused handshake is one line on each side.
+    let (m1, m2) = peer_refusal(&crate::harness::reference_bin(), &pki, Duration::ZERO);
+    drop((m1, m2));
+    // Ours: the same lines, and a peer that keeps reconnecting (every second
+    // at most) is logged once per ten seconds and reason.
+    let (m1, m2) = peer_refusal(&ours_bin(), &pki, Duration::from_secs(3));
+    let (l1, l2) = (m1.log(), m2.log());
+    assert_eq!(refusals(&l1, REFUSING).len(), 1, "{l1}");
+    assert_eq!(refusals(&l2, REFUSED).len(), 1, "{l2}");
+    // The member whose certificate was refused says why it cannot reach its
+    // peer, in etcd's words too.
+    assert!(
+        l2.lines()
+            .any(|l| l.contains("cannot reach peer") && l.contains(REFUSED)),
+        "{l2}"
+    );
+    assert!(
+        l1.lines().any(|l| l.contains("cannot reach peer")
+            && l.contains("x509: certificate signed by unknown authority")),
+        "{l1}"
+    );
 }
