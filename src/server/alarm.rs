@@ -42,9 +42,7 @@ impl Alarms {
 
     /// Restores an alarm from its stored value.
     pub fn restore(&self, member: u64, alarm: i32, value: &[u8]) {
-        self.set
-            .write()
-            .insert((member, alarm), value == DISK_FULL);
+        self.set.write().insert((member, alarm), value == DISK_FULL);
     }
 
     pub fn deactivate(&self, member: u64, alarm: i32) -> bool {

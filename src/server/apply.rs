@@ -15,9 +15,9 @@ use crate::membership::Cluster;
 use crate::mvcc::Store;
 use crate::mvcc::writer::{Writer, meta_table};
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, Compare, DeleteRangeRequest,
     DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutRequest, PutResponse,
-    AlarmType, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, alarm_request, compare,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, alarm_request, compare,
     request_op, response_op,
 };
 use crate::pb::mvccpb::{Event, KeyValue};

@@ -103,8 +103,10 @@ impl DiskSpace {
     pub fn prepare(&self) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let (avail, total) = self.statvfs()?;
-        self.reserve_size
-            .store((total / 64).clamp(RESERVE_MIN, RESERVE_MAX), Ordering::Relaxed);
+        self.reserve_size.store(
+            (total / 64).clamp(RESERVE_MIN, RESERVE_MAX),
+            Ordering::Relaxed,
+        );
         self.low
             .store((total / 32).clamp(LOW_MIN, LOW_MAX), Ordering::Relaxed);
         if avail < self.low_mark() {

@@ -267,3 +267,111 @@ fn full_disk_degrades_to_read_only_and_recovers() {
     drop(c);
     s.kill9();
 }
+
+/// One member of three runs out of disk: the cluster turns read-only with that
+/// member's NOSPACE alarm, it never acknowledges what it could not store, all
+/// three keep serving reads and health, and once its space is freed it lifts
+/// the alarm, writes resume and it catches up.
+#[test]
+fn one_full_member_makes_the_cluster_read_only_until_freed() {
+    use super::cluster::{Cluster, connect};
+    let fs = Tmpfs::mount(64);
+    let ballast = fs.ballast("ballast", 16 << 20);
+    let full = 2;
+    let c = Cluster::start_prepared(3, &[], |i, d| {
+        if i == full {
+            let data = fs.root().join("data");
+            std::fs::create_dir(&data).expect("data dir");
+            std::os::unix::fs::symlink(&data, d).expect("data dir link");
+        }
+    });
+    let full_id = c.members[full].id;
+    let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let mut cl = c.rt.block_on(connect(&eps[0]));
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..2_000 {
+        match c.rt.block_on(cl.put(format!("k{i:05}"), value(i), None)) {
+            Ok(_) => acked.push(i),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("writes were never refused with a member on 64 MiB");
+    assert!(is_nospace(&e), "refused with {e:?}, not NOSPACE");
+    assert!(acked.len() > 20, "only {} writes", acked.len());
+    eprintln!("{} writes acknowledged by the cluster", acked.len());
+    let alarms = super::harness::etcdctl_at(&eps[0], &["alarm", "list"], None);
+    let alarms = String::from_utf8_lossy(&alarms.stdout).into_owned();
+    assert_eq!(
+        alarms.trim(),
+        format!("memberID:{full_id} alarm:NOSPACE"),
+        "the full member's alarm"
+    );
+    // Every member serves health (with the cluster's alarm) and reads; the
+    // full member holds every acknowledged write once it has caught up.
+    for m in &c.members {
+        wait_until(WAIT, "/health to report ALARM NOSPACE", || {
+            let (code, body) = health(m.client_port);
+            code == 503 && body.contains(HEALTH_NOSPACE)
+        });
+    }
+    let mut on_full = c.rt.block_on(connect(&eps[full]));
+    let last = format!("k{:05}", acked.last().copied().unwrap_or(0));
+    wait_until(
+        WAIT,
+        "the full member to hold the last acknowledged write",
+        || {
+            let opts = etcd_client::GetOptions::new().with_serializable();
+            c.rt.block_on(on_full.get(last.as_str(), Some(opts)))
+                .is_ok_and(|r| r.kvs().len() == 1)
+        },
+    );
+    c.rt.block_on(check_acked(&mut on_full, &acked));
+    c.rt.block_on(check_acked(&mut cl, &acked));
+    // The full member's process is still up and serving.
+    let e =
+        c.rt.block_on(on_full.put("small", "v", None))
+            .expect_err("write accepted under NOSPACE");
+    assert!(is_nospace(&e), "{e:?}");
+
+    // Space is freed on the full member: writes resume and it catches up.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    wait_until(WAIT, "a write to be accepted after space was freed", || {
+        c.rt.block_on(cl.put("resumed", "v", None)).is_ok()
+    });
+    wait_until(WAIT, "the full member to catch up", || {
+        let opts = etcd_client::GetOptions::new().with_serializable();
+        c.rt.block_on(on_full.get("resumed", Some(opts)))
+            .is_ok_and(|r| r.kvs().len() == 1)
+    });
+    let alarms = super::harness::etcdctl_at(&eps[full], &["alarm", "list"], None);
+    assert!(
+        String::from_utf8_lossy(&alarms.stdout).trim().is_empty(),
+        "alarms after space was freed: {}",
+        String::from_utf8_lossy(&alarms.stdout)
+    );
+    for m in &c.members {
+        let mut last = String::new();
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            let (code, body) = health(m.client_port);
+            if code == 200 && body.contains(HEALTH_OK) {
+                break;
+            }
+            last = body;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{} unhealthy after space was freed: {last}",
+            m.name
+        );
+        if !last.is_empty() {
+            eprintln!("{} was unhealthy for {:?}: {last}", m.name, start.elapsed());
+        }
+    }
+    drop(c);
+}
