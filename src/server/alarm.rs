@@ -83,3 +83,30 @@ impl Alarms {
         self.set.read().is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_full_alarm_keeps_its_cause() {
+        let a = Alarms::default();
+        let nospace = AlarmType::Nospace as i32;
+        assert!(a.activate_disk_full(1));
+        assert!(a.disk_full(1));
+        assert!(a.has_member(1, AlarmType::Nospace));
+        // A quota alarm raised first stays a quota alarm.
+        assert!(a.activate(2, nospace));
+        assert!(!a.activate_disk_full(2));
+        assert!(!a.disk_full(2));
+        // Restored from the stored values.
+        let b = Alarms::default();
+        b.restore(1, nospace, DISK_FULL);
+        b.restore(2, nospace, &[]);
+        assert!(b.disk_full(1));
+        assert!(!b.disk_full(2));
+        assert_eq!(b.list().len(), 2);
+        assert!(b.deactivate(1, nospace));
+        assert!(!b.disk_full(1));
+    }
+}

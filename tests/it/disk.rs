@@ -246,6 +246,17 @@ fn full_disk_degrades_to_read_only_and_recovers() {
         .block_on(c.put("after-restart", "v", None))
         .expect_err("write accepted on a full disk");
     assert!(is_nospace(&e), "{e:?}");
+    // Disarming does not make a full disk writable: the member goes on
+    // refusing and raises the alarm again.
+    let disarmed = s.ctl_ok(&["alarm", "disarm"]);
+    assert!(disarmed.contains("alarm:NOSPACE"), "disarm: {disarmed}");
+    let e = rt
+        .block_on(c.put("after-disarm", "v", None))
+        .expect_err("write accepted on a full disk after a disarm");
+    assert!(is_nospace(&e), "{e:?}");
+    wait_until(WAIT, "NOSPACE raised again on the full disk", || {
+        s.ctl_ok(&["alarm", "list"]).contains("alarm:NOSPACE")
+    });
 
     // 3. Space is freed: the member lifts its alarm and takes writes again.
     std::fs::remove_file(&filler).expect("remove filler");
