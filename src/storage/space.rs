@@ -40,13 +40,6 @@ pub struct DiskSpace {
     full: AtomicBool,
 }
 
-/// What [`DiskSpace::check`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Check {
-    pub full: bool,
-    pub available: u64,
-}
-
 impl DiskSpace {
     /// The guard of `data_dir`; [`Self::prepare`] must run before the database is opened.
     pub fn new(data_dir: &Path) -> DiskSpace {
@@ -85,10 +78,6 @@ impl DiskSpace {
 
     pub fn low_mark(&self) -> u64 {
         self.low.load(Ordering::Relaxed)
-    }
-
-    pub fn reserve_path(&self) -> &Path {
-        &self.reserve
     }
 
     fn reserve_held(&self) -> bool {
@@ -228,9 +217,9 @@ impl DiskSpace {
     /// The periodic check (from the Raft loop): becomes full below the low
     /// mark; frees the reserve when even that is being eaten; leaves the full
     /// state once there is room again (the reserve made first).
-    pub fn check(&self) -> Check {
+    pub fn check(&self) {
         let low = self.low_mark();
-        let mut available = self.available();
+        let available = self.available();
         if !self.is_full() {
             if available < low {
                 self.set_full();
@@ -248,18 +237,13 @@ impl DiskSpace {
                         self.reserve_size.load(Ordering::Relaxed)
                     };
                 if available >= need && (held || self.make_reserve()) {
-                    available = self.available();
                     self.full.store(false, Ordering::SeqCst);
                     crate::info!(
                         "disk space is available again: accepting writes",
-                        available_bytes = available
+                        available_bytes = self.available()
                     );
                 }
             }
-        }
-        Check {
-            full: self.is_full(),
-            available,
         }
     }
 }
