@@ -203,10 +203,15 @@ fn full_disk_degrades_to_read_only_and_recovers() {
         acked.len(),
         fs.available()
     );
+    let refused_at = Instant::now();
     wait_until(WAIT, "/health to report ALARM NOSPACE", || {
         let (code, body) = health(port);
         code == 503 && body.contains(HEALTH_NOSPACE)
     });
+    eprintln!(
+        "/health reported the alarm {:?} after the first refusal",
+        refused_at.elapsed()
+    );
     let alarms = s.ctl_ok(&["alarm", "list"]);
     assert!(alarms.contains("alarm:NOSPACE"), "alarm list: {alarms}");
     // Refused again, also a small write; and through etcdctl with etcd's text.
