@@ -294,7 +294,7 @@ fn one_full_member_makes_the_cluster_read_only_until_freed() {
     let fs = Tmpfs::mount(64);
     let ballast = fs.ballast("ballast", 16 << 20);
     let full = 2;
-    let c = Cluster::start_prepared(3, &[], |i, d| {
+    let mut c = Cluster::start_prepared(3, &[], |i, d| {
         if i == full {
             let data = fs.root().join("data");
             std::fs::create_dir(&data).expect("data dir");
@@ -353,7 +353,23 @@ fn one_full_member_makes_the_cluster_read_only_until_freed() {
             .expect_err("write accepted under NOSPACE");
     assert!(is_nospace(&e), "{e:?}");
 
+    // Killed, and restarted on a disk with no byte left: it comes back
+    // read-only with everything it held.
+    drop(on_full);
+    c.members[full].kill9();
+    let filler = fs.fill("filler");
+    c.members[full].spawn();
+    c.members[full].wait_ready(WAIT);
+    let (code, body) = health(c.members[full].client_port);
+    assert!(
+        code == 503 && body.contains(HEALTH_NOSPACE),
+        "health after a restart on a full disk: {body}"
+    );
+    let mut on_full = c.rt.block_on(connect(&eps[full]));
+    c.rt.block_on(check_acked(&mut on_full, &acked));
+
     // Space is freed on the full member: writes resume and it catches up.
+    std::fs::remove_file(&filler).expect("remove filler");
     std::fs::remove_file(&ballast).expect("remove ballast");
     wait_until(WAIT, "a write to be accepted after space was freed", || {
         c.rt.block_on(cl.put("resumed", "v", None)).is_ok()
