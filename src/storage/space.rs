@@ -21,9 +21,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Smallest and largest reserve file.
+/// Smallest and largest reserve file. It must hold what a member writes on
+/// a full disk: redb's recovery of a file not closed cleanly (the allocator
+/// state), the Raft hard state of an election, the alarm's log entry and its
+/// apply; a few MiB. Kept small because a test suite or a tmpfs pays it per
+/// member.
 const RESERVE_MIN: u64 = 4 << 20;
-const RESERVE_MAX: u64 = 64 << 20;
+const RESERVE_MAX: u64 = 16 << 20;
 /// Smallest and largest low mark.
 const LOW_MIN: u64 = 8 << 20;
 const LOW_MAX: u64 = 512 << 20;
