@@ -146,6 +146,11 @@ pub struct Node {
     compact_restored: bool,
     revoking: HashMap<i64, Instant>,
     last_size_check: Instant,
+    /// When the bytes in use were last counted, and how long until the next
+    /// count: counting walks every page of the file, so the loop spends at
+    /// most a fiftieth of its time on it.
+    last_in_use: Instant,
+    in_use_every: Duration,
     frozen: bool,
     freeze_file: Option<std::path::PathBuf>,
     persisted_term_vote: (u64, u64),
@@ -239,6 +244,8 @@ impl Node {
             compact_restored,
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
+            last_in_use: Instant::now(),
+            in_use_every: Duration::from_secs(1),
             frozen: false,
             freeze_file: cfg.freeze_file,
             persisted_term_vote: (u64::MAX, u64::MAX),
@@ -333,7 +340,12 @@ impl Node {
                     self.last_size_check = Instant::now();
                     self.disk.check();
                     metrics::DB_SIZE.set(self.backend.size() as i64);
-                    metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
+                    if self.last_in_use.elapsed() >= self.in_use_every {
+                        let start = Instant::now();
+                        metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
+                        self.in_use_every = (start.elapsed() * 50).max(Duration::from_secs(1));
+                        self.last_in_use = Instant::now();
+                    }
                     metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
                 }
             }
