@@ -65,7 +65,7 @@ pub(crate) fn unary<T>(
 /// the disk under its low mark (the Raft loop then raises NOSPACE for the
 /// full disk: see `storage::space`).
 pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
-    if !s.disk.admit((s.inflight_bytes() + cost) as u64) {
+    if !s.disk.admit(s.inflight_bytes() as u64, cost as u64) {
         return Err(Error::NoSpace);
     }
     let quota = s.quota_bytes();

@@ -675,7 +675,7 @@ impl Node {
             // takes the disk under the low mark raises NOSPACE at once.
             let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
             if bytes > 0 {
-                self.disk.admit(bytes as u64);
+                self.disk.admit(0, bytes as u64);
             }
             let start = Instant::now();
             let mut txn = self.backend.write()?;

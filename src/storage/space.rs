@@ -20,6 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Smallest and largest reserve file. It must hold what a member writes on
 /// a full disk: redb's recovery of a file not closed cleanly (the allocator
@@ -42,7 +43,14 @@ pub struct DiskSpace {
     reserve_size: AtomicU64,
     low: AtomicU64,
     full: AtomicBool,
+    /// Free bytes as last read, and when: the request path reads the
+    /// filesystem at most every [`FRESH`], and in between takes what it
+    /// admits off the figure.
+    cached: parking_lot::Mutex<(Option<Instant>, u64)>,
 }
+
+/// How long a free-space figure serves the request path.
+const FRESH: Duration = Duration::from_millis(10);
 
 impl DiskSpace {
     /// The guard of `data_dir`; [`Self::prepare`] must run before the database is opened.
@@ -54,6 +62,7 @@ impl DiskSpace {
             reserve_size: AtomicU64::new(RESERVE_MIN),
             low: AtomicU64::new(LOW_MIN),
             full: AtomicBool::new(false),
+            cached: parking_lot::Mutex::new((None, 0)),
         }
     }
 
@@ -191,16 +200,27 @@ impl DiskSpace {
         }
     }
 
-    /// Whether a write of `bytes` (counting all writes still queued) leaves
-    /// the disk above the low mark; when it does not, the member becomes full.
-    pub fn admit(&self, bytes: u64) -> bool {
+    /// Whether a write of `bytes`, with `queued` bytes of writes still
+    /// waiting to be written, leaves the disk above the low mark; when it
+    /// does not, the member becomes full.
+    pub fn admit(&self, queued: u64, bytes: u64) -> bool {
         if self.is_full() {
             return false;
         }
+        let cost = bytes.saturating_mul(WRITE_AMPLIFICATION);
         let need = self
             .low_mark()
-            .saturating_add(bytes.saturating_mul(WRITE_AMPLIFICATION));
-        let available = self.available();
+            .saturating_add(queued.saturating_mul(WRITE_AMPLIFICATION))
+            .saturating_add(cost);
+        let available = {
+            let mut c = self.cached.lock();
+            if c.0.is_none_or(|t| t.elapsed() >= FRESH) {
+                *c = (Some(Instant::now()), self.available());
+            }
+            let a = c.1;
+            c.1 = a.saturating_sub(cost);
+            a
+        };
         if available < need {
             self.set_full();
             self.release_if_short(available);
