@@ -212,20 +212,18 @@ impl DiskSpace {
             .low_mark()
             .saturating_add(queued.saturating_mul(WRITE_AMPLIFICATION))
             .saturating_add(cost);
-        let available = {
-            let mut c = self.cached.lock();
-            if c.0.is_none_or(|t| t.elapsed() >= FRESH) {
-                *c = (Some(Instant::now()), self.available());
-            }
-            let a = c.1;
-            c.1 = a.saturating_sub(cost);
-            a
-        };
+        let mut c = self.cached.lock();
+        if c.0.is_none_or(|t| t.elapsed() >= FRESH) {
+            *c = (Some(Instant::now()), self.available());
+        }
+        let available = c.1;
         if available < need {
+            drop(c);
             self.set_full();
             self.release_if_short(available);
             return false;
         }
+        c.1 = available - cost;
         true
     }
 
@@ -261,6 +259,7 @@ impl DiskSpace {
                         self.reserve_size.load(Ordering::Relaxed)
                     };
                 if available >= need && (held || self.make_reserve()) {
+                    *self.cached.lock() = (None, 0);
                     self.full.store(false, Ordering::SeqCst);
                     crate::info!(
                         "disk space is available again: accepting writes",
@@ -269,5 +268,37 @@ impl DiskSpace {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_until_there_is_room_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = DiskSpace::new(dir.path());
+        d.prepare().expect("prepare");
+        let available = d.available();
+        assert!(
+            available >= 4 * d.low_mark() + RESERVE_MAX,
+            "this test needs {} bytes free in the temp directory, found {available}",
+            4 * d.low_mark() + RESERVE_MAX
+        );
+        assert!(!d.is_full());
+        assert!(d.reserve_held(), "the reserve is made at start");
+        assert!(d.admit(0, 1024));
+        // A write that would take the disk under the low mark is refused,
+        // and so is everything after it.
+        assert!(!d.admit(0, available / WRITE_AMPLIFICATION));
+        assert!(d.is_full());
+        assert!(!d.admit(0, 1));
+        // The disk never filled: the periodic check finds room and lifts it.
+        d.check();
+        assert!(!d.is_full());
+        assert!(d.admit(0, 1024));
+        // Queued writes count too.
+        assert!(!d.admit(available / WRITE_AMPLIFICATION, 1));
     }
 }
