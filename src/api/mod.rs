@@ -61,8 +61,13 @@ pub(crate) fn unary<T>(
 }
 
 /// Raises NOSPACE (through the log, as etcd does) when a write of `cost` bytes
-/// would take the database over its quota.
+/// would take the database over its quota, and refuses it when it would take
+/// the disk under its low mark (the Raft loop then raises NOSPACE for the
+/// full disk: see `storage::space`).
 pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
+    if !s.disk.admit(s.inflight_bytes() as u64, cost as u64) {
+        return Err(Error::NoSpace);
+    }
     let quota = s.quota_bytes();
     // The space the data takes, as etcd counts bbolt's: redb's file also
     // holds preallocated free space.

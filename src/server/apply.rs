@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prost::Message;
 use raft::eraftpb::{Entry, EntryType};
 
-use super::alarm::Alarms;
+use super::alarm::{Alarms, DISK_FULL};
 use super::request::{Applied, InternalRequest, Op};
 use crate::auth::AuthOp;
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ use crate::membership::Cluster;
 use crate::mvcc::Store;
 use crate::mvcc::writer::{Writer, meta_table};
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, Compare, DeleteRangeRequest,
     DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutRequest, PutResponse,
     RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, alarm_request, compare,
     request_op, response_op,
@@ -85,9 +85,9 @@ impl Applier {
         self.alarms.clear();
         let t = txn.open_table(ALARMS)?;
         for item in t.iter()? {
-            let (k, _) = item?;
+            let (k, v) = item?;
             let (m, a) = k.value();
-            self.alarms.activate(m, a);
+            self.alarms.restore(m, a, v.value());
         }
         Ok(())
     }
@@ -237,7 +237,8 @@ impl Applier {
                     header: header(rev),
                 }))
             }
-            Op::Alarm(a) => self.alarm(txn, w, &a),
+            Op::Alarm(a) => self.alarm(txn, w, &a, false),
+            Op::DiskFullAlarm(a) => self.alarm(txn, w, &a, true),
             Op::MemberUpdate(m) => {
                 let Some(mut current) = self.cluster.get(m.id) else {
                     return Err(Error::MemberNotFound);
@@ -340,7 +341,13 @@ impl Applier {
         Ok(Applied::Done)
     }
 
-    fn alarm(&self, txn: &redb::WriteTransaction, w: &Writer, a: &AlarmRequest) -> Result<Applied> {
+    fn alarm(
+        &self,
+        txn: &redb::WriteTransaction,
+        w: &Writer,
+        a: &AlarmRequest,
+        disk_full: bool,
+    ) -> Result<Applied> {
         let mut resp = AlarmResponse {
             header: header(w.state().rev),
             alarms: vec![],
@@ -351,9 +358,17 @@ impl Applier {
                 if a.alarm == 0 {
                     return Ok(Applied::Alarm(resp));
                 }
-                self.alarms.activate(a.member_id, a.alarm);
-                t.insert((a.member_id, a.alarm), [].as_slice())
-                    .map_err(StorageError::from)?;
+                let disk_full = disk_full && a.alarm == AlarmType::Nospace as i32;
+                let new = if disk_full {
+                    self.alarms.activate_disk_full(a.member_id)
+                } else {
+                    self.alarms.activate(a.member_id, a.alarm)
+                };
+                if new {
+                    let value = if disk_full { DISK_FULL } else { &[] };
+                    t.insert((a.member_id, a.alarm), value)
+                        .map_err(StorageError::from)?;
+                }
                 resp.alarms.push(crate::pb::etcdserverpb::AlarmMember {
                     member_id: a.member_id,
                     alarm: a.alarm,

@@ -45,6 +45,11 @@ impl InFlight {
         Ok(slot)
     }
 
+    /// Bytes of the requests holding slots.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
     #[cfg(test)]
     fn requests(&self) -> usize {
         self.requests.load(Ordering::Acquire)

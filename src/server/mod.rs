@@ -27,6 +27,7 @@ use crate::mvcc::Store;
 use crate::mvcc::watch::WatchHub;
 use crate::pb::etcdserverpb::{Member, ResponseHeader};
 use crate::raft::LogStore;
+use crate::storage::space::DiskSpace;
 use crate::storage::{self, ALARMS, Backend, LEASES, MEMBERS, META, StorageError};
 use alarm::Alarms;
 use apply::Applier;
@@ -74,6 +75,8 @@ pub struct EtcdServer {
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
     inflight: inflight::InFlight,
+    /// Free space on the data directory's filesystem.
+    pub disk: Arc<DiskSpace>,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
@@ -97,6 +100,13 @@ impl EtcdServer {
     pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, StartError> {
         let cfg = Arc::new(cfg);
         prepare_data_dir(&cfg.data_dir)?;
+        // Before the database: on a full disk the reserve is given up so that
+        // opening, electing and raising NOSPACE find room.
+        let disk = Arc::new(DiskSpace::new(&cfg.data_dir));
+        disk.prepare().map_err(|e| StartError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
         let backend = Arc::new(Backend::open(&cfg.data_dir)?);
 
         let mut initialized = false;
@@ -164,9 +174,9 @@ impl EtcdServer {
             }
             let t = txn.open_table(ALARMS).map_err(StorageError::from)?;
             for item in t.iter().map_err(StorageError::from)? {
-                let (k, _) = item.map_err(StorageError::from)?;
+                let (k, v) = item.map_err(StorageError::from)?;
                 let (m, a) = k.value();
-                alarms.activate(m, a);
+                alarms.restore(m, a, v.value());
             }
             let meta = txn.open_table(META).map_err(StorageError::from)?;
             applied = storage::get_u64(&meta, storage::meta::APPLIED_INDEX)?.unwrap_or(0);
@@ -243,6 +253,7 @@ impl EtcdServer {
             ids.clone(),
             rx,
             Some(transport.clone()),
+            disk.clone(),
         )?;
         if !seed.is_empty() {
             transport.seed(seed);
@@ -275,6 +286,7 @@ impl EtcdServer {
             request_timeout,
             transport,
             inflight: inflight::InFlight::default(),
+            disk,
         }))
     }
 
@@ -627,6 +639,11 @@ impl EtcdServer {
             revision: rev,
             raft_term: self.status.term.load(Ordering::Relaxed),
         }
+    }
+
+    /// Bytes of proposals queued into the Raft loop.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight.bytes()
     }
 
     /// A slot for a request of `bytes` into the Raft loop (see `inflight`).

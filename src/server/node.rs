@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::membership::Cluster;
 use crate::metrics;
 use crate::mvcc::watch::WatchHub;
-use crate::pb::etcdserverpb::LeaseRevokeRequest;
 use crate::pb::etcdserverpb::Member;
+use crate::pb::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest, alarm_request};
 use crate::raft::transport::{self, Transport};
 use crate::raft::{LogStore, PeerStorage};
+use crate::storage::space::DiskSpace;
 use crate::storage::{Backend, StorageError};
 
 pub type Reply = oneshot::Sender<Result<Applied>>;
@@ -145,9 +146,17 @@ pub struct Node {
     compact_restored: bool,
     revoking: HashMap<i64, Instant>,
     last_size_check: Instant,
+    /// When the bytes in use were last counted, and how long until the next
+    /// count: counting walks every page of the file, so the loop spends at
+    /// most a fiftieth of its time on it.
+    last_in_use: Instant,
+    in_use_every: Duration,
     frozen: bool,
     freeze_file: Option<std::path::PathBuf>,
     persisted_term_vote: (u64, u64),
+    disk: Arc<DiskSpace>,
+    /// When this member last proposed raising or lifting its NOSPACE alarm.
+    last_disk_alarm: Option<Instant>,
 }
 
 fn raft_err(e: raft::Error) -> StorageError {
@@ -166,6 +175,7 @@ impl Node {
         ids: Arc<IdGen>,
         rx: Receiver<Msg>,
         transport: Option<Arc<Transport>>,
+        disk: Arc<DiskSpace>,
     ) -> Result<Node, StorageError> {
         let rc = raft::Config {
             id: cfg.id,
@@ -234,9 +244,13 @@ impl Node {
             compact_restored,
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
+            last_in_use: Instant::now(),
+            in_use_every: Duration::from_secs(1),
             frozen: false,
             freeze_file: cfg.freeze_file,
             persisted_term_vote: (u64::MAX, u64::MAX),
+            disk,
+            last_disk_alarm: None,
         })
     }
 
@@ -324,8 +338,14 @@ impl Node {
                 }
                 if self.last_size_check.elapsed() >= Duration::from_secs(1) {
                     self.last_size_check = Instant::now();
+                    self.disk.check();
                     metrics::DB_SIZE.set(self.backend.size() as i64);
-                    metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
+                    if self.last_in_use.elapsed() >= self.in_use_every {
+                        let start = Instant::now();
+                        metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
+                        self.in_use_every = (start.elapsed() * 50).max(Duration::from_secs(1));
+                        self.last_in_use = Instant::now();
+                    }
                     metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
                 }
             }
@@ -333,6 +353,55 @@ impl Node {
             if self.removed {
                 return Ok(());
             }
+            self.disk_alarm();
+        }
+    }
+
+    /// Raises NOSPACE for this member while its disk is full, and lifts the
+    /// alarm it raised for its disk once there is room again (at most one
+    /// proposal a second; one lost with a leader change is made again).
+    fn disk_alarm(&mut self) {
+        let alarms = &self.applier.alarms;
+        let action = if self.disk.is_full() {
+            if alarms.has_member(self.local_id, AlarmType::Nospace) {
+                return;
+            }
+            alarm_request::AlarmAction::Activate
+        } else {
+            if !alarms.disk_full(self.local_id) {
+                return;
+            }
+            alarm_request::AlarmAction::Deactivate
+        };
+        if self.status.leader.load(Ordering::Relaxed) == 0
+            || self
+                .last_disk_alarm
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_disk_alarm = Some(Instant::now());
+        let a = AlarmRequest {
+            action: action as i32,
+            member_id: self.local_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let op = if action == alarm_request::AlarmAction::Activate {
+            crate::warn!(
+                "raising NOSPACE alarm: the disk is full",
+                available_bytes = self.disk.available()
+            );
+            Op::DiskFullAlarm(a)
+        } else {
+            crate::info!("lifting NOSPACE alarm: disk space was freed");
+            Op::Alarm(a)
+        };
+        let req = InternalRequest {
+            id: self.ids.next(),
+            op: Some(op),
+        };
+        if self.raw.propose(vec![], req.encode_to_vec()).is_ok() {
+            metrics::PROPOSALS_PENDING.add(1);
         }
     }
 
@@ -600,6 +669,13 @@ impl Node {
                     .unwrap_or(false);
             if let Some(h) = &hs {
                 self.persisted_term_vote = (h.term, h.vote);
+            }
+            // Entries from a leader are written whatever the space left (a
+            // member cannot refuse them and stay in step), but a batch that
+            // takes the disk under the low mark raises NOSPACE at once.
+            let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+            if bytes > 0 {
+                self.disk.admit(0, bytes as u64);
             }
             let start = Instant::now();
             let mut txn = self.backend.write()?;

@@ -18,7 +18,7 @@ pub struct InternalRequest {
     pub id: u64,
     #[prost(
         oneof = "Op",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
     )]
     pub op: Option<Op>,
 }
@@ -72,6 +72,11 @@ pub enum Op {
     /// A simple token for a user who authenticated on the proposing member.
     #[prost(message, tag = "22")]
     AssignToken(AssignToken),
+    /// A member raises NOSPACE because its disk is full (an Activate
+    /// request); it lifts the alarm itself with an ordinary Deactivate once
+    /// space is freed.
+    #[prost(message, tag = "23")]
+    DiskFullAlarm(AlarmRequest),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

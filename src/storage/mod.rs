@@ -242,3 +242,4 @@ pub fn put_u64(table: &mut redb::Table<&str, &[u8]>, key: &str, v: u64) -> Resul
     Ok(())
 }
 pub mod snapshot;
+pub mod space;

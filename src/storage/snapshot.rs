@@ -143,12 +143,12 @@ fn write_to<W: Write>(txn: &redb::ReadTransaction, out: W) -> Result<(W, u64), W
     }
     let t = txn.open_table(ALARMS)?;
     for item in t.iter()? {
-        let (k, _) = item?;
+        let (k, v) = item?;
         let (m, a) = k.value();
         let mut key = [0u8; 12];
         key[..8].copy_from_slice(&m.to_be_bytes());
         key[8..].copy_from_slice(&a.to_be_bytes());
-        record(&mut w, 5, &key, &[])?;
+        record(&mut w, 5, &key, v.value())?;
     }
     let t = txn.open_table(AUTH_USERS)?;
     for item in t.iter()? {
@@ -238,7 +238,7 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
                     let a = k.get(8..12).ok_or_else(|| bad("short alarm key"))?;
                     alarms.insert(
                         (u64_at(k, 0)?, i32::from_be_bytes([a[0], a[1], a[2], a[3]])),
-                        [].as_slice(),
+                        v,
                     )?;
                 }
                 6 | 7 => {

@@ -275,6 +275,16 @@ pub async fn connect(endpoint: &str) -> Client {
 impl Cluster {
     /// Starts `n` members with fast timeouts and waits until all serve clients.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_prepared(n, extra, |_, _| {})
+    }
+
+    /// Like [`Self::start`], with `prepare(i, data_dir)` called for each
+    /// member before its first start.
+    pub fn start_prepared(
+        n: usize,
+        extra: &[&str],
+        mut prepare: impl FnMut(usize, &std::path::Path),
+    ) -> Cluster {
         let serial = CLUSTER_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let net = Net::new();
         let mut members: Vec<Member> = (0..n).map(|i| Member::new(i, &net)).collect();
@@ -285,8 +295,9 @@ impl Cluster {
             .join(",");
         let token = format!("test-{}", free_port());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        for m in &mut members {
+        for (i, m) in members.iter_mut().enumerate() {
             m.set_args(&initial, "new", &token, &extra);
+            prepare(i, &m.data_dir());
             m.spawn();
         }
         let mut c = Cluster {

@@ -6,6 +6,7 @@ mod certs;
 mod client;
 mod cluster;
 mod crash;
+mod disk;
 mod etcdctl;
 mod flags;
 mod harness;
