@@ -91,31 +91,27 @@ impl Stream {
         Some(self.s.header(rev))
     }
 
+    /// Answers a create request that makes no watcher: created and canceled.
+    async fn refuse_create(&self, reason: &str) -> bool {
+        self.send(WatchResponse {
+            header: self.header(self.s.store.current_rev()),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
     async fn create(&mut self, c: WatchCreateRequest) -> bool {
         if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
-            return self
-                .send(WatchResponse {
-                    header: self.header(self.s.store.current_rev()),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: TOO_MANY_WATCHERS.into(),
-                    ..Default::default()
-                })
-                .await;
+            return self.refuse_create(TOO_MANY_WATCHERS).await;
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 return self
-                    .send(WatchResponse {
-                        header: self.header(self.s.store.current_rev()),
-                        watch_id: -1,
-                        created: true,
-                        canceled: true,
-                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream"
-                            .into(),
-                        ..Default::default()
-                    })
+                    .refuse_create("mvcc: duplicate watch ID provided on the WatchStream")
                     .await;
             }
             c.watch_id
@@ -127,17 +123,8 @@ impl Stream {
             self.next_id += 1;
             id
         };
-        if let Err(cancel_reason) = super::authz::watch_create(&self.s, &self.who, &c) {
-            return self
-                .send(WatchResponse {
-                    header: self.header(self.s.store.current_rev()),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason,
-                    ..Default::default()
-                })
-                .await;
+        if let Err(reason) = super::authz::watch_create(&self.s, &self.who, &c) {
+            return self.refuse_create(&reason).await;
         }
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         let (cur, compacted) = self.s.store.revs();

@@ -4,26 +4,13 @@
 //! certificate. Whatever Go's crypto/x509 reads, ours must read.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 use crate::harness::{
-    etcdctl_at, free_port, member_args, ours_bin, reference_bin, spawn_server, wait_until,
+    etcdctl_at, free_port, member_args, openssl_in, ours_bin, reference_bin, spawn_server,
+    wait_until,
 };
-
-/// Runs openssl in `dir`, panicking with its output when it fails.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A certificate and its key, as files.
 struct Pair {
@@ -67,7 +54,7 @@ fn self_signed(dir: &Path, name: &str, subject: &str, extensions: &[&str]) -> Pa
         args.push("-addext");
         args.push(e);
     }
-    openssl(dir, &args);
+    openssl_in(dir, &args);
     Pair {
         cert: dir.join(cert),
         key: dir.join(key),
@@ -98,7 +85,7 @@ fn leaf(dir: &Path, ca: &Pair, name: &str, subject: &str, extra: &str) -> Pair {
         )
     };
     std::fs::write(dir.join(&ext), section).expect("write extension file");
-    openssl(
+    openssl_in(
         dir,
         &[
             "req",
@@ -116,7 +103,7 @@ fn leaf(dir: &Path, ca: &Pair, name: &str, subject: &str, extra: &str) -> Pair {
             subject,
         ],
     );
-    openssl(
+    openssl_in(
         dir,
         &[
             "x509",

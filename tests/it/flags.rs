@@ -3,7 +3,6 @@
 //! `--experimental-compaction-batch-limit` (with the sleep interval), and
 //! `--socket-reuse-port`.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use etcd_client::{CompactionOptions, GetOptions};
 use redb::ReadableTable;
 
 use crate::cluster::{Cluster, Member, connect};
-use crate::harness::{Server, etcdctl_at, free_port, member_args, ours_bin, wait_until};
+use crate::harness::{Server, etcdctl_at, free_port, http_get, member_args, ours_bin, wait_until};
 
 /// Every live key with its value and revisions: (key, value, create, mod, version).
 type Dump = Vec<(String, String, i64, i64, i64)>;
@@ -313,20 +312,6 @@ fn initial_corrupt_check_refuses_a_diverged_member() {
         "{log}"
     );
     c.wait_converged(&[0, 1], Duration::from_secs(20));
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// `etcd_debugging_mvcc_db_compaction_keys_total` of the server.

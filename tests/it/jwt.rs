@@ -3,7 +3,6 @@
 //! the other; expiry, old auth revisions and bad options behave as etcd's.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -16,15 +15,7 @@ use crate::harness::{Server, run_alone_to_exit};
 use crate::security::{setup_users, sh_err, sh_ok};
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::openssl_in(Path::new("."), args);
 }
 
 /// A private key of `kind` as an operator makes it, and its public key.

@@ -1,24 +1,9 @@
 //! Server features without a module of their own: periodic auto-compaction and
 //! `--listen-metrics-urls`.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::harness::{Server, free_port, wait_until};
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
+use crate::harness::{Server, free_port, http_get, wait_until};
 
 #[test]
 fn periodic_auto_compaction_and_metrics_listener() {

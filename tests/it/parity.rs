@@ -189,11 +189,7 @@ async fn response_headers_match_etcd() {
 }
 
 fn metric(srv: &Server, name: &str) -> Option<f64> {
-    let out = std::process::Command::new("curl")
-        .args(["-s", &format!("{}/metrics", srv.endpoint())])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
+    crate::harness::http_get(srv.client_port, "/metrics")
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
         .and_then(|v| v.trim().parse().ok())
