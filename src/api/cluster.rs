@@ -44,7 +44,7 @@ fn members_of(a: Applied) -> (Option<Member>, Vec<Member>) {
 impl ClusterService {
     /// etcd's --strict-reconfig-check: refuse a change that would leave fewer
     /// started voters than a quorum of the new configuration.
-    fn check_quorum_after(&self, add: i64) -> Result<()> {
+    fn check_quorum_after(&self, add: i64, removed: Option<u64>) -> Result<()> {
         if !self.s.cfg.strict_reconfig_check {
             return Ok(());
         }
@@ -55,7 +55,11 @@ impl ClusterService {
             .into_iter()
             .filter(|m| !m.is_learner)
             .collect();
-        let started = voters.iter().filter(|m| !m.name.is_empty()).count() as i64;
+        // As etcd counts: the started voters that stay.
+        let started = voters
+            .iter()
+            .filter(|m| !m.name.is_empty() && Some(m.id) != removed)
+            .count() as i64;
         let size = voters.len() as i64 + add;
         let quorum = size / 2 + 1;
         // As etcd: a second member may always join a one-member cluster (how a
@@ -66,7 +70,7 @@ impl ClusterService {
         if add > 0 && started < quorum {
             return Err(Error::NotEnoughStartedMembers);
         }
-        if add < 0 && started + add < quorum {
+        if add < 0 && started < quorum {
             return Err(Error::NotEnoughStartedMembers);
         }
         Ok(())
@@ -111,7 +115,7 @@ impl ClusterService {
             }
         }
         if !r.is_learner {
-            self.check_quorum_after(1)?;
+            self.check_quorum_after(1, None)?;
         }
         if self.s.cfg.strict_reconfig_check && self.connected_voters().1 > 0 {
             // As etcd: every voter must have been reachable for a while.
@@ -153,7 +157,7 @@ impl ClusterService {
             return Err(Error::MemberNotFound);
         };
         if !m.is_learner {
-            self.check_quorum_after(-1)?;
+            self.check_quorum_after(-1, Some(r.id))?;
             // As etcd: a member that is down may go; otherwise the voters
             // left must keep a quorum of members that are up.
             let up =
