@@ -58,6 +58,13 @@ fn push_chunks(buf: &mut Vec<u8>, msg: &[u8]) {
     }
 }
 
+/// `msg` as it travels: encoded, in chunks (None if it does not encode).
+pub fn frame(msg: &Message) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    push_chunks(&mut buf, &msg.write_to_bytes().ok()?);
+    Some(buf)
+}
+
 /// What the transport reports back to the Raft loop.
 pub enum Event {
     Message(Message),
@@ -105,6 +112,66 @@ async fn read_u64<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<u
     Ok(u64::from_be_bytes(b))
 }
 
+/// What a connection to the peer port asks for, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// Raft messages follow: the sender's cluster, its ID, the member it meant.
+    Raft { cluster: u64, from: u64, to: u64 },
+    /// The cluster ID and the members.
+    Info,
+    /// The HashKV at `rev`, asked by a member of `cluster`.
+    Hash { cluster: u64, rev: i64 },
+}
+
+/// Reads the handshake that opens a connection to the peer port.
+pub async fn read_hello<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<Hello> {
+    let mut magic = [0u8; 9];
+    s.read_exact(&mut magic).await?;
+    if &magic[..8] != MAGIC {
+        return Err(std::io::Error::other("not an etcd-rs peer"));
+    }
+    match magic[8] {
+        KIND_HASH => {
+            let cluster = read_u64(s).await?;
+            let rev = read_u64(s).await? as i64;
+            Ok(Hello::Hash { cluster, rev })
+        }
+        KIND_INFO => Ok(Hello::Info),
+        _ => {
+            let cluster = read_u64(s).await?;
+            let from = read_u64(s).await?;
+            let to = read_u64(s).await?;
+            Ok(Hello::Raft { cluster, from, to })
+        }
+    }
+}
+
+/// Reads one Raft message, sent as one or more chunks (the last one flagged),
+/// using `buf` for its bytes.
+pub async fn read_message<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Message> {
+    buf.clear();
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await?;
+        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if n > CHUNK || buf.len() + n > MAX_FRAME {
+            return Err(std::io::Error::other("frame too large"));
+        }
+        let start = buf.len();
+        buf.resize(start + n, 0);
+        s.read_exact(&mut buf[start..]).await?;
+        if head[4] != 0 {
+            break;
+        }
+    }
+    let parsed = Message::parse_from_bytes(buf);
+    buf.clear();
+    parsed.map_err(|e| std::io::Error::other(format!("bad raft message: {e}")))
+}
+
 /// host:port of a URL such as `http://10.0.0.1:2380`.
 pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -139,9 +206,7 @@ impl Transport {
 
     /// Answers a peer's HashKV request: `[cluster u64][revision i64]`, then
     /// a status byte and, when OK, a length-prefixed `HashKvResponse`.
-    async fn answer_hash(&self, s: &mut Stream) -> std::io::Result<()> {
-        let cluster = read_u64(s).await?;
-        let rev = read_u64(s).await? as i64;
+    async fn answer_hash(&self, s: &mut Stream, cluster: u64, rev: i64) -> std::io::Result<()> {
         if cluster != self.cluster_id {
             s.write_all(&[WRONG_CLUSTER]).await?;
             return Ok(());
@@ -413,32 +478,25 @@ impl Transport {
     }
 
     async fn inbound(&self, mut s: Stream) -> std::io::Result<()> {
-        let mut magic = [0u8; 9];
-        s.read_exact(&mut magic).await?;
-        if &magic[..8] != MAGIC {
-            return Err(std::io::Error::other("not an etcd-rs peer"));
-        }
-        if magic[8] == KIND_HASH {
-            return self.answer_hash(&mut s).await;
-        }
-        if magic[8] == KIND_INFO {
-            let members = self.members.lock().clone();
-            let resp = MemberListResponse {
-                header: Some(ResponseHeader {
-                    cluster_id: self.cluster_id,
-                    member_id: self.local_id,
-                    ..Default::default()
-                }),
-                members,
-            };
-            let bytes = resp.encode_to_vec();
-            s.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-            s.write_all(&bytes).await?;
-            return Ok(());
-        }
-        let cluster = read_u64(&mut s).await?;
-        let from = read_u64(&mut s).await?;
-        let to = read_u64(&mut s).await?;
+        let (cluster, from, to) = match read_hello(&mut s).await? {
+            Hello::Raft { cluster, from, to } => (cluster, from, to),
+            Hello::Hash { cluster, rev } => return self.answer_hash(&mut s, cluster, rev).await,
+            Hello::Info => {
+                let members = self.members.lock().clone();
+                let resp = MemberListResponse {
+                    header: Some(ResponseHeader {
+                        cluster_id: self.cluster_id,
+                        member_id: self.local_id,
+                        ..Default::default()
+                    }),
+                    members,
+                };
+                let bytes = resp.encode_to_vec();
+                s.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+                s.write_all(&bytes).await?;
+                return Ok(());
+            }
+        };
         if cluster != self.cluster_id {
             crate::warn!(
                 "rejected connection from a peer of another cluster",
@@ -463,25 +521,8 @@ impl Transport {
         let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
         let mut buf = Vec::new();
         loop {
-            // A message arrives as one or more chunks; the last one is flagged.
-            let mut head = [0u8; 5];
-            s.read_exact(&mut head).await?;
-            let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            if n > CHUNK || buf.len() + n > MAX_FRAME {
-                return Err(std::io::Error::other("frame too large"));
-            }
-            let start = buf.len();
-            buf.resize(start + n, 0);
-            s.read_exact(&mut buf[start..]).await?;
-            if head[4] == 0 {
-                continue;
-            }
-            let parsed = Message::parse_from_bytes(&buf);
-            buf.clear();
-            match parsed {
-                Ok(m) => (self.deliver)(Event::Message(m)),
-                Err(e) => return Err(std::io::Error::other(format!("bad raft message: {e}"))),
-            }
+            let m = read_message(&mut s, &mut buf).await?;
+            (self.deliver)(Event::Message(m));
         }
     }
 }
