@@ -204,13 +204,32 @@ impl Jwt {
     ) -> Result<Jwt, JwtError> {
         let rng = SystemRandom::new();
         let (signer, verifier) = load_keys(alg, private, public, &rng)?;
-        Ok(Jwt {
+        let jwt = Jwt {
             alg,
             ttl,
             signer,
             verifier,
             rng,
-        })
+        };
+        // A private key can pass its parser and still not sign (an RSA key
+        // whose CRT values do not fit its modulus): refuse it here, not at
+        // every authentication.
+        if let (Some(signer), Some((file, _))) = (&jwt.signer, private) {
+            const PROBE: &[u8] = b"etcd-rs key check";
+            let signs = jwt
+                .sign_bytes(signer, PROBE)
+                .is_some_and(|s| jwt.verify_bytes(PROBE, &s));
+            if !signs {
+                return Err(key_err(
+                    file,
+                    format!(
+                        "the private key cannot make signatures for sign-method={} that its public key verifies",
+                        alg.name()
+                    ),
+                ));
+            }
+        }
+        Ok(jwt)
     }
 
     pub fn alg(&self) -> Alg {
@@ -270,6 +289,21 @@ impl Jwt {
         }
     }
 
+    /// Whether `signature` is this provider's key's signature of `signed`.
+    fn verify_bytes(&self, signed: &[u8], signature: &[u8]) -> bool {
+        match &self.verifier {
+            Verifier::Ring(alg, key) => sig::UnparsedPublicKey::new(*alg, key)
+                .verify(signed, signature)
+                .is_ok(),
+            Verifier::P521(k) => {
+                use p521::ecdsa::signature::Verifier as _;
+                p521::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|s| k.verify(signed, &s).is_ok())
+            }
+            Verifier::Hmac(k) => hmac::verify(k, signed, signature).is_ok(),
+        }
+    }
+
     /// The claims of a token this provider's key signed, if it has not expired.
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let mut parts = token.split('.');
@@ -283,18 +317,7 @@ impl Jwt {
         }
         let signature = B64.decode(s).ok()?;
         let signed = &token.as_bytes()[..h.len() + 1 + c.len()];
-        let ok = match &self.verifier {
-            Verifier::Ring(alg, key) => sig::UnparsedPublicKey::new(*alg, key)
-                .verify(signed, &signature)
-                .is_ok(),
-            Verifier::P521(k) => {
-                use p521::ecdsa::signature::Verifier as _;
-                p521::ecdsa::Signature::from_slice(&signature)
-                    .is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
-            Verifier::Hmac(k) => hmac::verify(k, signed, &signature).is_ok(),
-        };
-        if !ok {
+        if !self.verify_bytes(signed, &signature) {
             return None;
         }
         let claims: serde_json::Value = serde_json::from_slice(&B64.decode(c).ok()?).ok()?;
@@ -803,5 +826,21 @@ mod tests {
         assert!(keys::sec1_to_pkcs8(&named, keys::P256).is_err());
         assert!(keys::pkcs8_ec_inner(doc.as_ref(), keys::P256).is_err());
         assert!(keys::sec1_to_pkcs8(b"junk", keys::P384).is_err());
+    }
+
+    /// Found by fuzzing: an RSA key whose CRT exponent (dmq1) does not fit
+    /// loaded, and then every sign failed. Such a key is refused on load.
+    #[test]
+    fn a_private_key_that_cannot_sign_is_refused() {
+        let pem = include_bytes!("../../fuzz/regressions/jwt_keys/rs256-bad-crt-exponent.pem");
+        let file = Path::new("bad.pem");
+        for alg in [Alg::RS256, Alg::PS512] {
+            let e = Jwt::from_keys(alg, DEFAULT_TTL, Some((file, pem.as_slice())), None)
+                .expect_err("a key that cannot sign");
+            assert!(
+                matches!(&e, JwtError::Key { file: f, detail } if f == file && detail.contains("cannot make signatures")),
+                "{e}"
+            );
+        }
     }
 }
