@@ -201,8 +201,9 @@ mod tests {
         assert_eq!(l.lease_of(b"b"), 0);
     }
 
-    /// Found by fuzzing snapshots: a restored lease with a TTL no client could
-    /// grant (i64::MAX seconds) panicked the member adding it to the clock.
+    /// Found with the snapshot fuzz target (on an input written for it): a
+    /// restored lease with a TTL no client could grant (i64::MAX seconds)
+    /// panicked the member adding it to the clock.
     #[test]
     fn a_ttl_beyond_the_maximum_counts_as_the_maximum() {
         let l = Lessor::new(1);
