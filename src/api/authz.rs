@@ -31,8 +31,9 @@ use axum::response::Response;
 use futures::StreamExt;
 
 use super::kv;
-use crate::auth::Caller;
+use crate::auth::{AuthStore, Caller};
 use crate::error::{Error, Result};
+use crate::lease::Lessor;
 use crate::metrics;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AuthRoleGetRequest, AuthUserGetRequest, DeleteRangeRequest, LeaseRevokeRequest,
@@ -69,14 +70,32 @@ pub enum Refusal {
 
 /// Decodes a request and checks it; `None` when it does not decode (tonic then
 /// refuses it before any handler runs).
-pub type Check = fn(&EtcdServer, &Caller, &[u8]) -> Option<Result<()>>;
+pub type Check = fn(&Authz<'_>, &Caller, &[u8]) -> Option<Result<()>>;
+
+/// What the checks of decoded requests read: the auth store, the leases (for
+/// the keys attached to them) and the txn size limit.
+pub struct Authz<'a> {
+    pub auth: &'a AuthStore,
+    pub lessor: &'a Lessor,
+    pub max_txn_ops: usize,
+}
+
+impl<'a> Authz<'a> {
+    pub fn of(s: &'a EtcdServer) -> Self {
+        Authz {
+            auth: &s.auth,
+            lessor: &s.lessor,
+            max_txn_ops: s.cfg.max_txn_ops,
+        }
+    }
+}
 
 /// A request whose permission depends on its contents.
 pub trait Authorize: prost::Message + Default {
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()>;
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()>;
 }
 
-fn check<T: Authorize>(s: &EtcdServer, c: &Caller, msg: &[u8]) -> Option<Result<()>> {
+fn check<T: Authorize>(s: &Authz<'_>, c: &Caller, msg: &[u8]) -> Option<Result<()>> {
     T::decode(msg).ok().map(|r| r.authorize(s, c))
 }
 
@@ -341,7 +360,7 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
                     Err(e) => return deny(path, tonic::Status::from_error(Box::new(e))),
                 };
                 req = Request::from_parts(parts, body);
-                match first.as_deref().and_then(|m| chk(&s, &c, m)) {
+                match first.as_deref().and_then(|m| chk(&Authz::of(&s), &c, m)) {
                     Some(r) => r,
                     // Undecodable: tonic refuses it the same way.
                     None => Ok(()),
@@ -381,7 +400,10 @@ fn names(path: &'static str) -> Option<(&'static str, &'static str)> {
 /// Reads a request body up to the end of its first gRPC message. Returns the
 /// message (None if it is compressed, too large or incomplete: tonic refuses
 /// those) and a body that replays what was read, then the rest.
-async fn first_message(body: Body, limit: usize) -> Result<(Option<Vec<u8>>, Body), axum::Error> {
+pub(crate) async fn first_message(
+    body: Body,
+    limit: usize,
+) -> Result<(Option<Vec<u8>>, Body), axum::Error> {
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut msg = None;
@@ -408,7 +430,7 @@ async fn first_message(body: Body, limit: usize) -> Result<(Option<Vec<u8>>, Bod
 // As etcd, a KV request is validated before its permissions are checked.
 
 impl Authorize for RangeRequest {
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         kv::check_range(self)?;
         s.auth.check(c, false, &self.key, &self.range_end)
     }
@@ -416,7 +438,7 @@ impl Authorize for RangeRequest {
 
 /// As etcd: writing a key with a lease needs write permission on the keys
 /// already attached to it (whoever may write them may revoke the lease).
-fn lease_keys(s: &EtcdServer, c: &Caller, lease: i64, write: bool) -> Result<()> {
+fn lease_keys(s: &Authz<'_>, c: &Caller, lease: i64, write: bool) -> Result<()> {
     if lease == 0 {
         return Ok(());
     }
@@ -429,7 +451,7 @@ fn lease_keys(s: &EtcdServer, c: &Caller, lease: i64, write: bool) -> Result<()>
 }
 
 impl Authorize for PutRequest {
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         kv::check_put(self)?;
         s.auth.check(c, true, &self.key, &[])?;
         lease_keys(s, c, self.lease, true)?;
@@ -441,7 +463,7 @@ impl Authorize for PutRequest {
 }
 
 impl Authorize for DeleteRangeRequest {
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         kv::check_delete(self)?;
         s.auth.check(c, true, &self.key, &self.range_end)?;
         if self.prev_kv {
@@ -451,7 +473,7 @@ impl Authorize for DeleteRangeRequest {
     }
 }
 
-fn ops(s: &EtcdServer, c: &Caller, ops: &[RequestOp]) -> Result<()> {
+fn ops(s: &Authz<'_>, c: &Caller, ops: &[RequestOp]) -> Result<()> {
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
@@ -472,7 +494,7 @@ fn ops(s: &EtcdServer, c: &Caller, ops: &[RequestOp]) -> Result<()> {
 }
 
 /// Every compare needs read permission, every op its own, in both branches.
-fn txn(s: &EtcdServer, c: &Caller, t: &TxnRequest) -> Result<()> {
+fn txn(s: &Authz<'_>, c: &Caller, t: &TxnRequest) -> Result<()> {
     for cmp in &t.compare {
         s.auth.check(c, false, &cmp.key, &cmp.range_end)?;
     }
@@ -481,29 +503,29 @@ fn txn(s: &EtcdServer, c: &Caller, t: &TxnRequest) -> Result<()> {
 }
 
 impl Authorize for TxnRequest {
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
-        kv::check_txn(self, s.cfg.max_txn_ops)?;
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        kv::check_txn(self, s.max_txn_ops)?;
         txn(s, c, self)
     }
 }
 
 impl Authorize for LeaseRevokeRequest {
     /// Revoking deletes the lease's keys: write permission on each.
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         lease_keys(s, c, self.id, true)
     }
 }
 
 impl Authorize for LeaseTimeToLiveRequest {
     /// The answer can name the lease's keys: read permission on each.
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         lease_keys(s, c, self.id, false)
     }
 }
 
 impl Authorize for AlarmRequest {
     /// Listing alarms is open (health checks do it); changing them is not.
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         if self.action == alarm_request::AlarmAction::Get as i32 {
             Ok(())
         } else {
@@ -514,7 +536,7 @@ impl Authorize for AlarmRequest {
 
 impl Authorize for AuthUserGetRequest {
     /// The root role, or the user reading themself (as etcd, by name).
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         match (s.auth.check_admin(c), c) {
             (Err(_), Caller::User(u)) if *u == self.name => Ok(()),
             (r, _) => r,
@@ -524,7 +546,7 @@ impl Authorize for AuthUserGetRequest {
 
 impl Authorize for AuthRoleGetRequest {
     /// The root role, or a user reading one of their roles.
-    fn authorize(&self, s: &EtcdServer, c: &Caller) -> Result<()> {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
         match (s.auth.check_admin(c), c) {
             (Err(_), Caller::User(u))
                 if s.auth.user(u).is_some_and(|x| x.roles.contains(&self.role)) =>

@@ -2,7 +2,7 @@
 //! the same port (HTTP/2 gRPC and HTTP/1.1 side by side, as etcd does).
 
 pub mod auth;
-mod authority;
+pub(crate) mod authority;
 pub mod authz;
 pub mod cluster;
 pub mod conn;

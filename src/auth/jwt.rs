@@ -55,7 +55,7 @@ pub enum Alg {
 }
 
 impl Alg {
-    const ALL: [Alg; 13] = [
+    pub(crate) const ALL: [Alg; 13] = [
         Alg::RS256,
         Alg::RS384,
         Alg::RS512,
@@ -174,15 +174,62 @@ impl Jwt {
         if ttl.is_zero() {
             return Err(JwtError::Options("ttl must be positive".into()));
         }
+        // The files the algorithm uses, public key first (an HMAC secret is
+        // the private key file).
+        let read = |file: &Path| std::fs::read(file).map_err(|e| key_err(file, e));
+        let hmac = matches!(alg, Alg::HS256 | Alg::HS384 | Alg::HS512);
+        let public = match public.as_deref() {
+            Some(file) if !hmac => Some((file, read(file)?)),
+            _ => None,
+        };
+        let private = match private.as_deref() {
+            Some(file) => Some((file, read(file)?)),
+            None => None,
+        };
+        Self::from_keys(
+            alg,
+            ttl,
+            private.as_ref().map(|(f, d)| (*f, d.as_slice())),
+            public.as_ref().map(|(f, d)| (*f, d.as_slice())),
+        )
+    }
+
+    /// A provider for `alg` from the contents of its key files, each given
+    /// with the file's name (for errors).
+    pub(crate) fn from_keys(
+        alg: Alg,
+        ttl: Duration,
+        private: Option<(&Path, &[u8])>,
+        public: Option<(&Path, &[u8])>,
+    ) -> Result<Jwt, JwtError> {
         let rng = SystemRandom::new();
-        let (signer, verifier) = load_keys(alg, private.as_deref(), public.as_deref(), &rng)?;
-        Ok(Jwt {
+        let (signer, verifier) = load_keys(alg, private, public, &rng)?;
+        let jwt = Jwt {
             alg,
             ttl,
             signer,
             verifier,
             rng,
-        })
+        };
+        // A private key can pass its parser and still not sign (an RSA key
+        // whose CRT values do not fit its modulus): refuse it here, not at
+        // every authentication.
+        if let (Some(signer), Some((file, _))) = (&jwt.signer, private) {
+            const PROBE: &[u8] = b"etcd-rs key check";
+            let signs = jwt
+                .sign_bytes(signer, PROBE)
+                .is_some_and(|s| jwt.verify_bytes(PROBE, &s));
+            if !signs {
+                return Err(key_err(
+                    file,
+                    format!(
+                        "the private key cannot make signatures for sign-method={} that its public key verifies",
+                        alg.name()
+                    ),
+                ));
+            }
+        }
+        Ok(jwt)
     }
 
     pub fn alg(&self) -> Alg {
@@ -206,10 +253,22 @@ impl Jwt {
         let mut out = B64.encode(header.to_string());
         out.push('.');
         out.push_str(&B64.encode(claims.to_string()));
-        let signature = self.sign_bytes(signer, out.as_bytes())?;
-        out.push('.');
-        out.push_str(&B64.encode(signature));
-        Some(out)
+        self.seal(signer, out)
+    }
+
+    /// The token made of `signing_input` (`header.claims`) and its signature.
+    fn seal(&self, signer: &Signer, mut signing_input: String) -> Option<String> {
+        let signature = self.sign_bytes(signer, signing_input.as_bytes())?;
+        signing_input.push('.');
+        signing_input.push_str(&B64.encode(signature));
+        Some(signing_input)
+    }
+
+    /// A token of any header and claims (`header.claims`, each base64url),
+    /// signed with this provider's key; None in verify-only mode. For the fuzz
+    /// targets, which reach what `verify` does after the signature this way.
+    pub(crate) fn seal_any(&self, signing_input: &str) -> Option<String> {
+        self.seal(self.signer.as_ref()?, signing_input.to_string())
     }
 
     fn sign_bytes(&self, signer: &Signer, msg: &[u8]) -> Option<Vec<u8>> {
@@ -230,6 +289,21 @@ impl Jwt {
         }
     }
 
+    /// Whether `signature` is this provider's key's signature of `signed`.
+    fn verify_bytes(&self, signed: &[u8], signature: &[u8]) -> bool {
+        match &self.verifier {
+            Verifier::Ring(alg, key) => sig::UnparsedPublicKey::new(*alg, key)
+                .verify(signed, signature)
+                .is_ok(),
+            Verifier::P521(k) => {
+                use p521::ecdsa::signature::Verifier as _;
+                p521::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|s| k.verify(signed, &s).is_ok())
+            }
+            Verifier::Hmac(k) => hmac::verify(k, signed, signature).is_ok(),
+        }
+    }
+
     /// The claims of a token this provider's key signed, if it has not expired.
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let mut parts = token.split('.');
@@ -243,18 +317,7 @@ impl Jwt {
         }
         let signature = B64.decode(s).ok()?;
         let signed = &token.as_bytes()[..h.len() + 1 + c.len()];
-        let ok = match &self.verifier {
-            Verifier::Ring(alg, key) => sig::UnparsedPublicKey::new(*alg, key)
-                .verify(signed, &signature)
-                .is_ok(),
-            Verifier::P521(k) => {
-                use p521::ecdsa::signature::Verifier as _;
-                p521::ecdsa::Signature::from_slice(&signature)
-                    .is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
-            Verifier::Hmac(k) => hmac::verify(k, signed, &signature).is_ok(),
-        };
-        if !ok {
+        if !self.verify_bytes(signed, &signature) {
             return None;
         }
         let claims: serde_json::Value = serde_json::from_slice(&B64.decode(c).ok()?).ok()?;
@@ -278,11 +341,10 @@ fn key_err(file: &Path, detail: impl ToString) -> JwtError {
     }
 }
 
-/// The PEM sections of a key file.
-fn pem_sections(file: &Path) -> Result<Vec<(SectionKind, Vec<u8>)>, JwtError> {
-    let data = std::fs::read(file).map_err(|e| key_err(file, e))?;
+/// The PEM sections of a key file's contents.
+fn pem_sections(file: &Path, data: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, JwtError> {
     let sections: Vec<(SectionKind, Vec<u8>)> =
-        <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(&data)
+        <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(data)
             .collect::<Result<_, _>>()
             .map_err(|e| key_err(file, format!("not a PEM file: {e}")))?;
     if sections.is_empty() {
@@ -291,8 +353,8 @@ fn pem_sections(file: &Path) -> Result<Vec<(SectionKind, Vec<u8>)>, JwtError> {
     Ok(sections)
 }
 
-fn private_pem(file: &Path) -> Result<(SectionKind, Vec<u8>), JwtError> {
-    pem_sections(file)?
+fn private_pem(file: &Path, data: &[u8]) -> Result<(SectionKind, Vec<u8>), JwtError> {
+    pem_sections(file, data)?
         .into_iter()
         .find(|(k, _)| {
             matches!(
@@ -310,8 +372,8 @@ fn private_pem(file: &Path) -> Result<(SectionKind, Vec<u8>), JwtError> {
 
 /// The public key of a `PUBLIC KEY` (SubjectPublicKeyInfo) section, or of the
 /// first `CERTIFICATE` (etcd takes a certificate there too).
-fn public_pem(file: &Path) -> Result<keys::PublicKey, JwtError> {
-    let sections = pem_sections(file)?;
+fn public_pem(file: &Path, data: &[u8]) -> Result<keys::PublicKey, JwtError> {
+    let sections = pem_sections(file, data)?;
     let spki = if let Some((_, der)) = sections.iter().find(|(k, _)| *k == SectionKind::PublicKey) {
         der.clone()
     } else if let Some((_, der)) = sections
@@ -331,19 +393,18 @@ fn public_pem(file: &Path) -> Result<keys::PublicKey, JwtError> {
 
 fn load_keys(
     alg: Alg,
-    private: Option<&Path>,
-    public: Option<&Path>,
+    private: Option<(&Path, &[u8])>,
+    public: Option<(&Path, &[u8])>,
     rng: &SystemRandom,
 ) -> Result<(Option<Signer>, Verifier), JwtError> {
     use Alg::*;
     if matches!(alg, HS256 | HS384 | HS512) {
-        let file = private.ok_or_else(|| {
+        let (file, secret) = private.ok_or_else(|| {
             JwtError::Options(format!(
                 "{} needs priv-key=<file> (the shared secret)",
                 alg.name()
             ))
         })?;
-        let secret = std::fs::read(file).map_err(|e| key_err(file, e))?;
         if secret.is_empty() {
             return Err(key_err(file, "the secret is empty"));
         }
@@ -352,7 +413,7 @@ fn load_keys(
             HS384 => hmac::HMAC_SHA384,
             _ => hmac::HMAC_SHA512,
         };
-        let key = hmac::Key::new(h, &secret);
+        let key = hmac::Key::new(h, secret);
         return Ok((Some(Signer::Hmac(key.clone())), Verifier::Hmac(key)));
     }
     if private.is_none() && public.is_none() {
@@ -371,8 +432,8 @@ fn load_keys(
         _ => (keys::RSA, None, "an RSA key"),
     };
     let public_bits = match public {
-        Some(file) => {
-            let keys::PublicKey { oid, curve, bits } = public_pem(file)?;
+        Some((file, data)) => {
+            let keys::PublicKey { oid, curve, bits } = public_pem(file, data)?;
             if oid != want_oid || (want_curve.is_some() && curve != want_curve) {
                 return Err(key_err(
                     file,
@@ -384,8 +445,8 @@ fn load_keys(
         None => None,
     };
     let mismatch = || JwtError::Mismatch {
-        private: private.map(Path::to_path_buf).unwrap_or_default(),
-        public: public.map(Path::to_path_buf).unwrap_or_default(),
+        private: private.map(|(f, _)| f.to_path_buf()).unwrap_or_default(),
+        public: public.map(|(f, _)| f.to_path_buf()).unwrap_or_default(),
     };
     let bad_private = |file: &Path, e: &dyn std::fmt::Display| {
         key_err(
@@ -395,8 +456,8 @@ fn load_keys(
     };
     let mut signer = None;
     let mut own_public: Option<Vec<u8>> = None;
-    if let Some(file) = private {
-        let (kind, der) = private_pem(file)?;
+    if let Some((file, data)) = private {
+        let (kind, der) = private_pem(file, data)?;
         match alg {
             RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
                 let kp = match kind {
@@ -470,7 +531,7 @@ fn load_keys(
         ES512 => Verifier::P521(Box::new(
             p521::ecdsa::VerifyingKey::from_sec1_bytes(&key).map_err(|e| {
                 key_err(
-                    public.unwrap_or(Path::new("")),
+                    public.map_or(Path::new(""), |(f, _)| f),
                     format!("bad P-521 point: {e}"),
                 )
             })?,
@@ -765,5 +826,21 @@ mod tests {
         assert!(keys::sec1_to_pkcs8(&named, keys::P256).is_err());
         assert!(keys::pkcs8_ec_inner(doc.as_ref(), keys::P256).is_err());
         assert!(keys::sec1_to_pkcs8(b"junk", keys::P384).is_err());
+    }
+
+    /// Found by fuzzing: an RSA key whose CRT exponent (dmq1) does not fit
+    /// loaded, and then every sign failed. Such a key is refused on load.
+    #[test]
+    fn a_private_key_that_cannot_sign_is_refused() {
+        let pem = include_bytes!("../../fuzz/regressions/jwt_keys/rs256-bad-crt-exponent.pem");
+        let file = Path::new("bad.pem");
+        for alg in [Alg::RS256, Alg::PS512] {
+            let e = Jwt::from_keys(alg, DEFAULT_TTL, Some((file, pem.as_slice())), None)
+                .expect_err("a key that cannot sign");
+            assert!(
+                matches!(&e, JwtError::Key { file: f, detail } if f == file && detail.contains("cannot make signatures")),
+                "{e}"
+            );
+        }
     }
 }

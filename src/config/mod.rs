@@ -668,10 +668,22 @@ fn parse_with_default_conf(
         None => (default_conf.to_path_buf(), false),
     };
     let conf_entries = conffile::read(&conf_path, conf_required)?.unwrap_or_default();
-    for e in &conf_entries {
+    from_sources(&args, env, &conf_path, &conf_entries)
+}
+
+/// The configuration from the split command line, the environment and the
+/// conf file's entries (a YAML file named by one of them is read here).
+fn from_sources(
+    args: &Args,
+    env: &HashMap<String, String>,
+    conf_path: &Path,
+    conf_entries: &[conffile::Entry],
+) -> Result<Command, ConfigError> {
+    let env_value = |key: &str| env.get(key).filter(|v| !v.is_empty()).cloned();
+    for e in conf_entries {
         if flags::lookup_env(&e.key).is_none() && !OTHER_ETCD_VARIABLES.contains(&e.key.as_str()) {
             return Err(ConfigError::UnknownFileKey {
-                path: conf_path.clone(),
+                path: conf_path.to_path_buf(),
                 line: e.line,
                 key: e.key.clone(),
             });
@@ -690,13 +702,13 @@ fn parse_with_default_conf(
                 .map(|e| e.value.clone())
         });
     if let Some(yaml_file) = yaml_file {
-        return from_yaml(Path::new(&yaml_file), &args, env, &conf_path, &conf_entries);
+        return from_yaml(Path::new(&yaml_file), args, env, conf_path, conf_entries);
     }
 
     let mut draft = Draft::new();
     let mut warnings = Vec::new();
 
-    for e in &conf_entries {
+    for e in conf_entries {
         let Some(spec) = flags::lookup_env(&e.key) else {
             continue;
         };
@@ -724,13 +736,13 @@ fn parse_with_default_conf(
             continue;
         }
         let origin = Origin::File {
-            path: conf_path.clone(),
+            path: conf_path.to_path_buf(),
             line: e.line,
         };
         draft
             .apply(spec, &e.value, origin)
             .map_err(|reason| ConfigError::InvalidFileValue {
-                path: conf_path.clone(),
+                path: conf_path.to_path_buf(),
                 line: e.line,
                 key: e.key.clone(),
                 value: e.value.clone(),
@@ -848,6 +860,31 @@ fn from_yaml(
     draft.cfg.warnings.push(note);
     yaml::load(path, &mut draft)?;
     finalize(draft).map(|c| Command::Run(Box::new(c)))
+}
+
+/// The configuration a conf file holding `text` gives, with no flags and no
+/// environment (for the fuzz targets). An `ETCD_CONFIG_FILE` entry is left
+/// out, so no file is read.
+pub(crate) fn from_conf_text(text: &str) -> Result<Command, ConfigError> {
+    let path = Path::new(DEFAULT_CONF_FILE);
+    let mut entries = conffile::parse_text(path, text)?;
+    entries.retain(|e| e.key != "ETCD_CONFIG_FILE");
+    let args = Args {
+        values: Vec::new(),
+        names: HashSet::new(),
+        version: false,
+        config_file: None,
+        conf_file: None,
+    };
+    from_sources(&args, &HashMap::new(), path, &entries)
+}
+
+/// The configuration a YAML configuration file holding `text` gives (for the
+/// fuzz targets).
+pub(crate) fn from_yaml_text(text: &str) -> Result<Config, ConfigError> {
+    let mut draft = Draft::new();
+    yaml::load_str(Path::new("etcd.conf.yml"), text, &mut draft)?;
+    finalize(draft)
 }
 
 /// Applies derived defaults and etcd's consistency checks.

@@ -169,11 +169,12 @@ pub fn parse_go_duration(v: &str) -> Result<Duration, String> {
             }
         }
     }
-    let ns = total_ns + total.round() as u128;
-    if ns > u64::MAX as u128 {
-        return Err("duration out of range".to_string());
-    }
-    Ok(Duration::from_nanos(ns as u64))
+    // The float cast saturates; the sum may not fit even a u128.
+    let ns = total_ns
+        .checked_add(total.round() as u128)
+        .and_then(|ns| u64::try_from(ns).ok())
+        .ok_or_else(|| "duration out of range".to_string())?;
+    Ok(Duration::from_nanos(ns))
 }
 
 /// Duration in whole milliseconds (sub-millisecond non-zero values round up to 1).
@@ -389,6 +390,11 @@ mod tests {
         assert!(parse_go_duration("10x").is_err());
         assert!(parse_go_duration("").is_err());
         assert!(parse_go_duration("-1s").is_err());
+        // Whole units that fill a u128, then a fraction: out of range, not a
+        // wrapped-around short duration.
+        assert!(parse_go_duration(&format!("{}ns.9h", u128::MAX)).is_err());
+        assert!(parse_go_duration(&format!("{}ns", u64::MAX)).is_ok());
+        assert!(parse_go_duration(&format!("{}ns", u128::from(u64::MAX) + 1)).is_err());
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub struct Lease {
     pub keys: BTreeSet<Vec<u8>>,
 }
 
+/// `ttl` seconds after `now`. A TTL beyond etcd's maximum (it can come from a
+/// snapshot or a log entry, which the API's check never saw) counts as the
+/// maximum, so the deadline is always representable.
+fn deadline(now: Instant, ttl: i64) -> Instant {
+    let secs = ttl.clamp(0, MAX_LEASE_TTL) as u64;
+    now.checked_add(Duration::from_secs(secs)).unwrap_or(now)
+}
+
 impl Lease {
     /// Whole seconds left, rounded down as etcd reports them (a lease just
     /// granted or renewed with TTL 60 reports 59).
@@ -76,7 +84,7 @@ impl Lessor {
             Lease {
                 id,
                 ttl,
-                deadline: Instant::now() + Duration::from_secs(ttl as u64),
+                deadline: deadline(Instant::now(), ttl),
                 keys: BTreeSet::new(),
             },
         );
@@ -131,7 +139,7 @@ impl Lessor {
     pub fn renew(&self, id: i64) -> Option<i64> {
         let mut t = self.table.lock();
         let l = t.leases.get_mut(&id)?;
-        l.deadline = Instant::now() + Duration::from_secs(l.ttl as u64);
+        l.deadline = deadline(Instant::now(), l.ttl);
         Some(l.ttl)
     }
 
@@ -139,7 +147,7 @@ impl Lessor {
     pub fn refresh_all(&self) {
         let now = Instant::now();
         for l in self.table.lock().leases.values_mut() {
-            l.deadline = now + Duration::from_secs(l.ttl as u64);
+            l.deadline = deadline(now, l.ttl);
         }
     }
 
@@ -191,5 +199,23 @@ mod tests {
         assert_eq!(l.revoke(8), Some(vec![b"b".to_vec()]));
         assert_eq!(l.revoke(8), None);
         assert_eq!(l.lease_of(b"b"), 0);
+    }
+
+    /// Found with the snapshot fuzz target (on an input written for it): a
+    /// restored lease with a TTL no client could grant (i64::MAX seconds)
+    /// panicked the member adding it to the clock.
+    #[test]
+    fn a_ttl_beyond_the_maximum_counts_as_the_maximum() {
+        let l = Lessor::new(1);
+        assert_eq!(l.grant(7, i64::MAX), i64::MAX);
+        l.restore(8, i64::MAX - 1);
+        assert!(l.renew(7).is_some());
+        l.refresh_all();
+        let now = Instant::now();
+        let left = l.get(8).map(|x| x.remaining(now)).unwrap_or(0);
+        assert!(
+            (MAX_LEASE_TTL - 10..=MAX_LEASE_TTL).contains(&left),
+            "{left}"
+        );
     }
 }

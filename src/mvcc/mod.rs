@@ -170,7 +170,7 @@ impl Store {
     /// The index as scanned from storage names every record still stored; a
     /// compaction at the stored compaction revision makes it the index the
     /// compaction left, and the records it drops are removed again.
-    fn resume(st: &mut State) -> Option<CompactJob> {
+    pub(crate) fn resume(st: &mut State) -> Option<CompactJob> {
         if st.compact_rev <= 0 || st.finished_compact_rev >= st.compact_rev {
             return None;
         }
@@ -227,9 +227,15 @@ impl Store {
     }
 
     fn scan(backend: &Backend) -> Result<(State, LeasedKeys), StorageError> {
+        Self::scan_txn(&backend.read()?)
+    }
+
+    /// The index and revisions the records in `txn` make, and the leased keys.
+    pub(crate) fn scan_txn(
+        txn: &redb::ReadTransaction,
+    ) -> Result<(State, LeasedKeys), StorageError> {
         let mut st = State::default();
         let mut leased: std::collections::HashMap<Vec<u8>, i64> = Default::default();
-        let txn = backend.read()?;
         {
             let meta = txn.open_table(META)?;
             st.compact_rev =

@@ -282,10 +282,19 @@ fn for_each_record<'a>(
 
 /// Checks a snapshot file's structure and checksum.
 pub fn verify(path: &Path) -> Result<(), StorageError> {
+    check(path, &read_file(path)?)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
     let mut data = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(path))?;
+    Ok(data)
+}
+
+/// Checks the structure and checksum of `data`, the contents of `path`.
+pub(crate) fn check(path: &Path, data: &[u8]) -> Result<(), StorageError> {
     let bad = |detail: &str| StorageError::Corrupt {
         path: path.to_path_buf(),
         detail: detail.to_string(),
@@ -317,8 +326,12 @@ pub struct Status {
 
 /// Checks `path` and summarises it.
 pub fn status(path: &Path) -> Result<Status, StorageError> {
-    verify(path)?;
-    let data = std::fs::read(path).map_err(io(path))?;
+    summarise(path, &read_file(path)?)
+}
+
+/// Checks `data`, the contents of `path`, and summarises it.
+pub(crate) fn summarise(path: &Path, data: &[u8]) -> Result<Status, StorageError> {
+    check(path, data)?;
     let bad = |d: &str| StorageError::Corrupt {
         path: path.to_path_buf(),
         detail: d.to_string(),
@@ -354,7 +367,8 @@ pub fn status(path: &Path) -> Result<Status, StorageError> {
 /// new`): membership and the Raft log are not carried over, the keys, leases,
 /// alarms and auth are.
 pub fn restore(path: &Path, data_dir: &Path) -> Result<(), StorageError> {
-    verify(path)?;
+    let data = read_file(path)?;
+    check(path, &data)?;
     let nonempty = std::fs::read_dir(data_dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -364,7 +378,6 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<(), StorageError> {
             detail: "data-dir exists and is not empty".into(),
         });
     }
-    let data = std::fs::read(path).map_err(io(path))?;
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     #[cfg(unix)]
     {
