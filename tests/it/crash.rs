@@ -15,14 +15,6 @@ use crate::harness::Server;
 
 const TASKS: usize = 8;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// A small xorshift generator seeded from the clock (or CRASH_TEST_SEED), for the
 /// kill points.
 struct Rng(u64);
@@ -211,7 +203,7 @@ async fn check_state(c: &mut Client, written: &[Written]) -> usize {
 
 #[test]
 fn kill9_under_load_keeps_acknowledged_writes() {
-    let rt = runtime();
+    let rt = crate::harness::runtime();
     let mut rng = Rng::new();
     // A small snapshot count makes the member compact its Raft log often, so
     // restarts also start from a compacted log.
@@ -301,7 +293,7 @@ fn kill9_under_load_keeps_acknowledged_writes() {
 
 #[test]
 fn sigterm_exits_zero_and_keeps_data() {
-    let rt = runtime();
+    let rt = crate::harness::runtime();
     let mut srv = Server::start(&[]);
     let acked: Vec<(String, i64)> = rt.block_on(async {
         let mut c = connect(&srv.endpoint()).await;

@@ -96,14 +96,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// `/health` on the client port: (status code, body).
 fn health(port: u16) -> (u16, String) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -166,7 +158,7 @@ fn full_disk_degrades_to_read_only_and_recovers() {
         std::os::unix::fs::symlink(&data, d).expect("data dir link");
     });
     let port = s.client_port;
-    let rt = runtime();
+    let rt = crate::harness::runtime();
     let mut c = rt
         .block_on(Client::connect([s.endpoint()], None))
         .expect("connect");
