@@ -517,3 +517,52 @@ mod tests {
         assert!(ran > 0, "no regression input under {}", root.display());
     }
 }
+
+/// etcd's WAL as the import reads it: the bytes of one file, read once as
+/// the log's last file (a torn tail is cut) and once as an earlier one (it is
+/// an error). Records come in file order inside the file; the cut or end is
+/// inside the file; a file that reads as an earlier one reads the same as
+/// the last one. Every entry record's entry is converted as the import
+/// converts it, and the bytes are also read as a `.snap` file.
+pub fn etcd_wal(data: &[u8]) {
+    use crate::etcd_import::{entry::Converter, pb, snap, wal};
+    let read = |last: bool| {
+        let mut crc = 0u32;
+        let mut records = Vec::new();
+        let end = wal::decode_file(data, last, &mut crc, |off, rec| {
+            records.push((off, rec));
+            Ok(())
+        });
+        (end, records, crc)
+    };
+    let (end, records, crc) = read(true);
+    let mut prev = None;
+    for (off, _) in &records {
+        assert!(
+            (*off as usize) < data.len(),
+            "record offset beyond the file"
+        );
+        assert!(prev.is_none_or(|p| p < *off), "records out of order");
+        prev = Some(*off);
+    }
+    if let Ok(end) = end {
+        assert!(end.offset() as usize <= data.len(), "end beyond the file");
+        assert!(prev.is_none_or(|p| p < end.offset()), "end before a record");
+    }
+    let (earlier, again, crc2) = read(false);
+    if let Ok(e) = earlier {
+        assert_eq!(Ok(e), end, "an earlier file ends where the last one does");
+        assert_eq!(again.len(), records.len());
+        assert_eq!(crc, crc2);
+    }
+    let mut conv = Converter::new(4);
+    for (_, rec) in records {
+        if rec.r#type == wal::ENTRY
+            && let Ok(e) = pb::Entry::decode(&rec.data[..])
+            && let Ok(ours) = conv.convert(&e)
+        {
+            assert_eq!((ours.index, ours.term), (e.index, e.term));
+        }
+    }
+    let _ = snap::decode(data);
+}

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod etcd_import;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lease;
