@@ -478,46 +478,6 @@ pub fn peer_stream(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// Every input a fuzz target once crashed on (`fuzz/regressions/TARGET/`)
-    /// runs through its target again, with all the target's checks.
-    #[test]
-    fn past_crashes_stay_fixed() {
-        type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 10] = [
-            ("authority", super::authority),
-            ("conf_file", super::conf_file),
-            ("yaml_config", super::yaml_config),
-            ("jwt_token", super::jwt_token),
-            ("jwt_keys", super::jwt_keys),
-            ("certificate", super::certificate),
-            ("snapshot", super::snapshot),
-            ("authz", super::authz),
-            ("raft_entry", super::raft_entry),
-            ("peer_stream", super::peer_stream),
-        ];
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-        let mut ran = 0;
-        for (name, target) in targets {
-            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
-                continue;
-            };
-            for entry in dir {
-                let path = entry.expect("a directory entry").path();
-                if path.extension().is_some() {
-                    // Inputs of the parser itself (a key file), for its own tests.
-                    continue;
-                }
-                let data = std::fs::read(&path).expect("a regression input");
-                target(&data);
-                ran += 1;
-            }
-        }
-        assert!(ran > 0, "no regression input under {}", root.display());
-    }
-}
-
 /// etcd's WAL as the import reads it: the bytes of one file, read once as
 /// the log's last file (a torn tail is cut) and once as an earlier one (it is
 /// an error). Records come in file order inside the file; the cut or end is
@@ -565,4 +525,44 @@ pub fn etcd_wal(data: &[u8]) {
         }
     }
     let _ = snap::decode(data);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every input a fuzz target once crashed on (`fuzz/regressions/TARGET/`)
+    /// runs through its target again, with all the target's checks.
+    #[test]
+    fn past_crashes_stay_fixed() {
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 10] = [
+            ("authority", super::authority),
+            ("conf_file", super::conf_file),
+            ("yaml_config", super::yaml_config),
+            ("jwt_token", super::jwt_token),
+            ("jwt_keys", super::jwt_keys),
+            ("certificate", super::certificate),
+            ("snapshot", super::snapshot),
+            ("authz", super::authz),
+            ("raft_entry", super::raft_entry),
+            ("peer_stream", super::peer_stream),
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let mut ran = 0;
+        for (name, target) in targets {
+            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
+                continue;
+            };
+            for entry in dir {
+                let path = entry.expect("a directory entry").path();
+                if path.extension().is_some() {
+                    // Inputs of the parser itself (a key file), for its own tests.
+                    continue;
+                }
+                let data = std::fs::read(&path).expect("a regression input");
+                target(&data);
+                ran += 1;
+            }
+        }
+        assert!(ran > 0, "no regression input under {}", root.display());
+    }
 }

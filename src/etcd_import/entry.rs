@@ -85,8 +85,10 @@ impl Converter {
                     client_ur_ls: m.client_urls,
                     is_learner: m.is_learner,
                 };
-                let mut ours = ConfChange::default();
-                ours.node_id = cc.node_id;
+                let mut ours = ConfChange {
+                    node_id: cc.node_id,
+                    ..Default::default()
+                };
                 match cc.r#type {
                     pb::CC_ADD_NODE | pb::CC_ADD_LEARNER_NODE => {
                         ours.set_change_type(if cc.r#type == pb::CC_ADD_NODE {

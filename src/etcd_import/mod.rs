@@ -254,10 +254,8 @@ fn conf_state_at(
                 learners.remove(&cc.node_id);
                 voters.insert(cc.node_id);
             }
-            pb::CC_ADD_LEARNER_NODE => {
-                if !voters.contains(&cc.node_id) {
-                    learners.insert(cc.node_id);
-                }
+            pb::CC_ADD_LEARNER_NODE if !voters.contains(&cc.node_id) => {
+                learners.insert(cc.node_id);
             }
             pb::CC_REMOVE_NODE => {
                 voters.remove(&cc.node_id);
@@ -266,10 +264,11 @@ fn conf_state_at(
             _ => {}
         }
     }
-    let mut cs = raft::eraftpb::ConfState::default();
-    cs.voters = voters.into_iter().collect();
-    cs.learners = learners.into_iter().collect();
-    Ok(cs)
+    Ok(raft::eraftpb::ConfState {
+        voters: voters.into_iter().collect(),
+        learners: learners.into_iter().collect(),
+        ..Default::default()
+    })
 }
 
 fn enc<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, StorageError> {
@@ -297,10 +296,12 @@ fn write_raft_state(
         storage::put_u64(&mut meta, storage::meta::CLUSTER_ID, cluster_id)?;
         storage::put_u64(&mut meta, storage::meta::APPLIED_INDEX, ci)?;
         storage::put_u64(&mut meta, storage::meta::CONSISTENT_TERM, term_at_ci)?;
-        let mut h = raft::eraftpb::HardState::default();
-        h.term = hs.term;
-        h.vote = hs.vote;
-        h.commit = hs.commit.max(ci);
+        let h = raft::eraftpb::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit.max(ci),
+            ..Default::default()
+        };
         meta.insert(storage::meta::HARD_STATE, enc(&h)?.as_slice())?;
         meta.insert(storage::meta::CONF_STATE, enc(cs)?.as_slice())?;
         if start.index > 0 {

@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 mod crash;
 mod disk;
+mod etcd_import;
 mod etcdctl;
 mod flags;
 mod harness;
