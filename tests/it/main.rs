@@ -20,4 +20,5 @@ mod peer;
 mod proxy;
 mod restore;
 mod security;
+mod snapshot_compat;
 mod unix;
