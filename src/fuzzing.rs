@@ -257,6 +257,59 @@ pub fn snapshot(data: &[u8]) {
     }
 }
 
+/// A bbolt file as `etcdutl snapshot status` and `restore` read an etcd
+/// snapshot: opened, checked as `bbolt check` does, summarised, imported
+/// into our tables. Whatever the bytes, no panic; what the check accepts,
+/// the summary reads.
+pub fn bbolt(data: &[u8]) {
+    use crate::bbolt::Reader;
+    use crate::storage::{etcd_schema, etcd_snapshot};
+    static FILE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let path = FILE.get_or_init(|| {
+        std::env::temp_dir().join(format!("etcd-rs-fuzz-bbolt-{}.db", std::process::id()))
+    });
+    if std::fs::write(path, data).is_err() {
+        return;
+    }
+    let Ok(reader) = Reader::open(path) else {
+        return;
+    };
+    let checked = reader.check().is_ok();
+    let status = etcd_snapshot::status_of(&reader);
+    if checked {
+        assert!(status.is_ok(), "status fails on a file the check accepts");
+    }
+    if !checked {
+        return;
+    }
+    static DB: OnceLock<redb::Database> = OnceLock::new();
+    let db = DB.get_or_init(|| {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database");
+        let txn = db.begin_write().expect("a write transaction");
+        {
+            let _ = txn.open_table(crate::storage::KV);
+            let _ = txn.open_table(crate::storage::META);
+            let _ = txn.open_table(crate::storage::LEASES);
+            let _ = txn.open_table(crate::storage::MEMBERS);
+            let _ = txn.open_table(crate::storage::ALARMS);
+            let _ = txn.open_table(crate::storage::AUTH_USERS);
+            let _ = txn.open_table(crate::storage::AUTH_ROLES);
+        }
+        txn.commit().expect("commit");
+        db
+    });
+    let Ok(txn) = db.begin_write() else {
+        return;
+    };
+    if etcd_schema::import_txn(&reader, &txn).is_ok() && txn.commit().is_ok() {
+        if let Ok(txn) = redb::ReadableDatabase::begin_read(db) {
+            restored_member(&txn);
+        }
+    }
+}
+
 /// What a member starting on restored data reads: the key index (compacted
 /// at the stored compaction revision, then read at every revision), leases,
 /// members, auth.

@@ -5,6 +5,7 @@ pub mod log;
 
 pub mod api;
 pub mod auth;
+pub mod bbolt;
 pub mod config;
 pub mod error;
 pub mod etcd_import;

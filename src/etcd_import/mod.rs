@@ -11,7 +11,6 @@
 //! leaves no database and the next start imports again. Anything that cannot
 //! be imported stops the member with the file and the reason.
 
-pub mod backend;
 pub mod entry;
 pub mod pb;
 pub mod snap;
@@ -22,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use crate::storage::etcd_schema::{ImportedMeta, import_backend};
 use crate::storage::{self, Backend, LOG, META, StorageError};
 
 /// Why etcd's data directory cannot be imported.
@@ -53,7 +53,7 @@ pub struct Imported {
     /// The backend's consistent index: entries above it are applied on start.
     pub consistent_index: u64,
     /// The revision of the backend.
-    pub revision: i64,
+    pub revision: u64,
     pub commit_index: u64,
     pub last_index: u64,
     pub term: u64,
@@ -166,7 +166,13 @@ fn import(data_dir: &Path, tmp: &Path, bcrypt_cost: u32) -> Result<Imported, Imp
     }
 
     let be = Backend::open_path(tmp)?;
-    let meta = backend::import_backend(&db, &be).map_err(|e| file_err(&db, e))?;
+    let meta = import_backend(&db, &be).map_err(|e| {
+        if e.to_string().contains(&*db.to_string_lossy()) {
+            ImportError::Storage(e)
+        } else {
+            file_err(&db, e)
+        }
+    })?;
     let ci = meta.consistent_index;
     if ci < start.index {
         return Err(file_err(
@@ -185,8 +191,8 @@ fn import(data_dir: &Path, tmp: &Path, bcrypt_cost: u32) -> Result<Imported, Imp
             ),
         ));
     }
-    let conf_state =
-        conf_state_at(snapshot.as_ref(), &log.entries, ci).map_err(|d| file_err(&waldir, d))?;
+    let conf_state = conf_state_at(&meta, snapshot.as_ref(), &log.entries, ci)
+        .map_err(|d| file_err(&waldir, d))?;
     let term_at_ci = log
         .entries
         .iter()
@@ -226,13 +232,29 @@ fn import(data_dir: &Path, tmp: &Path, bcrypt_cost: u32) -> Result<Imported, Imp
     })
 }
 
-/// The membership as of the backend's consistent index: the snapshot's, with
-/// the membership changes after it applied.
+/// The membership as of the backend's consistent index: as the backend
+/// records it (etcd 3.5 and later), else the snapshot's with the membership
+/// changes after it applied.
 fn conf_state_at(
+    meta: &ImportedMeta,
     snapshot: Option<&snap::SnapInfo>,
     entries: &[pb::Entry],
     ci: u64,
 ) -> Result<raft::eraftpb::ConfState, String> {
+    if let Some(cs) = &meta.conf_state {
+        if cs.voters_outgoing.as_ref().is_some_and(|v| !v.is_empty())
+            || cs.learners_next.as_ref().is_some_and(|v| !v.is_empty())
+        {
+            return Err(
+                "the backend is in a joint-consensus membership change, not supported".into(),
+            );
+        }
+        return Ok(raft::eraftpb::ConfState {
+            voters: cs.voters.clone().unwrap_or_default(),
+            learners: cs.learners.clone().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
     let base = snapshot.map(|s| s.conf_state.clone()).unwrap_or_default();
     if !base.voters_outgoing.is_empty() || !base.learners_next.is_empty() {
         return Err("the snapshot is in a joint-consensus membership change, not supported".into());

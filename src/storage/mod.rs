@@ -247,5 +247,7 @@ pub fn put_u64(table: &mut redb::Table<&str, &[u8]>, key: &str, v: u64) -> Resul
     table.insert(key, v.to_be_bytes().as_slice())?;
     Ok(())
 }
+pub mod etcd_schema;
+pub mod etcd_snapshot;
 pub mod snapshot;
 pub mod space;

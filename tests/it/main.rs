@@ -21,4 +21,5 @@ mod peer;
 mod proxy;
 mod restore;
 mod security;
+mod snapshot_compat;
 mod unix;
