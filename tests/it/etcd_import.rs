@@ -168,10 +168,15 @@ fn wait_serving(log: impl Fn() -> String, ep: &str, user: Option<&str>) {
     }
 }
 
-/// Stops Debian's etcd and starts ours with the same flags on its data.
-fn switch_to_ours(s: &mut Server, user: Option<&str>) {
-    let st = s.terminate().expect("etcd was running");
-    assert!(st.success(), "etcd stopped with {st}");
+/// Stops Debian's etcd; returns its files as it left them.
+fn stop_etcd(s: &mut Server) -> BTreeMap<PathBuf, Vec<u8>> {
+    // etcd ends on SIGTERM by the signal itself.
+    s.terminate().expect("etcd was running");
+    etcd_files(&s.data_dir())
+}
+
+/// Starts ours with the same flags on the data etcd left.
+fn start_ours(s: &mut Server, user: Option<&str>) {
     s.kind = Kind::Ours;
     s.spawn();
     let ep = s.endpoint();
@@ -254,7 +259,8 @@ fn enable_auth(ep: &str) {
 
 #[test]
 fn etcd_member_continues_as_ours() {
-    let mut s = Server::start_reference(&[]);
+    // Snapshots every 25 entries: the import starts from etcd's newest .snap.
+    let mut s = Server::start_reference(&["--snapshot-count", "25"]);
     let ep = s.endpoint();
     write_data(&s);
     enable_auth(&ep);
@@ -262,16 +268,16 @@ fn etcd_member_continues_as_ours() {
     ctl_ok(&ep, Some("alice:alicepw"), &["put", "w/x", "by-alice"]);
     let before = seen(&ep, Some(ROOT));
     assert!(before.revision > 40, "{before:?}");
-    let files = etcd_files(&s.data_dir());
+    let files = stop_etcd(&mut s);
     assert!(
         files.keys().any(|p| p.to_string_lossy().ends_with(".wal")),
         "{files:?}"
     );
-
-    switch_to_ours(&mut s, Some(ROOT));
+    start_ours(&mut s, Some(ROOT));
     let log = s.log();
     assert!(log.contains("imported etcd data directory"), "{log}");
     assert!(log.contains(&format!("{:x}", before.member_id)), "{log}");
+    assert!(log.contains(".snap\","), "no snapshot file imported: {log}");
     let after = seen(&ep, Some(ROOT));
     assert_eq!(after, before);
     // Users keep their passwords and permissions.
@@ -312,7 +318,7 @@ fn etcd_member_continues_as_ours() {
 
 #[test]
 fn etcd_killed_during_writes_loses_no_acknowledged_write() {
-    let mut s = Server::start_reference(&[]);
+    let mut s = Server::start_reference(&["--snapshot-count", "100"]);
     let ep = s.endpoint();
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
