@@ -303,10 +303,11 @@ pub fn bbolt(data: &[u8]) {
     let Ok(txn) = db.begin_write() else {
         return;
     };
-    if etcd_schema::import_txn(&reader, &txn).is_ok() && txn.commit().is_ok() {
-        if let Ok(txn) = redb::ReadableDatabase::begin_read(db) {
-            restored_member(&txn);
-        }
+    if etcd_schema::import_txn(&reader, &txn).is_ok()
+        && txn.commit().is_ok()
+        && let Ok(txn) = redb::ReadableDatabase::begin_read(db)
+    {
+        restored_member(&txn);
     }
 }
 

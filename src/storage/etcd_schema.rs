@@ -573,10 +573,8 @@ fn import_entry(
                 })?;
             out.removed_members.push(id);
         }
-        CLUSTER => {
-            if k == CLUSTER_VERSION {
-                out.cluster_version = Some(String::from_utf8_lossy(v).into_owned());
-            }
+        CLUSTER if k == CLUSTER_VERSION => {
+            out.cluster_version = Some(String::from_utf8_lossy(v).into_owned());
         }
         _ => {}
     }
