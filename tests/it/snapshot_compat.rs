@@ -516,9 +516,9 @@ fn damaged_and_foreign_snapshots_are_refused() {
     b[3 * 4096] ^= 0x01;
     refused(&write("page-id.db", &with_hash(&b)), &[], "page 3");
     let mut b = db.to_vec();
-    // Page 8: the first leaf of the `key` bucket (alarm, auth, authRoles,
-    // authUsers and cluster take pages 3 to 7).
-    let at = 8 * 4096 + 16 + 4;
+    // Page 3: the first leaf of the `key` bucket (the buckets before it are
+    // small, inline in the root bucket's leaf).
+    let at = 3 * 4096 + 16 + 4;
     b[at..at + 4].copy_from_slice(&60_000u32.to_le_bytes());
     refused(&write("element.db", &with_hash(&b)), &[], "out of bounds");
     // A damaged meta page (both copies): not a database any more.
