@@ -131,23 +131,24 @@ impl Writer {
             .map_err(|e| BboltError::io(&self.path, &e))
     }
 
-    fn flush_leaf(&mut self, tree: &mut Tree) -> Result<(), BboltError> {
-        let size = if tree.entries.is_empty() {
-            PAGE_HEADER
-        } else {
-            tree.size
-        };
-        let (id, pages) = self.allocate(size);
-        let mut buf = vec![0u8; pages as usize * self.page_size];
+    /// Lays out a leaf page of `entries`: `len` bytes (whole pages, or for
+    /// an inline bucket's page exactly its size, with id 0).
+    fn encode_leaf(
+        entries: &[(u32, Vec<u8>, Vec<u8>)],
+        id: u64,
+        len: usize,
+        pages: u64,
+    ) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
         Header {
             id,
             flags: LEAF_PAGE,
-            count: tree.entries.len() as u16,
+            count: entries.len() as u16,
             overflow: (pages - 1) as u32,
         }
         .write(&mut buf);
-        let mut data = PAGE_HEADER + tree.entries.len() * ELEMENT;
-        for (i, (flags, k, v)) in tree.entries.iter().enumerate() {
+        let mut data = PAGE_HEADER + entries.len() * ELEMENT;
+        for (i, (flags, k, v)) in entries.iter().enumerate() {
             let at = PAGE_HEADER + i * ELEMENT;
             buf[at..at + 4].copy_from_slice(&flags.to_le_bytes());
             buf[at + 4..at + 8].copy_from_slice(&((data - at) as u32).to_le_bytes());
@@ -158,6 +159,17 @@ impl Writer {
             buf[data..data + v.len()].copy_from_slice(v);
             data += v.len();
         }
+        buf
+    }
+
+    fn flush_leaf(&mut self, tree: &mut Tree) -> Result<(), BboltError> {
+        let size = if tree.entries.is_empty() {
+            PAGE_HEADER
+        } else {
+            tree.size
+        };
+        let (id, pages) = self.allocate(size);
+        let buf = Self::encode_leaf(&tree.entries, id, pages as usize * self.page_size, pages);
         self.write_page(id, &buf)?;
         let first = tree
             .entries
@@ -227,9 +239,23 @@ impl Writer {
 
     fn end_bucket(&mut self) -> Result<(), BboltError> {
         if let Some((name, tree)) = self.current.take() {
-            let root = self.finish_tree(tree)?;
-            let mut header = [0u8; BUCKET_HEADER];
-            header[..8].copy_from_slice(&root.to_le_bytes());
+            let size = if tree.entries.is_empty() {
+                PAGE_HEADER
+            } else {
+                tree.size
+            };
+            let header = if tree.leaves.is_empty() && size <= self.page_size / 4 {
+                // As bbolt: a small bucket lives inline in its parent's leaf,
+                // its root 0 and its one leaf page after the header.
+                let mut v = vec![0u8; BUCKET_HEADER];
+                v.extend_from_slice(&Self::encode_leaf(&tree.entries, 0, size, 1));
+                v
+            } else {
+                let root = self.finish_tree(tree)?;
+                let mut v = vec![0u8; BUCKET_HEADER];
+                v[..8].copy_from_slice(&root.to_le_bytes());
+                v
+            };
             let mut rt = std::mem::take(&mut self.root);
             let r = self.add(&mut rt, BUCKET_LEAF_FLAG, &name, &header);
             self.root = rt;
@@ -319,6 +345,7 @@ mod tests {
         let path = dir.path().join("db");
         let mut want: Contents = Vec::new();
         want.push((b"a".to_vec(), vec![]));
+        want.push((b"b".to_vec(), vec![(b"k".to_vec(), b"inline".to_vec())]));
         let many = (0u32..20_000)
             .map(|i| {
                 (

@@ -186,13 +186,18 @@ async fn fill(s: &Server) -> i64 {
         .revision()
 }
 
+/// (key, value, create revision, mod revision, version, lease)
+type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+/// (permission type, key, range end)
+type Perm = (i32, Vec<u8>, Vec<u8>);
+
 /// Everything a client can see of the keyspace, leases and auth.
 #[derive(Debug, PartialEq)]
 struct Seen {
-    kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>,
+    kvs: Vec<Kv>,
     leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
     users: Vec<(String, Vec<String>)>,
-    roles: Vec<(String, Vec<(i32, Vec<u8>, Vec<u8>)>)>,
+    roles: Vec<(String, Vec<Perm>)>,
     auth: bool,
     revision: i64,
 }
@@ -255,13 +260,7 @@ async fn seen(s: &Server) -> Seen {
             .expect("role")
             .permissions()
             .iter()
-            .map(|p| {
-                (
-                    p.get_type() as i32,
-                    p.key().to_vec(),
-                    p.range_end().to_vec(),
-                )
-            })
+            .map(|p| (p.get_type(), p.key().to_vec(), p.range_end().to_vec()))
             .collect();
         roles.push((r, perms));
     }
@@ -517,9 +516,9 @@ fn damaged_and_foreign_snapshots_are_refused() {
     b[3 * 4096] ^= 0x01;
     refused(&write("page-id.db", &with_hash(&b)), &[], "page 3");
     let mut b = db.to_vec();
-    // Page 8: the first leaf of the `key` bucket (alarm, auth, authRoles,
-    // authUsers and cluster take pages 3 to 7).
-    let at = 8 * 4096 + 16 + 4;
+    // Page 3: the first leaf of the `key` bucket (the buckets before it are
+    // small, inline in the root bucket's leaf).
+    let at = 3 * 4096 + 16 + 4;
     b[at..at + 4].copy_from_slice(&60_000u32.to_le_bytes());
     refused(&write("element.db", &with_hash(&b)), &[], "out of bounds");
     // A damaged meta page (both copies): not a database any more.
@@ -547,4 +546,57 @@ fn damaged_and_foreign_snapshots_are_refused() {
         "not an etcd snapshot",
     );
     refused(&write("empty.db", b""), &[], "not an etcd snapshot");
+}
+
+#[test]
+fn restore_bumps_the_revision_and_marks_it_compacted() {
+    let s = Server::start(&[]);
+    for i in 0..10 {
+        s.ctl_ok(&["put", &format!("k{i}"), "v"]);
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let file = tmp.path().join("snap.db");
+    s.ctl_ok(&["snapshot", "save", p(&file)]);
+    // --mark-compacted alone is refused, as etcd refuses it.
+    let r = etcdutl(&[
+        "snapshot",
+        "restore",
+        p(&file),
+        "--mark-compacted",
+        "--data-dir",
+        p(&tmp.path().join("refused")),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--bump-revision"));
+    assert!(!tmp.path().join("refused").exists());
+    let f = file.clone();
+    let restored = Server::start_prepared(&[], move |dir| {
+        ok(
+            etcdutl(&[
+                "snapshot",
+                "restore",
+                p(&f),
+                "--bump-revision",
+                "1000",
+                "--mark-compacted",
+                "--data-dir",
+                p(dir),
+            ]),
+            "restore with --bump-revision",
+        );
+    });
+    // Revisions 2..=11 were written; the restored store is at 1011, compacted there.
+    let got = restored.ctl_ok(&["get", "k1", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(v["header"]["revision"], 1011, "{got}");
+    assert_eq!(v["kvs"][0]["mod_revision"], 3, "{got}");
+    let old = restored.etcdctl(&["get", "k1", "--rev", "5"]);
+    assert!(!old.status.success());
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("required revision has been compacted"),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    let put = restored.ctl_ok(&["put", "after", "1", "-w", "json"]);
+    assert!(put.contains("\"revision\":1012"), "{put}");
 }
