@@ -68,14 +68,18 @@ pub fn bbolt_file(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("snap").join("db")
 }
 
-fn wal_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("member").join("wal")
+/// etcd's WAL directory: `--wal-dir` when etcd ran with one, else
+/// `member/wal` in the data directory.
+pub fn wal_dir(data_dir: &Path, wal_dir: Option<&Path>) -> PathBuf {
+    wal_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| data_dir.join("member").join("wal"))
 }
 
-/// Whether `data_dir` holds etcd's files: its backend or a WAL file.
-pub fn has_etcd_files(data_dir: &Path) -> bool {
-    bbolt_file(data_dir).exists()
-        || wal::list(&wal_dir(data_dir)).is_ok_and(|names| !names.is_empty())
+/// Whether `data_dir` (or `waldir`) holds etcd's files: its backend or a WAL
+/// file.
+pub fn has_etcd_files(data_dir: &Path, waldir: &Path) -> bool {
+    bbolt_file(data_dir).exists() || wal::list(waldir).is_ok_and(|names| !names.is_empty())
 }
 
 /// Where the database is built before it is renamed into place.
@@ -86,13 +90,15 @@ fn temp_file(data_dir: &Path) -> PathBuf {
 }
 
 /// Imports etcd's files when `data_dir` holds them and no database of ours;
-/// None when there is nothing to import.
+/// None when there is nothing to import. `wal` is `--wal-dir`.
 pub fn import_if_present(
     data_dir: &Path,
+    wal: Option<&Path>,
     bcrypt_cost: u32,
 ) -> Result<Option<Imported>, ImportError> {
     let ours = Backend::file_in(data_dir);
-    if std::fs::metadata(&ours).is_ok_and(|m| m.len() > 0) || !has_etcd_files(data_dir) {
+    let waldir = wal_dir(data_dir, wal);
+    if std::fs::metadata(&ours).is_ok_and(|m| m.len() > 0) || !has_etcd_files(data_dir, &waldir) {
         return Ok(None);
     }
     let tmp = temp_file(data_dir);
@@ -100,15 +106,20 @@ pub fn import_if_present(
     if tmp.exists() {
         std::fs::remove_file(&tmp).map_err(|e| file_err(&tmp, e))?;
     }
-    let r = import(data_dir, &tmp, bcrypt_cost);
+    let r = import(data_dir, &waldir, &tmp, bcrypt_cost);
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     r.map(Some)
 }
 
-fn import(data_dir: &Path, tmp: &Path, bcrypt_cost: u32) -> Result<Imported, ImportError> {
-    let waldir = wal_dir(data_dir);
+fn import(
+    data_dir: &Path,
+    waldir: &Path,
+    tmp: &Path,
+    bcrypt_cost: u32,
+) -> Result<Imported, ImportError> {
+    let waldir = waldir.to_path_buf();
     let db = bbolt_file(data_dir);
     if !db.exists() {
         return Err(file_err(

@@ -105,7 +105,11 @@ impl EtcdServer {
         prepare_data_dir(&cfg.data_dir)?;
         // etcd's files and no database of ours: import them, then start as
         // the member they describe.
-        if let Some(i) = crate::etcd_import::import_if_present(&cfg.data_dir, cfg.bcrypt_cost)? {
+        if let Some(i) = crate::etcd_import::import_if_present(
+            &cfg.data_dir,
+            cfg.wal_dir.as_deref(),
+            cfg.bcrypt_cost,
+        )? {
             let path = |p: &Path| p.display().to_string();
             crate::info!(
                 "imported etcd data directory",

@@ -633,3 +633,21 @@ fn damaged_etcd_files_stop_the_member() {
     );
     assert_eq!(tree(&data), before, "files were written");
 }
+
+#[test]
+fn etcd_wal_dir_is_imported() {
+    let wal = tempfile::tempdir().expect("dir");
+    let waldir = wal.path().join("wal");
+    let w = waldir.to_str().expect("path");
+    let mut s = Server::start_reference(&["--wal-dir", w]);
+    for i in 0..5 {
+        s.ctl_ok(&["put", &format!("w{i}"), "v"]);
+    }
+    let rev = ctl_json(&s.endpoint(), None, &["get", "w4"])["header"]["revision"].as_i64();
+    stop_etcd(&mut s);
+    assert!(!s.data_dir().join("member/wal").exists());
+    start_ours(&mut s, None);
+    let got = ctl_json(&s.endpoint(), None, &["get", "w", "--prefix"]);
+    assert_eq!(got["count"].as_i64(), Some(5), "{got}");
+    assert_eq!(got["header"]["revision"].as_i64(), rev);
+}
