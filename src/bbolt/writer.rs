@@ -377,6 +377,42 @@ mod tests {
         Ok(())
     }
 
+    /// Damage anywhere in a file is an error or goes unnoticed (in a value),
+    /// never a panic or a hang.
+    #[test]
+    fn damaged_files_never_panic() -> Result<(), BboltError> {
+        let dir = tempfile::tempdir().map_err(|e| BboltError::io(Path::new("tmp"), &e))?;
+        let path = dir.path().join("db");
+        let mut w = Writer::create(&path)?;
+        w.bucket(b"a")?;
+        w.put(b"k", b"v")?;
+        w.bucket(b"key")?;
+        for i in 0u32..400 {
+            w.put(&i.to_be_bytes(), &[i as u8; 20])?;
+        }
+        w.finish()?;
+        let good = std::fs::read(&path).map_err(|e| BboltError::io(&path, &e))?;
+        let bad = dir.path().join("bad");
+        let mut errors = 0;
+        for at in (0..good.len()).step_by(11) {
+            let mut b = good.clone();
+            b[at] ^= 0xa5;
+            std::fs::write(&bad, &b).map_err(|e| BboltError::io(&bad, &e))?;
+            let r = Reader::open(&bad).and_then(|r| {
+                r.check()?;
+                for name in r.bucket_names()? {
+                    if let Some(bucket) = r.bucket(&name)? {
+                        r.for_each(&bucket, |_| Ok(()))?;
+                    }
+                }
+                Ok(())
+            });
+            errors += usize::from(r.is_err());
+        }
+        assert!(errors > 0);
+        Ok(())
+    }
+
     #[test]
     fn order_is_enforced() -> Result<(), BboltError> {
         let dir = tempfile::tempdir().map_err(|e| BboltError::io(Path::new("tmp"), &e))?;

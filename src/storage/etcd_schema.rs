@@ -627,7 +627,8 @@ mod tests {
         // Exported again, the key bucket is byte for byte etcd's.
         let out = tmp.path().join("again.db");
         export(&txn, &out)?;
-        let key_bucket = |f: &Path| -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+        let key_bucket = |f: &Path| -> Result<Pairs, StorageError> {
             let r = Reader::open(f)?;
             r.check()?;
             let b = r

@@ -320,7 +320,7 @@ fn restore_flags(s: &Server) -> Vec<String> {
 fn snapshots_both_ways_with_debian_etcd() {
     let rt = runtime();
     let ours = Server::start(LIMIT);
-    let etcd = Server::start_reference(LIMIT);
+    let mut etcd = Server::start_reference(LIMIT);
     let rev = rt.block_on(fill(&ours));
     let etcd_rev = rt.block_on(fill(&etcd));
     assert_eq!(rev, etcd_rev, "the same history makes the same revision");
@@ -425,6 +425,31 @@ fn snapshots_both_ways_with_debian_etcd() {
             assert_eq!(got, etcd_seen, "{what}");
             assert_eq!(hash_at(&mut c, rev).await, etcd_hash, "{what}: HashKV");
         }
+    });
+
+    // A member/snap/db copied from a stopped etcd member (no checksum).
+    etcd.terminate();
+    let bare = tmp.path().join("member-db");
+    std::fs::copy(etcd.data_dir().join("member/snap/db"), &bare).expect("copy etcd's db");
+    let from_member = Server::start_prepared_kind(Kind::Ours, LIMIT, |s| {
+        let mut args = vec!["snapshot".to_string(), "restore".into(), p(&bare).into()];
+        args.push("--skip-hash-check".into());
+        args.extend(restore_flags(s));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(etcdutl(&args), "etcdutl snapshot restore --skip-hash-check");
+    });
+    rt.block_on(async {
+        let mut c = connect(&from_member, true).await;
+        assert_eq!(
+            seen(&from_member).await,
+            etcd_seen,
+            "ours on etcd's member db"
+        );
+        assert_eq!(
+            hash_at(&mut c, rev).await,
+            etcd_hash,
+            "ours on etcd's member db: HashKV"
+        );
     });
 }
 
