@@ -651,3 +651,66 @@ fn etcd_wal_dir_is_imported() {
     assert_eq!(got["count"].as_i64(), Some(5), "{got}");
     assert_eq!(got["header"]["revision"].as_i64(), rev);
 }
+
+/// The end of the records in an etcd WAL file (where its preallocated zeros
+/// begin), walking etcd's framing.
+fn records_end(b: &[u8]) -> usize {
+    let mut off = 0usize;
+    while off + 8 <= b.len() {
+        let word = u64::from_le_bytes(b[off..off + 8].try_into().expect("word"));
+        if word == 0 {
+            break;
+        }
+        let len = (word & !(0xff << 56)) as usize;
+        let pad = if word >> 63 == 1 {
+            ((word >> 56) & 7) as usize
+        } else {
+            0
+        };
+        off += 8 + len + pad;
+    }
+    off
+}
+
+#[test]
+fn torn_wal_tail_is_cut_as_etcd_cuts_it() {
+    let (keep, data) = etcd_data();
+    let wal = std::fs::read_dir(data.join("member/wal"))
+        .expect("wal dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .expect("a wal file");
+    let mut b = std::fs::read(&wal).expect("read wal");
+    let end = records_end(&b);
+    // A record whose write stopped after its first bytes: the sectors after
+    // them are still the file's zeros.
+    b[end..end + 8].copy_from_slice(&2000u64.to_le_bytes());
+    for x in &mut b[end + 8..end + 72] {
+        *x = 0x5a;
+    }
+    std::fs::write(&wal, &b).expect("write wal");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let args = member_args("default", &data, &client, &peer, None);
+    let log_path = keep.path().join("ours.log");
+    let mut child = spawn_server(&ours_bin(), &args, keep.path(), &log_path);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "serving", || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("exited {st}: {}", log());
+        }
+        log().contains("ready to serve client requests")
+    });
+    let got = ctl_json(&client, None, &["get", "k", "--prefix"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got["count"].as_i64(), Some(10), "{got}");
+    let l = log();
+    assert!(
+        l.contains("ignored a torn record") && l.contains(&format!("\"offset\":\"{end}\"")),
+        "{l}"
+    );
+    // The file itself was not repaired.
+    assert_eq!(std::fs::read(&wal).expect("read wal"), b);
+}
