@@ -714,3 +714,37 @@ fn torn_wal_tail_is_cut_as_etcd_cuts_it() {
     // The file itself was not repaired.
     assert_eq!(std::fs::read(&wal).expect("read wal"), b);
 }
+
+#[test]
+fn etcdctl_snapshot_restore_directory_is_imported() {
+    let s = Server::start_reference(&[]);
+    for i in 0..5 {
+        s.ctl_ok(&["put", &format!("r{i}"), &format!("v{i}")]);
+    }
+    let keep = tempfile::tempdir().expect("dir");
+    let snap = keep.path().join("backup.db");
+    s.ctl_ok(&["snapshot", "save", snap.to_str().expect("path")]);
+    let rev = ctl_json(&s.endpoint(), None, &["get", "r4"])["header"]["revision"].as_i64();
+    drop(s);
+    // Debian's etcdctl restores the snapshot as a data directory of etcd's.
+    let mut m = Server::start_prepared(&[], |data| {
+        let out = std::process::Command::new(crate::harness::etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(&snap)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .expect("etcdctl snapshot restore");
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(
+        m.log().contains("imported etcd data directory"),
+        "{}",
+        m.log()
+    );
+    let got = ctl_json(&m.endpoint(), None, &["get", "r", "--prefix"]);
+    assert_eq!(got["count"].as_i64(), Some(5), "{got}");
+    assert_eq!(got["header"]["revision"].as_i64(), rev);
+    m.terminate();
+}
