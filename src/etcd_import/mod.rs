@@ -368,3 +368,54 @@ fn finish(data_dir: &Path, tmp: &Path) -> Result<(), ImportError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(index: u64, r#type: i32, node_id: u64) -> pb::Entry {
+        pb::Entry {
+            r#type: pb::ENTRY_CONF_CHANGE,
+            term: 2,
+            index,
+            data: pb::ConfChange {
+                id: 0,
+                r#type,
+                node_id,
+                context: vec![],
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn membership_at_the_consistent_index() {
+        let snap = snap::SnapInfo {
+            path: PathBuf::from("s.snap"),
+            index: 4,
+            term: 2,
+            conf_state: pb::ConfState {
+                voters: vec![1],
+                ..Default::default()
+            },
+        };
+        let entries = vec![
+            cc(5, pb::CC_ADD_NODE, 2),
+            cc(6, pb::CC_ADD_LEARNER_NODE, 3),
+            cc(7, pb::CC_REMOVE_NODE, 1),
+            cc(8, pb::CC_ADD_NODE, 3),
+        ];
+        let meta = ImportedMeta::default();
+        let at7 = conf_state_at(&meta, Some(&snap), &entries, 7).expect("conf state");
+        assert_eq!((at7.voters, at7.learners), (vec![2], vec![3]));
+        let at8 = conf_state_at(&meta, Some(&snap), &entries, 8).expect("conf state");
+        assert_eq!((at8.voters, at8.learners), (vec![2, 3], vec![]));
+        // etcd 3.5 records it in the backend: that one is used.
+        let meta = ImportedMeta {
+            conf_state: serde_json::from_str(r#"{"voters":[9]}"#).ok(),
+            ..Default::default()
+        };
+        let cs = conf_state_at(&meta, Some(&snap), &entries, 8).expect("conf state");
+        assert_eq!(cs.voters, vec![9]);
+    }
+}
