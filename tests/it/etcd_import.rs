@@ -748,3 +748,65 @@ fn etcdctl_snapshot_restore_directory_is_imported() {
     assert_eq!(got["header"]["revision"].as_i64(), rev);
     m.terminate();
 }
+
+/// Runs the package's `keep_etcd_server_member` (debian/postinst) against a
+/// root directory; returns what it printed.
+fn keep_member(root: &Path) -> String {
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/debian/postinst"))
+        .expect("debian/postinst");
+    let start = script
+        .find("keep_etcd_server_member() {")
+        .expect("the function");
+    let end = start + script[start..].find("\n}\n").expect("its end") + 3;
+    let f = root.join("keep.sh");
+    std::fs::write(&f, &script[start..end]).expect("write");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(". {}; keep_etcd_server_member", f.display()))
+        .env("DPKG_ROOT", root)
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn package_keeps_the_member_of_etcd_server() {
+    let root = tempfile::tempdir().expect("dir");
+    let r = root.path();
+    let dropin = r.join("etc/systemd/system/etcd.service.d/etcd-server-member.conf");
+    std::fs::create_dir_all(r.join("etc/default")).expect("mkdir");
+    std::fs::write(r.join("etc/default/etcd"), "# ETCD_DATA_DIR=/nowhere\n").expect("write");
+    // No etcd data: nothing written.
+    assert_eq!(keep_member(r), "");
+    assert!(!dropin.exists());
+    // etcd-server's member in its default place.
+    std::fs::create_dir_all(r.join("var/lib/etcd/default/member/wal")).expect("mkdir");
+    assert_eq!(keep_member(r), dropin.display().to_string());
+    let d = std::fs::read_to_string(&dropin).expect("drop-in");
+    assert!(
+        d.contains(
+            "[Service]\nEnvironment=ETCD_NAME=%H\nEnvironment=ETCD_DATA_DIR=/var/lib/etcd/default\n"
+        ),
+        "{d}"
+    );
+    assert!(!d.contains("ReadWritePaths"), "{d}");
+    // Run again (an upgrade): left as it is.
+    assert_eq!(keep_member(r), "");
+    // A data directory named in /etc/default/etcd, outside /var/lib/etcd.
+    std::fs::remove_file(&dropin).expect("rm");
+    std::fs::write(r.join("etc/default/etcd"), "ETCD_DATA_DIR=\"/srv/etcd\"\n").expect("write");
+    std::fs::create_dir_all(r.join("srv/etcd/member/snap")).expect("mkdir");
+    std::fs::write(r.join("srv/etcd/member/snap/db"), b"").expect("write");
+    assert_eq!(keep_member(r), dropin.display().to_string());
+    let d = std::fs::read_to_string(&dropin).expect("drop-in");
+    assert!(
+        d.contains("Environment=ETCD_DATA_DIR=/srv/etcd\nReadWritePaths=/srv/etcd\n"),
+        "{d}"
+    );
+    // Already imported: nothing to keep.
+    std::fs::remove_file(&dropin).expect("rm");
+    std::fs::write(r.join("srv/etcd/member/snap/db.redb"), b"x").expect("write");
+    assert_eq!(keep_member(r), "");
+    assert!(!dropin.exists());
+}
