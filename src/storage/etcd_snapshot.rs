@@ -30,6 +30,15 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> StorageError {
 /// consistent read transaction; the database, then its SHA-256); returns
 /// the file's size.
 pub fn save(backend: &Backend, path: &Path) -> Result<u64, StorageError> {
+    let r = write_snapshot(backend, path);
+    if r.is_err() {
+        // No partial file is left behind.
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
+
+fn write_snapshot(backend: &Backend, path: &Path) -> Result<u64, StorageError> {
     {
         let txn = backend.read()?;
         etcd_schema::export(&txn, path)?;
