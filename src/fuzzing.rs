@@ -257,6 +257,60 @@ pub fn snapshot(data: &[u8]) {
     }
 }
 
+/// A bbolt file as `etcdutl snapshot status` and `restore` read an etcd
+/// snapshot: opened, checked as `bbolt check` does, summarised, imported
+/// into our tables. Whatever the bytes, no panic; what the check accepts,
+/// the summary reads.
+pub fn bbolt(data: &[u8]) {
+    use crate::bbolt::Reader;
+    use crate::storage::{etcd_schema, etcd_snapshot};
+    static FILE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let path = FILE.get_or_init(|| {
+        std::env::temp_dir().join(format!("etcd-rs-fuzz-bbolt-{}.db", std::process::id()))
+    });
+    if std::fs::write(path, data).is_err() {
+        return;
+    }
+    let Ok(reader) = Reader::open(path) else {
+        return;
+    };
+    let checked = reader.check().is_ok();
+    let status = etcd_snapshot::status_of(&reader);
+    if checked {
+        assert!(status.is_ok(), "status fails on a file the check accepts");
+    }
+    if !checked {
+        return;
+    }
+    static DB: OnceLock<redb::Database> = OnceLock::new();
+    let db = DB.get_or_init(|| {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database");
+        let txn = db.begin_write().expect("a write transaction");
+        {
+            let _ = txn.open_table(crate::storage::KV);
+            let _ = txn.open_table(crate::storage::META);
+            let _ = txn.open_table(crate::storage::LEASES);
+            let _ = txn.open_table(crate::storage::MEMBERS);
+            let _ = txn.open_table(crate::storage::ALARMS);
+            let _ = txn.open_table(crate::storage::AUTH_USERS);
+            let _ = txn.open_table(crate::storage::AUTH_ROLES);
+        }
+        txn.commit().expect("commit");
+        db
+    });
+    let Ok(txn) = db.begin_write() else {
+        return;
+    };
+    if etcd_schema::import_txn(&reader, &txn).is_ok()
+        && txn.commit().is_ok()
+        && let Ok(txn) = redb::ReadableDatabase::begin_read(db)
+    {
+        restored_member(&txn);
+    }
+}
+
 /// What a member starting on restored data reads: the key index (compacted
 /// at the stored compaction revision, then read at every revision), leases,
 /// members, auth.
@@ -476,6 +530,55 @@ pub fn peer_stream(data: &[u8]) {
         let back = wire::decode(prost::bytes::Bytes::from(again)).expect("and decodes again");
         assert_eq!(back, m);
     }
+}
+
+/// etcd's WAL as the import reads it: the bytes of one file, read once as
+/// the log's last file (a torn tail is cut) and once as an earlier one (it is
+/// an error). Records come in file order inside the file; the cut or end is
+/// inside the file; a file that reads as an earlier one reads the same as
+/// the last one. Every entry record's entry is converted as the import
+/// converts it, and the bytes are also read as a `.snap` file.
+pub fn etcd_wal(data: &[u8]) {
+    use crate::etcd_import::{entry::Converter, pb, snap, wal};
+    let read = |last: bool| {
+        let mut crc = 0u32;
+        let mut records = Vec::new();
+        let end = wal::decode_file(data, last, &mut crc, |off, rec| {
+            records.push((off, rec));
+            Ok(())
+        });
+        (end, records, crc)
+    };
+    let (end, records, crc) = read(true);
+    let mut prev = None;
+    for (off, _) in &records {
+        assert!(
+            (*off as usize) < data.len(),
+            "record offset beyond the file"
+        );
+        assert!(prev.is_none_or(|p| p < *off), "records out of order");
+        prev = Some(*off);
+    }
+    if let Ok(end) = end {
+        assert!(end.offset() as usize <= data.len(), "end beyond the file");
+        assert!(prev.is_none_or(|p| p < end.offset()), "end before a record");
+    }
+    let (earlier, again, crc2) = read(false);
+    if let Ok(e) = earlier {
+        assert_eq!(Ok(e), end, "an earlier file ends where the last one does");
+        assert_eq!(again.len(), records.len());
+        assert_eq!(crc, crc2);
+    }
+    let mut conv = Converter::new(4);
+    for (_, rec) in records {
+        if rec.r#type == wal::ENTRY
+            && let Ok(e) = pb::Entry::decode(&rec.data[..])
+            && let Ok(ours) = conv.convert(&e)
+        {
+            assert_eq!((ours.index, ours.term), (e.index, e.term));
+        }
+    }
+    let _ = snap::decode(data);
 }
 
 #[cfg(test)]

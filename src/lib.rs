@@ -5,8 +5,10 @@ pub mod log;
 
 pub mod api;
 pub mod auth;
+pub mod bbolt;
 pub mod config;
 pub mod error;
+pub mod etcd_import;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lease;

@@ -148,7 +148,8 @@ impl Maintenance for MaintenanceService {
             .map(|(hash, compact, rev)| HashKvResponse {
                 header: Some(self.s.header(self.s.store.current_rev())),
                 hash,
-                compact_revision: compact,
+                // etcd answers -1 for a keyspace never compacted.
+                compact_revision: if compact > 0 { compact } else { -1 },
                 hash_revision: rev,
             });
         unary(SVC, "HashKV", r)

@@ -247,6 +247,27 @@ impl TreeIndex {
         None
     }
 
+    /// The revisions a compaction at `at` would keep (etcd's `Keep`): for
+    /// each key, its last revision at or before `at` unless that is a tombstone.
+    pub fn keep(&self, at: i64) -> std::collections::HashSet<Revision> {
+        let mut keep = std::collections::HashSet::new();
+        for ki in self.tree.values() {
+            let n = ki.generations.len();
+            for (i, g) in ki.generations.iter().enumerate() {
+                let Some(last) = g.revs.last() else { continue };
+                if i + 1 < n && last.main <= at {
+                    continue;
+                }
+                let pos = g.revs.partition_point(|r| r.main <= at);
+                if pos > 0 {
+                    keep.insert(g.revs[pos - 1]);
+                }
+                break;
+            }
+        }
+        keep
+    }
+
     /// Compacts every key at `at`; returns the revisions <= `at` that stay in storage.
     pub fn compact(&mut self, at: i64) -> std::collections::HashSet<Revision> {
         let mut keep = std::collections::HashSet::new();

@@ -260,6 +260,14 @@ impl Store {
                 }
             }
         }
+        // A revision raised without a record (`etcdutl snapshot restore
+        // --bump-revision`).
+        {
+            let meta = txn.open_table(META)?;
+            if let Some(cur) = storage::get_u64(&meta, storage::meta::CURRENT_REV)? {
+                st.rev = st.rev.max(cur as i64);
+            }
+        }
         // etcd starts at revision 1 on an empty store.
         if st.rev < 1 {
             st.rev = 1;
@@ -358,7 +366,7 @@ impl Store {
     /// It waits for the compactor, so that the hash does not depend on how far
     /// a compaction has progressed.
     pub async fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
-        let (txn, rev, compact) = loop {
+        let (txn, rev, compact, keep) = loop {
             self.wait_compacted().await?;
             let st = self.state.read();
             let (cur, compact) = (st.rev, st.compact_rev);
@@ -372,20 +380,41 @@ impl Store {
             // Under the read lock no compaction can be applied; one applied
             // since the wait sends us back to waiting.
             if *self.compacted.borrow() >= compact {
-                break (self.backend.read()?, rev, compact);
+                // As etcd: below the compaction revision only what the index
+                // keeps at `rev` counts (when it keeps anything).
+                let keep = if compact > 0 {
+                    st.index.keep(rev)
+                } else {
+                    Default::default()
+                };
+                break (self.backend.read()?, rev, compact, keep);
             }
         };
         let table = txn.open_table(KV).map_err(StorageError::from)?;
-        let mut h: u32 = 0;
+        // etcd's hash: CRC-32C of the bucket name `key`, then of each record's
+        // key and value as etcd stores them (`storage::etcd_schema`).
+        let mut h: u32 = crc32c::crc32c(storage::etcd_schema::KEY);
         for item in table
             .range(..=(rev as u64, u64::MAX))
             .map_err(StorageError::from)?
         {
             let (k, v) = item.map_err(StorageError::from)?;
             let (main, sub) = k.value();
-            h = crc32c::crc32c_append(h, &main.to_be_bytes());
-            h = crc32c::crc32c_append(h, &sub.to_be_bytes());
-            h = crc32c::crc32c_append(h, v.value());
+            if main as i64 <= compact
+                && !keep.is_empty()
+                && !keep.contains(&Revision::new(main as i64, sub as i64))
+            {
+                continue;
+            }
+            let record = v.value();
+            if let Some((&LIVE, value)) = record.split_first() {
+                h = crc32c::crc32c_append(h, &storage::etcd_schema::rev_key(main, sub, false));
+                h = crc32c::crc32c_append(h, value);
+            } else {
+                let (key, value) = storage::etcd_schema::etcd_kv((main, sub), record)?;
+                h = crc32c::crc32c_append(h, &key);
+                h = crc32c::crc32c_append(h, &value);
+            }
         }
         Ok((h, compact, rev))
     }

@@ -50,6 +50,9 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Jwt(#[from] crate::auth::jwt::JwtError),
+    /// etcd's files in the data directory cannot be imported.
+    #[error("cannot import etcd's data directory: {0}")]
+    Import(#[from] crate::etcd_import::ImportError),
     #[error("cannot start the raft loop: {0}")]
     Thread(String),
     /// `--experimental-initial-corrupt-check` found a peer with another hash
@@ -100,6 +103,46 @@ impl EtcdServer {
     pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, StartError> {
         let cfg = Arc::new(cfg);
         prepare_data_dir(&cfg.data_dir)?;
+        // etcd's files and no database of ours: import them, then start as
+        // the member they describe.
+        if let Some(i) = crate::etcd_import::import_if_present(
+            &cfg.data_dir,
+            cfg.wal_dir.as_deref(),
+            cfg.bcrypt_cost,
+        )? {
+            let path = |p: &Path| p.display().to_string();
+            crate::info!(
+                "imported etcd data directory",
+                backend = path(&i.backend),
+                snapshot = i.snapshot.as_deref().map(path).unwrap_or_default(),
+                wal_files = i
+                    .wal_files
+                    .iter()
+                    .map(|p| path(p))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                revision = i.revision,
+                consistent_index = i.consistent_index,
+                commit_index = i.commit_index,
+                last_index = i.last_index,
+                term = i.term,
+                local_member_id = format!("{:x}", i.member_id),
+                cluster_id = format!("{:x}", i.cluster_id)
+            );
+            if let Some((file, offset)) = &i.cut {
+                crate::info!(
+                    "ignored a torn record at the end of etcd's WAL, as etcd does",
+                    path = path(file),
+                    offset = *offset
+                );
+            }
+            if i.v2_skipped > 0 {
+                crate::warn!(
+                    "etcd's WAL holds v2-store requests, which etcd-rs has no store for; not imported",
+                    count = i.v2_skipped
+                );
+            }
+        }
         // Before the database: on a full disk the reserve is given up so that
         // opening, electing and raising NOSPACE find room.
         let disk = Arc::new(DiskSpace::new(&cfg.data_dir));

@@ -99,7 +99,13 @@ impl Backend {
     /// on open, so a damaged file stops the member with a precise message instead of
     /// being trusted.
     pub fn open(data_dir: &Path) -> Result<Backend> {
-        let path = Self::file_in(data_dir);
+        Self::open_path(&Self::file_in(data_dir))
+    }
+
+    /// Opens (or creates) the database file at `path` (an import builds one
+    /// under a temporary name).
+    pub fn open_path(path: &Path) -> Result<Backend> {
+        let path = path.to_path_buf();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
                 path: dir.to_path_buf(),
@@ -241,5 +247,7 @@ pub fn put_u64(table: &mut redb::Table<&str, &[u8]>, key: &str, v: u64) -> Resul
     table.insert(key, v.to_be_bytes().as_slice())?;
     Ok(())
 }
+pub mod etcd_schema;
+pub mod etcd_snapshot;
 pub mod snapshot;
 pub mod space;

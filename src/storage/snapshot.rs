@@ -1,11 +1,12 @@
-//! Snapshot files: a consistent, self-checking copy of the state machine.
+//! Snapshot files. `Maintenance.Snapshot` and `etcdctl snapshot save` get
+//! etcd's format (`etcd_snapshot`); this module also keeps our own earlier
+//! format, which Raft snapshots between our members still use and which
+//! `etcdutl` still reads (older backups).
 //!
-//! Layout: the magic line `etcd-rs snapshot v1\n`, then records
+//! Our format: the magic line `etcd-rs snapshot v1\n`, then records
 //! `[table u8][key len u32 BE][key][value len u32 BE][value]`, then the end marker
 //! byte 0xFF, then zero bytes up to a multiple of 512, then the SHA-256 of
-//! everything before it (as etcd's snapshots end with a SHA-256 of their
-//! contents; etcdctl accepts a snapshot only if its size is 32 more than a
-//! multiple of 512). The Raft log is not included; a member
+//! everything before it. The Raft log is not included; a member
 //! restored from a snapshot starts a new log.
 
 use std::io::{Read, Write};
@@ -63,8 +64,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
     }
 }
 
-/// Writes a snapshot of the committed state to `path`; returns its size in bytes.
+/// Writes a snapshot of the committed state to `path` in etcd's format;
+/// returns its size in bytes.
 pub fn save(backend: &Backend, path: &Path) -> Result<u64, StorageError> {
+    super::etcd_snapshot::save(backend, path)
+}
+
+/// Writes a snapshot of the committed state to `path` in our own format.
+pub fn save_own(backend: &Backend, path: &Path) -> Result<u64, StorageError> {
     let file = std::fs::File::create(path).map_err(io(path))?;
     let txn = backend.read()?;
     let (file, len) = write_to(&txn, std::io::BufWriter::new(file)).map_err(|e| match e {
@@ -324,9 +331,33 @@ pub struct Status {
     pub total_size: u64,
 }
 
-/// Checks `path` and summarises it.
+/// Checks `path` (etcd's format or ours) and summarises it.
 pub fn status(path: &Path) -> Result<Status, StorageError> {
+    if !is_own_format(path)? {
+        let st = super::etcd_snapshot::status(path)?;
+        return Ok(Status {
+            hash: st.hash,
+            revision: st.revision,
+            total_keys: st.total_keys,
+            total_size: st.total_size,
+        });
+    }
     summarise(path, &read_file(path)?)
+}
+
+/// Whether `path` starts with our own format's magic line.
+fn is_own_format(path: &Path) -> Result<bool, StorageError> {
+    let mut head = vec![0u8; MAGIC.len()];
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut got = 0;
+    while got < head.len() {
+        let n = f.read(&mut head[got..]).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(head == MAGIC)
 }
 
 /// Checks `data`, the contents of `path`, and summarises it.
@@ -367,6 +398,20 @@ pub(crate) fn summarise(path: &Path, data: &[u8]) -> Result<Status, StorageError
 /// new`): membership and the Raft log are not carried over, the keys, leases,
 /// alarms and auth are.
 pub fn restore(path: &Path, data_dir: &Path) -> Result<(), StorageError> {
+    restore_with(path, data_dir, Default::default())
+}
+
+/// [`restore`] with etcd's options; a file in our own format takes none
+/// but the hash check (it always has its checksum, and it is verified).
+pub fn restore_with(
+    path: &Path,
+    data_dir: &Path,
+    opts: super::etcd_snapshot::RestoreOptions,
+) -> Result<(), StorageError> {
+    if !is_own_format(path)? {
+        super::etcd_snapshot::restore(path, data_dir, opts)?;
+        return Ok(());
+    }
     let data = read_file(path)?;
     check(path, &data)?;
     let nonempty = std::fs::read_dir(data_dir)

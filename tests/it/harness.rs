@@ -116,9 +116,19 @@ impl Server {
     /// Starts our server on a data directory prepared by `prepare` (called with
     /// the directory before the first start).
     pub fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Server {
+        Self::start_prepared_kind(Kind::Ours, extra, |s| prepare(&s.data_dir()))
+    }
+
+    /// Starts `kind` on a data directory prepared by `prepare`, which is
+    /// given the server (its data directory and ports) before the first start.
+    pub fn start_prepared_kind(
+        kind: Kind,
+        extra: &[&str],
+        prepare: impl FnOnce(&Server),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Server {
-            kind: Kind::Ours,
+            kind,
             dir,
             name: "default".into(),
             client_port: free_port(),
@@ -127,7 +137,7 @@ impl Server {
             child: None,
             log_path: PathBuf::new(),
         };
-        prepare(&s.data_dir());
+        prepare(&s);
         s.spawn();
         s.wait_ready();
         s
@@ -184,7 +194,11 @@ impl Server {
             }
             if self.log().contains("ready to serve client requests") {
                 let out = self.etcdctl(&["endpoint", "health"]);
-                if out.status.success() {
+                // With auth enabled (a restored snapshot), a request without
+                // a user is answered with this error: the member serves.
+                if out.status.success()
+                    || String::from_utf8_lossy(&out.stderr).contains("user name is empty")
+                {
                     return;
                 }
             }
