@@ -734,3 +734,115 @@ fn etcdctl_lock_and_elect_as_with_etcd() {
     assert_eq!(got, want);
     assert_eq!(got[1], "second");
 }
+
+/// A waiter whose own lease expires while it waits is not given the lock
+/// once the holder lets go (etcd 3.5's answer; etcd 3.4 answers success with
+/// a key that no longer exists).
+#[test]
+fn a_waiter_whose_lease_expired_is_not_given_the_lock() {
+    let srv = Server::start(&[]);
+    runtime().block_on(async {
+        let mut a = connect(&srv).await;
+        let holder = grant(&mut a, 60).await;
+        let short = grant(&mut a, 2).await;
+        let held = a
+            .lock("X", Some(LockOptions::new().with_lease(holder)))
+            .await
+            .expect("lock");
+        let mut a2 = a.clone();
+        let mut waiter = tokio::spawn(async move {
+            a2.lock("X", Some(LockOptions::new().with_lease(short)))
+                .await
+        });
+        until("the waiter's key to come and go with its lease", || {
+            let mut a = a.clone();
+            async move {
+                let ttl = a.lease_time_to_live(short, None).await.expect("ttl");
+                ttl.ttl() < 0 && count(&mut a, "X/").await == 1
+            }
+        })
+        .await;
+        still_waiting(&mut waiter, "the waiter").await;
+        a.unlock(held.key()).await.expect("unlock");
+        let r = finished(waiter, "the waiter").await;
+        assert_eq!(
+            r.map(|_| ()).map_err(status_of),
+            Err("Unknown: mutex: session is expired".to_string())
+        );
+    });
+}
+
+/// Locks and campaigns through followers and the leader of a three-member
+/// cluster: waits follow deletions applied on another member, and Observe on
+/// a follower sees the leader change.
+#[test]
+fn locks_and_elections_across_members() {
+    let c = crate::cluster::Cluster::start(3, &[]);
+    let leader = c.wait_leader(&[0, 1, 2], WAIT);
+    let f: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let ep = |i: usize| c.members[i].endpoint();
+    c.rt.block_on(async {
+        let mut a = crate::cluster::connect(&ep(f[0])).await;
+        let mut b = crate::cluster::connect(&ep(f[1])).await;
+        let mut l = crate::cluster::connect(&ep(leader)).await;
+        let la = grant(&mut a, 60).await;
+        let lb = grant(&mut b, 60).await;
+
+        let held = a
+            .lock("L", Some(LockOptions::new().with_lease(la)))
+            .await
+            .expect("lock on a follower");
+        let mut b2 = b.clone();
+        let mut waiter =
+            tokio::spawn(
+                async move { b2.lock("L", Some(LockOptions::new().with_lease(lb))).await },
+            );
+        until("b's key", || {
+            let mut b = b.clone();
+            async move { count(&mut b, "L/").await == 2 }
+        })
+        .await;
+        still_waiting(&mut waiter, "the lock on the other follower").await;
+        l.unlock(held.key()).await.expect("unlock on the leader");
+        let got = finished(waiter, "the lock on the other follower")
+            .await
+            .expect("lock");
+        assert_eq!(text(got.key()), format!("L/{lb:x}"));
+
+        let (tx, mut obs) = tokio::sync::mpsc::channel(16);
+        let mut b3 = b.clone();
+        let observer = tokio::spawn(async move {
+            let mut s = b3.observe("E").await.expect("observe");
+            while let Ok(Some(m)) = s.message().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let ca = a.campaign("E", "a", la).await.expect("campaign");
+        assert!(next(&mut obs).await.starts_with("observed a "));
+        let mut l2 = l.clone();
+        let mut waiter = tokio::spawn(async move { l2.campaign("E", "l", lb).await });
+        until("the second candidate's key", || {
+            let mut l = l.clone();
+            async move { count(&mut l, "E/").await == 2 }
+        })
+        .await;
+        still_waiting(&mut waiter, "the campaign on the leader").await;
+        let lead = ca.leader().expect("leader key").clone();
+        a.resign(Some(ResignOptions::new().with_leader(lead)))
+            .await
+            .expect("resign");
+        let cl = finished(waiter, "the campaign on the leader")
+            .await
+            .expect("campaign");
+        assert_eq!(
+            cl.leader().map(|k| text(k.key())),
+            Some(format!("E/{lb:x}"))
+        );
+        assert!(next(&mut obs).await.starts_with("observed l "));
+        let seen = b.leader("E").await.expect("leader");
+        assert_eq!(seen.kv().map(|kv| text(kv.value())), Some("l".into()));
+        observer.abort();
+    });
+}
