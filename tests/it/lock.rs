@@ -284,6 +284,27 @@ async fn election_scenario(srv: &Server) -> Vec<String> {
     assert_eq!(again.leader().map(|l| l.key()), Some(lead_b.key()));
     t.push(format!("b again at {}", rev(again.header())));
     t.push(next(&mut obs).await);
+
+    // A candidate that gives up while it waits withdraws its key.
+    let lc = grant(&mut a, 60).await;
+    let mut a2 = a.clone();
+    let waiter = tokio::spawn(async move { a2.campaign("E", "c", lc).await });
+    until("c's key under E/", || {
+        let mut a = a.clone();
+        async move { count(&mut a, "E/").await == 2 }
+    })
+    .await;
+    waiter.abort();
+    until("c's key withdrawn", || {
+        let mut a = a.clone();
+        async move { count(&mut a, "E/").await == 1 }
+    })
+    .await;
+    let left = a.get("E/", Some(GetOptions::new().with_prefix())).await;
+    t.push(format!(
+        "c gave up, E/ at {}",
+        rev(left.expect("get").header())
+    ));
     let r = b
         .resign(Some(ResignOptions::new().with_leader(lead_b)))
         .await
