@@ -223,8 +223,9 @@ impl Election for ElectionService {
         answer(
             SVC,
             "Campaign",
-            ElectionService::campaign(self, req.into_inner()).await,
+            ElectionService::campaign(self, req.into_inner()),
         )
+        .await
     }
 
     async fn proclaim(
@@ -234,8 +235,9 @@ impl Election for ElectionService {
         answer(
             SVC,
             "Proclaim",
-            ElectionService::proclaim(self, req.into_inner()).await,
+            ElectionService::proclaim(self, req.into_inner()),
         )
+        .await
     }
 
     async fn leader(
@@ -245,8 +247,9 @@ impl Election for ElectionService {
         answer(
             SVC,
             "Leader",
-            ElectionService::leader(self, req.into_inner()).await,
+            ElectionService::leader(self, req.into_inner()),
         )
+        .await
     }
 
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
@@ -277,7 +280,8 @@ impl Election for ElectionService {
         answer(
             SVC,
             "Resign",
-            ElectionService::resign(self, req.into_inner()).await,
+            ElectionService::resign(self, req.into_inner()),
         )
+        .await
     }
 }

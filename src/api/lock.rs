@@ -107,15 +107,19 @@ fn get(key: &[u8]) -> crate::pb::etcdserverpb::RangeRequest {
     }
 }
 
-/// Finishes a unary call of the Lock or Election service: errors unmapped, as
-/// etcd returns them, and the call counted.
-pub(crate) fn answer<T>(
+/// Runs a unary call of the Lock or Election service: counted when it starts
+/// (a Lock or Campaign may wait long) and when it ends, its error unmapped,
+/// as etcd returns it.
+pub(crate) async fn answer<T>(
     svc: &'static str,
     method: &'static str,
-    r: Result<T>,
+    call: impl std::future::Future<Output = Result<T>>,
 ) -> Result<Response<T>, Status> {
     metrics::grpc_started("unary", svc, method);
-    let r = r.map(Response::new).map_err(super::status::unmapped);
+    let r = call
+        .await
+        .map(Response::new)
+        .map_err(super::status::unmapped);
     let code = match &r {
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
@@ -127,17 +131,13 @@ pub(crate) fn answer<T>(
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        answer(SVC, "Lock", LockService::lock(self, req.into_inner()).await)
+        answer(SVC, "Lock", LockService::lock(self, req.into_inner())).await
     }
 
     async fn unlock(
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        answer(
-            SVC,
-            "Unlock",
-            LockService::unlock(self, req.into_inner()).await,
-        )
+        answer(SVC, "Unlock", LockService::unlock(self, req.into_inner())).await
     }
 }
