@@ -20,6 +20,9 @@
 //! txns are checked like the outer one, and a lease's time-to-live needs read
 //! permission on its keys (the fix of CVE-2023-32082 in later etcd releases).
 //! AuthStatus and Downgrade, which etcd 3.4 does not have, need the root role.
+//! The Lock and Election services need what their KV operations need, and are
+//! refused as etcd's services fail: the error's text with code Unknown, and a
+//! refused Observe just ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
