@@ -109,6 +109,19 @@ pub enum Error {
     /// store's own text, unmapped (gRPC code Unknown).
     #[error("{}", auth_store_text(.0))]
     AuthStore(Box<Error>),
+    /// Proclaim or Resign on a leader key that no longer leads (etcd's
+    /// concurrency package's text).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// Leader on an election without candidates.
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// Proclaim or Resign without a leader key.
+    #[error("\"leader\" field must be provided")]
+    LeaderKeyMissing,
+    /// A lock whose key was deleted (its lease expired) while it waited.
+    #[error("mutex: session is expired")]
+    SessionExpired,
     /// A malformed request that etcd rejects in the gRPC layer.
     #[error("{0}")]
     InvalidArgument(String),

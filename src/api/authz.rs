@@ -20,6 +20,9 @@
 //! txns are checked like the outer one, and a lease's time-to-live needs read
 //! permission on its keys (the fix of CVE-2023-32082 in later etcd releases).
 //! AuthStatus and Downgrade, which etcd 3.4 does not have, need the root role.
+//! The Lock and Election services need what their KV operations need, and are
+//! refused as etcd's services fail: the error's text with code Unknown, and a
+//! refused Observe just ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -30,7 +33,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
 
-use super::kv;
+use super::{concurrency, kv};
 use crate::auth::{AuthStore, Caller};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
@@ -40,6 +43,8 @@ use crate::pb::etcdserverpb::{
     LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
     alarm_request, request_op,
 };
+use crate::pb::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
+use crate::pb::v3lockpb::{LockRequest, UnlockRequest};
 use crate::server::EtcdServer;
 
 /// What a method needs from its caller once auth is enabled.
@@ -66,6 +71,12 @@ pub enum Refusal {
     /// The auth store's own error, unmapped (`auth: permission denied`, code
     /// Unknown), as etcd 3.4's maintenance service returns it.
     AuthStore,
+    /// etcd's gRPC error text with code Unknown, as etcd's Lock and Election
+    /// services return what their internal KV calls fail with.
+    Unmapped,
+    /// No error at all: the stream ends at once without a message, as etcd's
+    /// Observe ends when its first read is refused.
+    EndStream,
 }
 
 /// Decodes a request and checks it; `None` when it does not decode (tonic then
@@ -287,6 +298,41 @@ pub const TABLE: &[(&str, Need, Refusal)] = &[
         Refusal::Status,
     ),
     (
+        "/v3lockpb.Lock/Lock",
+        Need::Request(check::<LockRequest>),
+        Refusal::Unmapped,
+    ),
+    (
+        "/v3lockpb.Lock/Unlock",
+        Need::Request(check::<UnlockRequest>),
+        Refusal::Unmapped,
+    ),
+    (
+        "/v3electionpb.Election/Campaign",
+        Need::Request(check::<CampaignRequest>),
+        Refusal::Unmapped,
+    ),
+    (
+        "/v3electionpb.Election/Proclaim",
+        Need::Request(check::<ProclaimRequest>),
+        Refusal::Unmapped,
+    ),
+    (
+        "/v3electionpb.Election/Leader",
+        Need::Request(check::<LeaderRequest>),
+        Refusal::Unmapped,
+    ),
+    (
+        "/v3electionpb.Election/Observe",
+        Need::Request(check::<LeaderRequest>),
+        Refusal::EndStream,
+    ),
+    (
+        "/v3electionpb.Election/Resign",
+        Need::Request(check::<ResignRequest>),
+        Refusal::Unmapped,
+    ),
+    (
         "/grpc.health.v1.Health/Check",
         Need::Nothing,
         Refusal::Status,
@@ -375,6 +421,8 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
             path,
             super::status::to_status(Error::AuthStore(Box::new(e))),
         ),
+        (Err(e), Refusal::Unmapped) => deny(path, super::status::unmapped(e)),
+        (Err(_), Refusal::EndStream) => deny(path, tonic::Status::new(tonic::Code::Ok, "")),
     }
 }
 
@@ -383,7 +431,7 @@ fn deny(path: &'static str, st: tonic::Status) -> Response {
     if let Some((svc, method)) = names(path) {
         let kind = match method {
             "Watch" | "LeaseKeepAlive" => "bidi_stream",
-            "Snapshot" => "server_stream",
+            "Snapshot" | "Observe" => "server_stream",
             _ => "unary",
         };
         metrics::grpc_started(kind, svc, method);
@@ -558,6 +606,91 @@ impl Authorize for AuthRoleGetRequest {
     }
 }
 
+// The Lock and Election services act on keys under a name: `name/` and its
+// prefix range. etcd makes their KV calls as the caller; the permissions
+// those calls need are checked here, before any work (etcd grants the
+// session lease of a request without a lease first, then fails).
+
+/// A new candidate or waiter under `name` with `lease`: read permission on
+/// the prefix (the owner lookup and the wait) and write permission on its key
+/// (on the whole prefix when the lease, hence the key, is yet unknown), and the
+/// permission writing a key with that lease needs.
+fn join(s: &Authz<'_>, c: &Caller, name: &[u8], lease: i64) -> Result<()> {
+    let pfx = concurrency::prefix(name);
+    let end = concurrency::prefix_end(&pfx);
+    s.auth.check(c, false, &pfx, &end)?;
+    if lease == 0 {
+        return s.auth.check(c, true, &pfx, &end);
+    }
+    s.auth
+        .check(c, true, &concurrency::lease_key(&pfx, lease), &[])?;
+    lease_keys(s, c, lease, true)
+}
+
+impl Authorize for LockRequest {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        join(s, c, &self.name, self.lease)
+    }
+}
+
+impl Authorize for CampaignRequest {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        join(s, c, &self.name, self.lease)
+    }
+}
+
+impl Authorize for UnlockRequest {
+    /// A delete of the key.
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        DeleteRangeRequest {
+            key: self.key.clone(),
+            ..Default::default()
+        }
+        .authorize(s, c)
+    }
+}
+
+impl Authorize for LeaderRequest {
+    /// A read of the prefix (Leader, and Observe, which also watches it).
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        let pfx = concurrency::prefix(&self.name);
+        s.auth.check(c, false, &pfx, &concurrency::prefix_end(&pfx))
+    }
+}
+
+/// A txn comparing the leader key, then writing it: read and write permission
+/// on it, and for a put the permission writing a key with its lease needs.
+/// Without a leader key the service answers its own error.
+fn leader_key(
+    s: &Authz<'_>,
+    c: &Caller,
+    l: Option<&crate::pb::v3electionpb::LeaderKey>,
+    put: bool,
+) -> Result<()> {
+    let Some(l) = l else { return Ok(()) };
+    if l.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    s.auth.check(c, false, &l.key, &[])?;
+    s.auth.check(c, true, &l.key, &[])?;
+    if put {
+        lease_keys(s, c, l.lease, true)?;
+    }
+    Ok(())
+}
+
+impl Authorize for ProclaimRequest {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        leader_key(s, c, self.leader.as_ref(), true)
+    }
+}
+
+impl Authorize for ResignRequest {
+    fn authorize(&self, s: &Authz<'_>, c: &Caller) -> Result<()> {
+        leader_key(s, c, self.leader.as_ref(), false)
+    }
+}
+
 /// A watch's create request: read permission on its range. The error is etcd's
 /// cancel reason, the full gRPC status text.
 pub fn watch_create(s: &EtcdServer, who: &Resolved, c: &WatchCreateRequest) -> Result<(), String> {
@@ -580,14 +713,24 @@ mod tests {
     /// a decision on what it needs.
     #[test]
     fn every_method_is_in_the_table() {
-        let generated = include_str!("../pb/etcdserverpb.rs");
+        let generated = [
+            include_str!("../pb/etcdserverpb.rs"),
+            include_str!("../pb/v3lockpb.rs"),
+            include_str!("../pb/v3electionpb.rs"),
+        ];
         let mut served: Vec<&str> = generated
-            .split('"')
-            .filter(|s| s.starts_with("/etcdserverpb.") && s.matches('/').count() == 2)
+            .iter()
+            .flat_map(|g| g.split('"'))
+            .filter(|s| {
+                ["/etcdserverpb.", "/v3lockpb.", "/v3electionpb."]
+                    .iter()
+                    .any(|p| s.starts_with(p))
+                    && s.matches('/').count() == 2
+            })
             .collect();
         served.sort();
         served.dedup();
-        assert!(served.len() >= 41, "found only {served:?}");
+        assert!(served.len() >= 48, "found only {served:?}");
         for m in &served {
             assert!(need(m).is_some(), "{m} is not in the authorization table");
         }

@@ -151,7 +151,7 @@ impl KvService {
         super::quota_check(&self.s, cost).await
     }
 
-    async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse> {
+    pub(crate) async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse> {
         check_range(&r)?;
         if !r.serializable {
             self.s.read_barrier().await?;
@@ -175,7 +175,7 @@ impl KvService {
         }
     }
 
-    async fn do_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub(crate) async fn do_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         check_delete(&r)?;
         metrics::MVCC_DELETE.inc();
         match self.s.propose(Op::DeleteRange(r)).await? {
@@ -187,7 +187,7 @@ impl KvService {
         }
     }
 
-    async fn do_txn(&self, r: TxnRequest) -> Result<TxnResponse> {
+    pub(crate) async fn do_txn(&self, r: TxnRequest) -> Result<TxnResponse> {
         check_txn(&r, self.s.cfg.max_txn_ops)?;
         if !txn_is_read_only(&r) {
             let cost = prost::Message::encoded_len(&r);

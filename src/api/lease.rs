@@ -37,7 +37,7 @@ pub struct LeaseService {
 }
 
 impl LeaseService {
-    async fn grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+    pub(crate) async fn grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
         if r.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }

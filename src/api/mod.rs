@@ -5,10 +5,13 @@ pub mod auth;
 pub(crate) mod authority;
 pub mod authz;
 pub mod cluster;
+pub mod concurrency;
 pub mod conn;
+pub mod election;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 mod msgsize;
 pub mod status;
@@ -28,6 +31,8 @@ use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::server::{EtcdServer, Op};
 
 /// gRPC's allowance on top of `--max-request-bytes`, as etcd sets it.
@@ -135,6 +140,14 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
         )
         .add_service(
             AuthServer::new(auth::AuthService { s: s.clone() }).max_decoding_message_size(max),
+        )
+        .add_service(
+            LockServer::new(lock::LockService::new(s.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            ElectionServer::new(election::ElectionService::new(s.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
         )
         .add_service(health_svc)
         .clone()

@@ -26,6 +26,7 @@ pub fn code_of(e: &Error) -> Code {
         RoleEmpty | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
         // etcd 3.4 maps no gRPC code to NotEnoughStartedMembers.
         VerifyOnly | AuthStore(_) | NotEnoughStartedMembers => Code::Unknown,
+        ElectionNotLeader | ElectionNoLeader | LeaderKeyMissing | SessionExpired => Code::Unknown,
         Unimplemented => Code::Unimplemented,
         Storage(_) => Code::Internal,
     }
@@ -33,6 +34,13 @@ pub fn code_of(e: &Error) -> Code {
 
 pub fn to_status(e: Error) -> Status {
     Status::new(code_of(&e), e.to_string())
+}
+
+/// An error of the Lock and Election services. etcd runs them as clients of
+/// its own KV and lease services and returns what those calls fail with as a
+/// plain error: every code becomes Unknown, the text stays.
+pub fn unmapped(e: Error) -> Status {
+    Status::new(Code::Unknown, e.to_string())
 }
 
 #[cfg(test)]

@@ -10,3 +10,9 @@ pub mod authpb {
 pub mod etcdserverpb {
     include!("etcdserverpb.rs");
 }
+pub mod v3lockpb {
+    include!("v3lockpb.rs");
+}
+pub mod v3electionpb {
+    include!("v3electionpb.rs");
+}

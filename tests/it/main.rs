@@ -14,6 +14,7 @@ mod harness;
 mod jwt;
 mod limits;
 mod linearizability;
+mod lock;
 mod misc;
 mod model;
 mod parity;
