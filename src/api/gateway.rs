@@ -83,315 +83,52 @@ use Flow::{Bidi, ServerStream, Unary};
 
 /// Every path of etcd's gateway (etcd 3.5's bindings; etcd 3.4's
 /// `/v3/kv/lease/...` aliases of the lease methods too).
+#[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
-    r(
-        "kv/range",
-        "/etcdserverpb.KV/Range",
-        "etcdserverpb.RangeRequest",
-        "etcdserverpb.RangeResponse",
-        Unary,
-    ),
-    r(
-        "kv/put",
-        "/etcdserverpb.KV/Put",
-        "etcdserverpb.PutRequest",
-        "etcdserverpb.PutResponse",
-        Unary,
-    ),
-    r(
-        "kv/deleterange",
-        "/etcdserverpb.KV/DeleteRange",
-        "etcdserverpb.DeleteRangeRequest",
-        "etcdserverpb.DeleteRangeResponse",
-        Unary,
-    ),
-    r(
-        "kv/txn",
-        "/etcdserverpb.KV/Txn",
-        "etcdserverpb.TxnRequest",
-        "etcdserverpb.TxnResponse",
-        Unary,
-    ),
-    r(
-        "kv/compaction",
-        "/etcdserverpb.KV/Compact",
-        "etcdserverpb.CompactionRequest",
-        "etcdserverpb.CompactionResponse",
-        Unary,
-    ),
-    r(
-        "watch",
-        "/etcdserverpb.Watch/Watch",
-        "etcdserverpb.WatchRequest",
-        "etcdserverpb.WatchResponse",
-        Bidi,
-    ),
-    r(
-        "lease/grant",
-        "/etcdserverpb.Lease/LeaseGrant",
-        "etcdserverpb.LeaseGrantRequest",
-        "etcdserverpb.LeaseGrantResponse",
-        Unary,
-    ),
-    r(
-        "lease/revoke",
-        "/etcdserverpb.Lease/LeaseRevoke",
-        "etcdserverpb.LeaseRevokeRequest",
-        "etcdserverpb.LeaseRevokeResponse",
-        Unary,
-    ),
-    r(
-        "kv/lease/revoke",
-        "/etcdserverpb.Lease/LeaseRevoke",
-        "etcdserverpb.LeaseRevokeRequest",
-        "etcdserverpb.LeaseRevokeResponse",
-        Unary,
-    ),
-    r(
-        "lease/keepalive",
-        "/etcdserverpb.Lease/LeaseKeepAlive",
-        "etcdserverpb.LeaseKeepAliveRequest",
-        "etcdserverpb.LeaseKeepAliveResponse",
-        Bidi,
-    ),
-    r(
-        "lease/timetolive",
-        "/etcdserverpb.Lease/LeaseTimeToLive",
-        "etcdserverpb.LeaseTimeToLiveRequest",
-        "etcdserverpb.LeaseTimeToLiveResponse",
-        Unary,
-    ),
-    r(
-        "kv/lease/timetolive",
-        "/etcdserverpb.Lease/LeaseTimeToLive",
-        "etcdserverpb.LeaseTimeToLiveRequest",
-        "etcdserverpb.LeaseTimeToLiveResponse",
-        Unary,
-    ),
-    r(
-        "lease/leases",
-        "/etcdserverpb.Lease/LeaseLeases",
-        "etcdserverpb.LeaseLeasesRequest",
-        "etcdserverpb.LeaseLeasesResponse",
-        Unary,
-    ),
-    r(
-        "kv/lease/leases",
-        "/etcdserverpb.Lease/LeaseLeases",
-        "etcdserverpb.LeaseLeasesRequest",
-        "etcdserverpb.LeaseLeasesResponse",
-        Unary,
-    ),
-    r(
-        "cluster/member/add",
-        "/etcdserverpb.Cluster/MemberAdd",
-        "etcdserverpb.MemberAddRequest",
-        "etcdserverpb.MemberAddResponse",
-        Unary,
-    ),
-    r(
-        "cluster/member/remove",
-        "/etcdserverpb.Cluster/MemberRemove",
-        "etcdserverpb.MemberRemoveRequest",
-        "etcdserverpb.MemberRemoveResponse",
-        Unary,
-    ),
-    r(
-        "cluster/member/update",
-        "/etcdserverpb.Cluster/MemberUpdate",
-        "etcdserverpb.MemberUpdateRequest",
-        "etcdserverpb.MemberUpdateResponse",
-        Unary,
-    ),
-    r(
-        "cluster/member/list",
-        "/etcdserverpb.Cluster/MemberList",
-        "etcdserverpb.MemberListRequest",
-        "etcdserverpb.MemberListResponse",
-        Unary,
-    ),
-    r(
-        "cluster/member/promote",
-        "/etcdserverpb.Cluster/MemberPromote",
-        "etcdserverpb.MemberPromoteRequest",
-        "etcdserverpb.MemberPromoteResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/alarm",
-        "/etcdserverpb.Maintenance/Alarm",
-        "etcdserverpb.AlarmRequest",
-        "etcdserverpb.AlarmResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/status",
-        "/etcdserverpb.Maintenance/Status",
-        "etcdserverpb.StatusRequest",
-        "etcdserverpb.StatusResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/defragment",
-        "/etcdserverpb.Maintenance/Defragment",
-        "etcdserverpb.DefragmentRequest",
-        "etcdserverpb.DefragmentResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/hash",
-        "/etcdserverpb.Maintenance/Hash",
-        "etcdserverpb.HashRequest",
-        "etcdserverpb.HashResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/hashkv",
-        "/etcdserverpb.Maintenance/HashKV",
-        "etcdserverpb.HashKVRequest",
-        "etcdserverpb.HashKVResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/snapshot",
-        "/etcdserverpb.Maintenance/Snapshot",
-        "etcdserverpb.SnapshotRequest",
-        "etcdserverpb.SnapshotResponse",
-        ServerStream,
-    ),
-    r(
-        "maintenance/transfer-leadership",
-        "/etcdserverpb.Maintenance/MoveLeader",
-        "etcdserverpb.MoveLeaderRequest",
-        "etcdserverpb.MoveLeaderResponse",
-        Unary,
-    ),
-    r(
-        "maintenance/downgrade",
-        "/etcdserverpb.Maintenance/Downgrade",
-        "etcdserverpb.DowngradeRequest",
-        "etcdserverpb.DowngradeResponse",
-        Unary,
-    ),
-    r(
-        "auth/enable",
-        "/etcdserverpb.Auth/AuthEnable",
-        "etcdserverpb.AuthEnableRequest",
-        "etcdserverpb.AuthEnableResponse",
-        Unary,
-    ),
-    r(
-        "auth/disable",
-        "/etcdserverpb.Auth/AuthDisable",
-        "etcdserverpb.AuthDisableRequest",
-        "etcdserverpb.AuthDisableResponse",
-        Unary,
-    ),
-    r(
-        "auth/status",
-        "/etcdserverpb.Auth/AuthStatus",
-        "etcdserverpb.AuthStatusRequest",
-        "etcdserverpb.AuthStatusResponse",
-        Unary,
-    ),
-    r(
-        "auth/authenticate",
-        "/etcdserverpb.Auth/Authenticate",
-        "etcdserverpb.AuthenticateRequest",
-        "etcdserverpb.AuthenticateResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/add",
-        "/etcdserverpb.Auth/UserAdd",
-        "etcdserverpb.AuthUserAddRequest",
-        "etcdserverpb.AuthUserAddResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/get",
-        "/etcdserverpb.Auth/UserGet",
-        "etcdserverpb.AuthUserGetRequest",
-        "etcdserverpb.AuthUserGetResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/list",
-        "/etcdserverpb.Auth/UserList",
-        "etcdserverpb.AuthUserListRequest",
-        "etcdserverpb.AuthUserListResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/delete",
-        "/etcdserverpb.Auth/UserDelete",
-        "etcdserverpb.AuthUserDeleteRequest",
-        "etcdserverpb.AuthUserDeleteResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/changepw",
-        "/etcdserverpb.Auth/UserChangePassword",
-        "etcdserverpb.AuthUserChangePasswordRequest",
-        "etcdserverpb.AuthUserChangePasswordResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/grant",
-        "/etcdserverpb.Auth/UserGrantRole",
-        "etcdserverpb.AuthUserGrantRoleRequest",
-        "etcdserverpb.AuthUserGrantRoleResponse",
-        Unary,
-    ),
-    r(
-        "auth/user/revoke",
-        "/etcdserverpb.Auth/UserRevokeRole",
-        "etcdserverpb.AuthUserRevokeRoleRequest",
-        "etcdserverpb.AuthUserRevokeRoleResponse",
-        Unary,
-    ),
-    r(
-        "auth/role/add",
-        "/etcdserverpb.Auth/RoleAdd",
-        "etcdserverpb.AuthRoleAddRequest",
-        "etcdserverpb.AuthRoleAddResponse",
-        Unary,
-    ),
-    r(
-        "auth/role/get",
-        "/etcdserverpb.Auth/RoleGet",
-        "etcdserverpb.AuthRoleGetRequest",
-        "etcdserverpb.AuthRoleGetResponse",
-        Unary,
-    ),
-    r(
-        "auth/role/list",
-        "/etcdserverpb.Auth/RoleList",
-        "etcdserverpb.AuthRoleListRequest",
-        "etcdserverpb.AuthRoleListResponse",
-        Unary,
-    ),
-    r(
-        "auth/role/delete",
-        "/etcdserverpb.Auth/RoleDelete",
-        "etcdserverpb.AuthRoleDeleteRequest",
-        "etcdserverpb.AuthRoleDeleteResponse",
-        Unary,
-    ),
-    r(
-        "auth/role/grant",
-        "/etcdserverpb.Auth/RoleGrantPermission",
-        "etcdserverpb.AuthRoleGrantPermissionRequest",
-        "etcdserverpb.AuthRoleGrantPermissionResponse",
-        Unary,
-    ),
-    r(
-        "auth/role/revoke",
-        "/etcdserverpb.Auth/RoleRevokePermission",
-        "etcdserverpb.AuthRoleRevokePermissionRequest",
-        "etcdserverpb.AuthRoleRevokePermissionResponse",
-        Unary,
-    ),
+    r("kv/range", "/etcdserverpb.KV/Range", "etcdserverpb.RangeRequest", "etcdserverpb.RangeResponse", Unary),
+    r("kv/put", "/etcdserverpb.KV/Put", "etcdserverpb.PutRequest", "etcdserverpb.PutResponse", Unary),
+    r("kv/deleterange", "/etcdserverpb.KV/DeleteRange", "etcdserverpb.DeleteRangeRequest", "etcdserverpb.DeleteRangeResponse", Unary),
+    r("kv/txn", "/etcdserverpb.KV/Txn", "etcdserverpb.TxnRequest", "etcdserverpb.TxnResponse", Unary),
+    r("kv/compaction", "/etcdserverpb.KV/Compact", "etcdserverpb.CompactionRequest", "etcdserverpb.CompactionResponse", Unary),
+    r("watch", "/etcdserverpb.Watch/Watch", "etcdserverpb.WatchRequest", "etcdserverpb.WatchResponse", Bidi),
+    r("lease/grant", "/etcdserverpb.Lease/LeaseGrant", "etcdserverpb.LeaseGrantRequest", "etcdserverpb.LeaseGrantResponse", Unary),
+    r("lease/revoke", "/etcdserverpb.Lease/LeaseRevoke", "etcdserverpb.LeaseRevokeRequest", "etcdserverpb.LeaseRevokeResponse", Unary),
+    r("kv/lease/revoke", "/etcdserverpb.Lease/LeaseRevoke", "etcdserverpb.LeaseRevokeRequest", "etcdserverpb.LeaseRevokeResponse", Unary),
+    r("lease/keepalive", "/etcdserverpb.Lease/LeaseKeepAlive", "etcdserverpb.LeaseKeepAliveRequest", "etcdserverpb.LeaseKeepAliveResponse", Bidi),
+    r("lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive", "etcdserverpb.LeaseTimeToLiveRequest", "etcdserverpb.LeaseTimeToLiveResponse", Unary),
+    r("kv/lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive", "etcdserverpb.LeaseTimeToLiveRequest", "etcdserverpb.LeaseTimeToLiveResponse", Unary),
+    r("lease/leases", "/etcdserverpb.Lease/LeaseLeases", "etcdserverpb.LeaseLeasesRequest", "etcdserverpb.LeaseLeasesResponse", Unary),
+    r("kv/lease/leases", "/etcdserverpb.Lease/LeaseLeases", "etcdserverpb.LeaseLeasesRequest", "etcdserverpb.LeaseLeasesResponse", Unary),
+    r("cluster/member/add", "/etcdserverpb.Cluster/MemberAdd", "etcdserverpb.MemberAddRequest", "etcdserverpb.MemberAddResponse", Unary),
+    r("cluster/member/remove", "/etcdserverpb.Cluster/MemberRemove", "etcdserverpb.MemberRemoveRequest", "etcdserverpb.MemberRemoveResponse", Unary),
+    r("cluster/member/update", "/etcdserverpb.Cluster/MemberUpdate", "etcdserverpb.MemberUpdateRequest", "etcdserverpb.MemberUpdateResponse", Unary),
+    r("cluster/member/list", "/etcdserverpb.Cluster/MemberList", "etcdserverpb.MemberListRequest", "etcdserverpb.MemberListResponse", Unary),
+    r("cluster/member/promote", "/etcdserverpb.Cluster/MemberPromote", "etcdserverpb.MemberPromoteRequest", "etcdserverpb.MemberPromoteResponse", Unary),
+    r("maintenance/alarm", "/etcdserverpb.Maintenance/Alarm", "etcdserverpb.AlarmRequest", "etcdserverpb.AlarmResponse", Unary),
+    r("maintenance/status", "/etcdserverpb.Maintenance/Status", "etcdserverpb.StatusRequest", "etcdserverpb.StatusResponse", Unary),
+    r("maintenance/defragment", "/etcdserverpb.Maintenance/Defragment", "etcdserverpb.DefragmentRequest", "etcdserverpb.DefragmentResponse", Unary),
+    r("maintenance/hash", "/etcdserverpb.Maintenance/Hash", "etcdserverpb.HashRequest", "etcdserverpb.HashResponse", Unary),
+    r("maintenance/hashkv", "/etcdserverpb.Maintenance/HashKV", "etcdserverpb.HashKVRequest", "etcdserverpb.HashKVResponse", Unary),
+    r("maintenance/snapshot", "/etcdserverpb.Maintenance/Snapshot", "etcdserverpb.SnapshotRequest", "etcdserverpb.SnapshotResponse", ServerStream),
+    r("maintenance/transfer-leadership", "/etcdserverpb.Maintenance/MoveLeader", "etcdserverpb.MoveLeaderRequest", "etcdserverpb.MoveLeaderResponse", Unary),
+    r("maintenance/downgrade", "/etcdserverpb.Maintenance/Downgrade", "etcdserverpb.DowngradeRequest", "etcdserverpb.DowngradeResponse", Unary),
+    r("auth/enable", "/etcdserverpb.Auth/AuthEnable", "etcdserverpb.AuthEnableRequest", "etcdserverpb.AuthEnableResponse", Unary),
+    r("auth/disable", "/etcdserverpb.Auth/AuthDisable", "etcdserverpb.AuthDisableRequest", "etcdserverpb.AuthDisableResponse", Unary),
+    r("auth/status", "/etcdserverpb.Auth/AuthStatus", "etcdserverpb.AuthStatusRequest", "etcdserverpb.AuthStatusResponse", Unary),
+    r("auth/authenticate", "/etcdserverpb.Auth/Authenticate", "etcdserverpb.AuthenticateRequest", "etcdserverpb.AuthenticateResponse", Unary),
+    r("auth/user/add", "/etcdserverpb.Auth/UserAdd", "etcdserverpb.AuthUserAddRequest", "etcdserverpb.AuthUserAddResponse", Unary),
+    r("auth/user/get", "/etcdserverpb.Auth/UserGet", "etcdserverpb.AuthUserGetRequest", "etcdserverpb.AuthUserGetResponse", Unary),
+    r("auth/user/list", "/etcdserverpb.Auth/UserList", "etcdserverpb.AuthUserListRequest", "etcdserverpb.AuthUserListResponse", Unary),
+    r("auth/user/delete", "/etcdserverpb.Auth/UserDelete", "etcdserverpb.AuthUserDeleteRequest", "etcdserverpb.AuthUserDeleteResponse", Unary),
+    r("auth/user/changepw", "/etcdserverpb.Auth/UserChangePassword", "etcdserverpb.AuthUserChangePasswordRequest", "etcdserverpb.AuthUserChangePasswordResponse", Unary),
+    r("auth/user/grant", "/etcdserverpb.Auth/UserGrantRole", "etcdserverpb.AuthUserGrantRoleRequest", "etcdserverpb.AuthUserGrantRoleResponse", Unary),
+    r("auth/user/revoke", "/etcdserverpb.Auth/UserRevokeRole", "etcdserverpb.AuthUserRevokeRoleRequest", "etcdserverpb.AuthUserRevokeRoleResponse", Unary),
+    r("auth/role/add", "/etcdserverpb.Auth/RoleAdd", "etcdserverpb.AuthRoleAddRequest", "etcdserverpb.AuthRoleAddResponse", Unary),
+    r("auth/role/get", "/etcdserverpb.Auth/RoleGet", "etcdserverpb.AuthRoleGetRequest", "etcdserverpb.AuthRoleGetResponse", Unary),
+    r("auth/role/list", "/etcdserverpb.Auth/RoleList", "etcdserverpb.AuthRoleListRequest", "etcdserverpb.AuthRoleListResponse", Unary),
+    r("auth/role/delete", "/etcdserverpb.Auth/RoleDelete", "etcdserverpb.AuthRoleDeleteRequest", "etcdserverpb.AuthRoleDeleteResponse", Unary),
+    r("auth/role/grant", "/etcdserverpb.Auth/RoleGrantPermission", "etcdserverpb.AuthRoleGrantPermissionRequest", "etcdserverpb.AuthRoleGrantPermissionResponse", Unary),
+    r("auth/role/revoke", "/etcdserverpb.Auth/RoleRevokePermission", "etcdserverpb.AuthRoleRevokePermissionRequest", "etcdserverpb.AuthRoleRevokePermissionResponse", Unary),
 ];
 
 /// The route for a request path (`/v3/...`, or `/v3beta/...` as etcd's alias).
@@ -560,9 +297,56 @@ pub fn message_from_json(
             "json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage"
         )));
     }
+    check_enums(desc, &v)?;
     let opts = DeserializeOptions::new().deny_unknown_fields(false);
     DynamicMessage::deserialize_with_options(desc.clone(), v, &opts)
         .map_err(|e| BadJson(e.to_string()))
+}
+
+/// Refuses an enum value given by a name the enum does not have, as Go's
+/// decoder does (the proto3 JSON mapping would ignore it, like an unknown
+/// field, and the request would run with the default).
+fn check_enums(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), BadJson> {
+    use prost_reflect::Kind;
+    let serde_json::Value::Object(map) = v else {
+        return Ok(());
+    };
+    for (name, value) in map {
+        let Some(f) = desc
+            .get_field_by_name(name)
+            .or_else(|| desc.get_field_by_json_name(name))
+        else {
+            continue;
+        };
+        let values: Vec<&serde_json::Value> = match value {
+            serde_json::Value::Array(a) if f.is_list() => a.iter().collect(),
+            v => vec![v],
+        };
+        for v in values {
+            match (f.kind(), v) {
+                (Kind::Enum(e), serde_json::Value::String(s))
+                    if e.get_value_by_name(s).is_none() =>
+                {
+                    // Go names a nested enum Message_Enum.
+                    let go_name = match e.full_name().strip_prefix(e.package_name()) {
+                        Some(rest) => format!(
+                            "{}.{}",
+                            e.package_name(),
+                            rest.trim_start_matches('.').replace('.', "_")
+                        ),
+                        None => e.full_name().to_string(),
+                    };
+                    return Err(BadJson(format!(
+                        "unknown value {} for enum {go_name}",
+                        serde_json::Value::String(s.clone())
+                    )));
+                }
+                (Kind::Message(m), v) => check_enums(&m, v)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first JSON value of `buf`: `Ok(None)` when `buf` holds only white
@@ -946,6 +730,45 @@ pub fn translate(path: &str, json: &[u8]) -> Option<Result<Vec<u8>, BadJson>> {
     Some(decode_request(&descriptor(route.request), json))
 }
 
+/// The JSON the gateway writes for the gRPC message `bytes` of type `name`
+/// (a full name such as `etcdserverpb.RangeRequest`); for fuzzing.
+pub fn message_json(name: &str, bytes: &[u8]) -> Result<String, String> {
+    let desc = POOL
+        .get_message_by_name(name)
+        .ok_or_else(|| format!("no message {name}"))?;
+    response_json(&desc, bytes)
+}
+
+/// The gRPC messages the gateway makes of a streamed request body of
+/// `request` objects (as `/v3/watch` and `/v3/lease/keepalive` read them),
+/// up to the first bad one; for fuzzing.
+pub async fn decode_stream(
+    request: &str,
+    body: Body,
+    limit: usize,
+) -> Vec<Result<Vec<u8>, String>> {
+    let Some(desc) = POOL.get_message_by_name(request) else {
+        return vec![Err(format!("no message {request}"))];
+    };
+    let mut objects = JsonObjects {
+        body: body.into_data_stream(),
+        buf: Vec::new(),
+        limit,
+        ended: false,
+    };
+    let mut out = Vec::new();
+    while let Some(v) = objects.next().await {
+        match v.and_then(|v| message_from_json(&desc, v)) {
+            Ok(m) => out.push(Ok(prost::Message::encode_to_vec(&m))),
+            Err(BadJson(e)) => {
+                out.push(Err(e));
+                break;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1015,5 +838,22 @@ mod tests {
                 .is_err()
         );
         assert!(translate("/v3/kv/nothing", b"{}").is_none());
+        match translate("/v3/kv/range", br#"{"key":"YQ==","sort_order":"NOPE"}"#) {
+            Some(Err(BadJson(e))) => assert_eq!(
+                e,
+                r#"unknown value "NOPE" for enum etcdserverpb.RangeRequest_SortOrder"#
+            ),
+            other => panic!("{other:?}"),
+        }
+        match translate(
+            "/v3/kv/txn",
+            br#"{"compare":[{"key":"YQ==","result":"SAME"}]}"#,
+        ) {
+            Some(Err(BadJson(e))) => assert_eq!(
+                e,
+                r#"unknown value "SAME" for enum etcdserverpb.Compare_CompareResult"#
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

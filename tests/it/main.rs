@@ -9,6 +9,7 @@ mod crash;
 mod disk;
 mod etcdctl;
 mod flags;
+mod gateway;
 mod harness;
 mod jwt;
 mod limits;
