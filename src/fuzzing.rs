@@ -478,46 +478,6 @@ pub fn peer_stream(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// Every input a fuzz target once crashed on (`fuzz/regressions/TARGET/`)
-    /// runs through its target again, with all the target's checks.
-    #[test]
-    fn past_crashes_stay_fixed() {
-        type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 10] = [
-            ("authority", super::authority),
-            ("conf_file", super::conf_file),
-            ("yaml_config", super::yaml_config),
-            ("jwt_token", super::jwt_token),
-            ("jwt_keys", super::jwt_keys),
-            ("certificate", super::certificate),
-            ("snapshot", super::snapshot),
-            ("authz", super::authz),
-            ("raft_entry", super::raft_entry),
-            ("peer_stream", super::peer_stream),
-        ];
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-        let mut ran = 0;
-        for (name, target) in targets {
-            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
-                continue;
-            };
-            for entry in dir {
-                let path = entry.expect("a directory entry").path();
-                if path.extension().is_some() {
-                    // Inputs of the parser itself (a key file), for its own tests.
-                    continue;
-                }
-                let data = std::fs::read(&path).expect("a regression input");
-                target(&data);
-                ran += 1;
-            }
-        }
-        assert!(ran > 0, "no regression input under {}", root.display());
-    }
-}
-
 /// The JSON gateway's request decoding: the first byte picks the method, the
 /// second the size of the pieces a streamed body arrives in, the rest is the
 /// body. A body that decodes gives a message whose JSON (as the gateway
@@ -562,4 +522,44 @@ pub fn gateway_json(data: &[u8]) {
         ok(&pieces),
         "the messages depend on how the body was cut"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every input a fuzz target once crashed on (`fuzz/regressions/TARGET/`)
+    /// runs through its target again, with all the target's checks.
+    #[test]
+    fn past_crashes_stay_fixed() {
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 10] = [
+            ("authority", super::authority),
+            ("conf_file", super::conf_file),
+            ("yaml_config", super::yaml_config),
+            ("jwt_token", super::jwt_token),
+            ("jwt_keys", super::jwt_keys),
+            ("certificate", super::certificate),
+            ("snapshot", super::snapshot),
+            ("authz", super::authz),
+            ("raft_entry", super::raft_entry),
+            ("peer_stream", super::peer_stream),
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let mut ran = 0;
+        for (name, target) in targets {
+            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
+                continue;
+            };
+            for entry in dir {
+                let path = entry.expect("a directory entry").path();
+                if path.extension().is_some() {
+                    // Inputs of the parser itself (a key file), for its own tests.
+                    continue;
+                }
+                let data = std::fs::read(&path).expect("a regression input");
+                target(&data);
+                ran += 1;
+            }
+        }
+        assert!(ran > 0, "no regression input under {}", root.display());
+    }
 }
