@@ -415,6 +415,18 @@ fn grpc_request(route: &Route, parts: &axum::http::request::Parts, body: Body) -
     if let Some(a) = parts.headers.get(header::AUTHORIZATION) {
         h.insert(header::AUTHORIZATION, a.clone());
     }
+    // grpc-gateway passes `Grpc-Metadata-<name>` headers on as metadata
+    // `<name>` (so `Grpc-Metadata-Token` carries a token too).
+    for (name, value) in &parts.headers {
+        if let Some(md) = name.as_str().strip_prefix("grpc-metadata-")
+            && let Ok(md) = header::HeaderName::from_bytes(md.as_bytes())
+            && !md.as_str().starts_with("grpc-")
+            && md != header::CONTENT_TYPE
+            && md != header::TE
+        {
+            h.insert(md, value.clone());
+        }
+    }
     if let Some(cn) = parts.extensions.get::<super::PeerCn>() {
         req.extensions_mut().insert(cn.clone());
     }

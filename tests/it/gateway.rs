@@ -1050,6 +1050,10 @@ fn gateway_over_tls_with_client_certificates_and_auth() {
             r#"{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":7}"#
         )
     );
+    // grpc-gateway's metadata headers carry it too.
+    let g = format!("Grpc-Metadata-Token: {token}");
+    let r = ok("/v3/kv/range", r#"{"key":"eA=="}"#, &[&g]);
+    assert_eq!(r.status, 403, "{}", r.body);
     let r = ok(
         "/v3/kv/range",
         r#"{"key":"eA=="}"#,
