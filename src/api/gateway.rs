@@ -297,16 +297,30 @@ pub fn message_from_json(
             "json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage"
         )));
     }
-    check_enums(desc, &v)?;
+    go_checks(desc, &v)?;
     let opts = DeserializeOptions::new().deny_unknown_fields(false);
     DynamicMessage::deserialize_with_options(desc.clone(), v, &opts)
         .map_err(|e| BadJson(e.to_string()))
 }
 
-/// Refuses an enum value given by a name the enum does not have, as Go's
-/// decoder does (the proto3 JSON mapping would ignore it, like an unknown
-/// field, and the request would run with the default).
-fn check_enums(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), BadJson> {
+/// The kind of a JSON value as Go's decoder names it.
+fn go_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Refusals Go's decoder makes before the proto3 JSON mapping would, in Go's
+/// words: an enum value given by a name the enum does not have (the mapping
+/// would ignore it, like an unknown field, and the request would run with
+/// the default), a bytes field that is not a string, base64 with a byte
+/// outside its alphabet.
+fn go_checks(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), BadJson> {
     use prost_reflect::Kind;
     let serde_json::Value::Object(map) = v else {
         return Ok(());
@@ -341,7 +355,23 @@ fn check_enums(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), Ba
                         serde_json::Value::String(s.clone())
                     )));
                 }
-                (Kind::Message(m), v) => check_enums(&m, v)?,
+                (Kind::Bytes, serde_json::Value::String(s)) => {
+                    use base64::Engine as _;
+                    if let Err(base64::DecodeError::InvalidByte(at, b)) =
+                        base64::engine::general_purpose::STANDARD.decode(s)
+                        && !matches!(b, b'=' | b'\r' | b'\n')
+                    {
+                        return Err(BadJson(format!("illegal base64 data at input byte {at}")));
+                    }
+                }
+                (Kind::Bytes, serde_json::Value::Null) => {}
+                (Kind::Bytes, v) => {
+                    return Err(BadJson(format!(
+                        "json: cannot unmarshal {} into Go value of type []uint8",
+                        go_kind(v)
+                    )));
+                }
+                (Kind::Message(m), v) => go_checks(&m, v)?,
                 _ => {}
             }
         }
@@ -844,11 +874,29 @@ mod tests {
         assert!(translate("/v3/kv/range", b"[]").expect("a route").is_err());
         assert!(translate("/v3/kv/range", b"").expect("a route").is_ok());
         assert!(translate("/v3/kv/range", b"null").expect("a route").is_ok());
-        assert!(
-            translate("/v3/kv/range", br#"{"key":"!!"}"#)
-                .expect("a route")
-                .is_err()
-        );
+        for (body, want) in [
+            (
+                &br#"{"key":"!!"}"#[..],
+                "illegal base64 data at input byte 0",
+            ),
+            (
+                br#"{"key":"Zm9v-w=="}"#,
+                "illegal base64 data at input byte 4",
+            ),
+            (
+                br#"{"key":1}"#,
+                "json: cannot unmarshal number into Go value of type []uint8",
+            ),
+            (
+                br#"{"key":["a"]}"#,
+                "json: cannot unmarshal array into Go value of type []uint8",
+            ),
+        ] {
+            match translate("/v3/kv/range", body) {
+                Some(Err(BadJson(e))) => assert_eq!(e, want),
+                other => panic!("{other:?}"),
+            }
+        }
         assert!(translate("/v3/kv/nothing", b"{}").is_none());
         match translate("/v3/kv/range", br#"{"key":"YQ==","sort_order":"NOPE"}"#) {
             Some(Err(BadJson(e))) => assert_eq!(

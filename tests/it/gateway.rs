@@ -257,9 +257,16 @@ fn table(big: &str) -> Vec<Step> {
         step("/v3/kv/range", "[]", Exact),
         step("/v3/kv/range", r#""key""#, Exact),
         step("/v3/kv/range", r#"{"key":"Zm9v"} trailing"#, Exact),
-        step("/v3/kv/range", r#"{"key":1}"#, Code),
+        step("/v3/kv/range", r#"{"key":1}"#, Exact),
+        step("/v3/kv/range", r#"{"key":"Zm9v","range_end":true}"#, Exact),
         step("/v3/kv/range", "{bad", Code),
-        step("/v3/kv/range", r#"{"key":"!!"}"#, Code),
+        step("/v3/kv/range", r#"{"key":"!!"}"#, Exact),
+        step("/v3/kv/range", r#"{"key":"Zm9v-w=="}"#, Exact),
+        step(
+            "/v3/kv/put",
+            r#"{"key":"Zm9v","value":"YmFy","lease":"x"}"#,
+            Code,
+        ),
         step(
             "/v3/kv/range",
             r#"{"key":"Zm9v","sort_order":"NOPE"}"#,
