@@ -18,6 +18,7 @@
 
 mod conffile;
 mod flags;
+mod gates;
 pub(crate) mod values;
 mod yaml;
 
@@ -480,6 +481,9 @@ struct Draft {
     tracing: bool,
     tracing_rate: i64,
     log_rotation: bool,
+    /// `--feature-gates` as given, and its pairs in order.
+    feature_gates_text: String,
+    feature_gates: Vec<(String, bool)>,
     set: BTreeMap<&'static str, Origin>,
 }
 
@@ -497,6 +501,8 @@ impl Draft {
             tracing: false,
             tracing_rate: 0,
             log_rotation: false,
+            feature_gates_text: String::new(),
+            feature_gates: Vec::new(),
             set: BTreeMap::new(),
         }
     }
@@ -888,8 +894,9 @@ pub(crate) fn from_yaml_text(text: &str) -> Result<Config, ConfigError> {
 }
 
 /// Applies derived defaults and etcd's consistency checks.
-fn finalize(d: Draft) -> Result<Config, ConfigError> {
+fn finalize(mut d: Draft) -> Result<Config, ConfigError> {
     let invalid = |m: String| ConfigError::Invalid(m);
+    gates::finish(&mut d).map_err(invalid)?;
     let mut cfg = d.cfg;
 
     cfg.data_dir = match d.data_dir {

@@ -1,7 +1,7 @@
 //! Flags that change how a member runs: `--force-new-cluster` (disaster
 //! recovery of one survivor), `--pre-vote`, `--experimental-initial-corrupt-check`,
-//! `--experimental-compaction-batch-limit` (with the sleep interval), and
-//! `--socket-reuse-port`.
+//! `--experimental-compaction-batch-limit` (with the sleep interval),
+//! `--socket-reuse-port`, and etcd 3.6's `--feature-gates` and flag names.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -277,12 +277,13 @@ fn initial_corrupt_check_refuses_a_diverged_member() {
     }
     c.wait_converged(&all, Duration::from_secs(20));
     c.check_hash_kv(&all);
-    let flag = "--experimental-initial-corrupt-check".to_string();
 
     // A member whose data differs from its peers' at the same revision exits.
     c.members[2].terminate();
     plant_divergence(&c.members[2].data_dir(), b"key/07");
-    c.members[2].args.push(flag.clone());
+    c.members[2]
+        .args
+        .push("--experimental-initial-corrupt-check".to_string());
     c.members[2].spawn();
     let st = c.members[2].wait_exit(Duration::from_secs(30));
     let log = c.members[2].log();
@@ -301,9 +302,12 @@ fn initial_corrupt_check_refuses_a_diverged_member() {
     );
     assert!(!log.contains("ready to serve client requests"), "{log}");
 
-    // A member that matches its peers starts as usual with the check.
+    // A member that matches its peers starts as usual with the check, here
+    // asked for as etcd 3.6 asks for it.
     c.members[1].terminate();
-    c.members[1].args.push(flag);
+    c.members[1]
+        .args
+        .push("--feature-gates=InitialCorruptCheck=true".to_string());
     c.members[1].spawn();
     c.members[1].wait_ready(Duration::from_secs(30));
     let log = c.members[1].log();
@@ -542,4 +546,56 @@ fn socket_reuse_port_lets_two_servers_share_a_client_port() {
     let _ = child.wait();
     assert!(served, "the second server did not start:\n{text}");
     assert!(health.status.success(), "{health:?}");
+}
+
+/// A manifest written for etcd 3.6/3.7 (kubeadm's newer flags) starts a
+/// member: the gate that maps is taken, the others are reported at start, and
+/// etcd's refusals keep their texts.
+#[test]
+fn etcd_3_6_flags_and_feature_gates_start_a_member() {
+    let srv = Server::start(&[
+        "--feature-gates=InitialCorruptCheck=true,StopGRPCServiceOnDefrag=true",
+        "--watch-progress-notify-interval=5s",
+        "--compaction-batch-limit=100",
+        "--warning-apply-duration=200ms",
+    ]);
+    srv.ctl_ok(&["put", "k", "v"]);
+    assert!(srv.ctl_ok(&["get", "k"]).contains('v'));
+    let log = srv.log();
+    assert!(
+        log.contains("feature gate StopGRPCServiceOnDefrag=true has no effect in etcd-rs"),
+        "{log}"
+    );
+    assert!(
+        log.contains("flag --warning-apply-duration is accepted but has no effect"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("InitialCorruptCheck=true has no effect"),
+        "{log}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (args, text) in [
+        (
+            vec!["--feature-gates=Nope=true"],
+            "invalid value \"Nope=true\" for flag --feature-gates: unrecognized feature gate: Nope",
+        ),
+        (
+            vec!["--feature-gates=InitialCorruptCheck"],
+            "missing bool value for InitialCorruptCheck",
+        ),
+        (
+            vec![
+                "--experimental-initial-corrupt-check",
+                "--feature-gates=InitialCorruptCheck=false",
+            ],
+            "cannot specify both flags: --experimental-initial-corrupt-check=true and --feature-gates=InitialCorruptCheck=false at the same time, please just use --feature-gates=InitialCorruptCheck=false",
+        ),
+    ] {
+        let out = Server::run_to_exit(&args, &[], dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(text), "{args:?}: {err}");
+    }
 }
