@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn past_crashes_stay_fixed() {
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 10] = [
+        let targets: [Target; 11] = [
             ("authority", super::authority),
             ("conf_file", super::conf_file),
             ("yaml_config", super::yaml_config),
@@ -542,6 +542,7 @@ mod tests {
             ("authz", super::authz),
             ("raft_entry", super::raft_entry),
             ("peer_stream", super::peer_stream),
+            ("gateway_json", super::gateway_json),
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
         let mut ran = 0;

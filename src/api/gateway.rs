@@ -386,6 +386,20 @@ fn next_value(buf: &[u8], more: bool) -> Result<Option<(serde_json::Value, usize
     let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
     match it.next() {
         None => Ok(None),
+        // A number or literal that ends where the bytes end may go on in
+        // the next piece: wait for it (or for the end of the body).
+        Some(Ok(v))
+            if more
+                && it.byte_offset() == buf.len()
+                && !matches!(
+                    v,
+                    serde_json::Value::Object(_)
+                        | serde_json::Value::Array(_)
+                        | serde_json::Value::String(_)
+                ) =>
+        {
+            Ok(None)
+        }
         Some(Ok(v)) => Ok(Some((v, it.byte_offset()))),
         Some(Err(e)) if e.is_eof() && more => Ok(None),
         Some(Err(e)) if e.is_eof() => Err(BadJson("unexpected EOF".into())),
@@ -825,6 +839,37 @@ mod tests {
                 "{} is not in the authorization table",
                 r.method
             );
+        }
+    }
+
+    /// A streamed body gives the same messages however it is cut, also when
+    /// a piece ends right after a literal (found by fuzzing: `null` then `val`
+    /// in the next piece was taken for a `null` object).
+    #[test]
+    fn streamed_objects_do_not_depend_on_the_pieces() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let body = br#"{"ID":"300001"} nullval"#;
+        let decode = |chunk: usize| {
+            let pieces: Vec<Result<Bytes, std::io::Error>> = body
+                .chunks(chunk)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            rt.block_on(decode_stream(
+                "etcdserverpb.LeaseKeepAliveRequest",
+                Body::from_stream(futures::stream::iter(pieces)),
+                1 << 20,
+            ))
+        };
+        let whole = decode(body.len());
+        assert_eq!(whole.len(), 2, "{whole:?}");
+        assert!(whole[0].is_ok() && whole[1].is_err(), "{whole:?}");
+        for chunk in 1..body.len() {
+            let cut = decode(chunk);
+            assert_eq!(cut.len(), 2, "pieces of {chunk}: {cut:?}");
+            assert_eq!(cut[0], whole[0], "pieces of {chunk}");
+            assert!(cut[1].is_err(), "pieces of {chunk}: {cut:?}");
         }
     }
 
