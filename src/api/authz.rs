@@ -30,7 +30,7 @@ use std::sync::{Arc, LazyLock};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
 use super::{concurrency, kv};
@@ -377,6 +377,21 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
 /// The one authorization layer in front of every gRPC service.
 pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Next) -> Response {
     let Some((path, need, refusal)) = need(req.uri().path()) else {
+        if !is_grpc(&req) {
+            // A plain HTTP request for a path nothing serves: Go's answer.
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8",
+                    ),
+                    (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                "404 page not found\n",
+            )
+                .into_response();
+        }
         // Fail closed: a method nobody classified is not served.
         return tonic::Status::unimplemented("").into_http();
     };
@@ -424,6 +439,14 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
         (Err(e), Refusal::Unmapped) => deny(path, super::status::unmapped(e)),
         (Err(_), Refusal::EndStream) => deny(path, tonic::Status::new(tonic::Code::Ok, "")),
     }
+}
+
+/// Whether a request is a gRPC call (by its content type, as gRPC servers tell).
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// Answers a refused call, counted as the service would have counted it.

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod conn;
 pub mod election;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -15,6 +16,7 @@ pub mod lock;
 pub mod maintenance;
 mod msgsize;
 pub mod status;
+pub mod v2;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -153,15 +155,19 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
         .clone()
         .routes();
     // Every gRPC call passes the authorization layer first; the HTTP
-    // endpoints are not gRPC and need no caller.
-    routes
+    // endpoints are not gRPC and need no caller. The JSON gateway calls the
+    // gRPC router in-process, so its calls pass the same layers.
+    let grpc = routes
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             s.clone(),
             authz::layer,
         ))
-        .layer(axum::middleware::from_fn_with_state(max, msgsize::layer))
-        .merge(http::router(s))
+        .layer(axum::middleware::from_fn_with_state(max, msgsize::layer));
+    grpc.clone()
+        .merge(http::router(s.clone()))
+        .merge(v2::router(s))
+        .merge(gateway::router(grpc, max))
 }
 
 /// Resolves a listen URL's host and port to a socket address (IPv4 preferred, as

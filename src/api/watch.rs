@@ -368,12 +368,22 @@ impl Stream {
                 .max(100),
         );
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A client that closes its sending side keeps its watchers, as in
+        // etcd (the JSON gateway's clients send their requests, then read):
+        // the stream then ends when the client stops reading.
+        let out = self.out.clone();
+        let mut input_open = true;
         loop {
             let ok = tokio::select! {
-                msg = input.next() => match msg {
+                msg = input.next(), if input_open => match msg {
                     Some(Ok(req)) => self.on_request(req).await,
-                    _ => false,
+                    None => {
+                        input_open = false;
+                        true
+                    }
+                    Some(Err(_)) => false,
                 },
+                _ = out.closed(), if !input_open => false,
                 b = sub.recv() => match b {
                     Ok(batch) if batch.resync => self.resync().await,
                     Ok(batch) => self.on_batch(&batch.events, batch.rev).await,

@@ -363,7 +363,7 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "How --auto-compaction-retention is read: 'periodic' or 'revision'.",
         set_compaction_mode),
     flag!("enable-v2", Clustering, Bool, No, "false",
-        "Serve the deprecated v2 API.",
+        "Serve the deprecated v2 API (etcd-rs: the v2 key space is not provided; the read-only v2 members API is always served).",
         accept_bool),
     flag!("experimental-enable-v2v3", Clustering, Value, No, "",
         "Serve the v2 API from the v3 store under this prefix (deprecated).",

@@ -1077,6 +1077,10 @@ fn finalize(mut d: Draft) -> Result<Config, ConfigError> {
             continue;
         };
         match spec.support {
+            Support::No if spec.name == "enable-v2" => cfg.warnings.push(format!(
+                "flag --enable-v2 is accepted but the v2 key space is not provided by etcd-rs: only the read-only v2 members API (/v2/members) is served{}",
+                origin.describe()
+            )),
             Support::No => cfg.warnings.push(format!(
                 "flag --{} is accepted but has no effect in etcd-rs{}",
                 spec.name,

@@ -557,7 +557,7 @@ fn accepted_flags_without_effect() {
         [
             "flag --max-wals is accepted but has no effect in etcd-rs",
             "flag --grpc-keepalive-min-time is accepted but has no effect in etcd-rs",
-            "flag --enable-v2 is accepted but has no effect in etcd-rs",
+            "flag --enable-v2 is accepted but the v2 key space is not provided by etcd-rs: only the read-only v2 members API (/v2/members) is served",
             "flag --unsafe-no-fsync is accepted but has no effect in etcd-rs (set by environment variable ETCD_UNSAFE_NO_FSYNC)",
             "flag --snapshot is no longer supported; ignoring it",
         ]

@@ -1,4 +1,5 @@
 //! Generated protocol types (from `proto/`, by `proto/regen`). Do not edit by hand.
+//! `descriptor.bin`, the descriptor set of the same files, is made there too.
 #![allow(clippy::all, missing_docs, non_snake_case, non_camel_case_types)]
 
 pub mod mvccpb {
