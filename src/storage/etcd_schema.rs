@@ -25,8 +25,8 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ALARMS, AUTH_ROLES, AUTH_USERS, Backend, KV, LEASES, MEMBERS, META, StorageError, get_u64,
-    meta, put_u64,
+    ALARMS, AUTH_ROLES, AUTH_USERS, Backend, KV, LEASES, MEMBERS, META, StorageError,
+    clear_state_machine, get_u64, meta, put_u64,
 };
 use crate::bbolt::{self, BboltError, Reader};
 use crate::pb::etcdserverpb::{AlarmMember, Member};
@@ -390,30 +390,27 @@ fn import_into(reader: &Reader, txn: &WriteTransaction) -> Result<ImportedMeta, 
         )));
     }
     let mut out = ImportedMeta::default();
+    // What an etcd backend does not carry stays: the Raft log's keys, this
+    // member's and its cluster's identity, the cluster version.
+    clear_state_machine(
+        txn,
+        &[
+            meta::CLUSTER_ID,
+            meta::MEMBER_ID,
+            meta::HARD_STATE,
+            meta::CONF_STATE,
+            meta::LOG_SNAPSHOT,
+            meta::CLUSTER_VERSION,
+            meta::RESTORED,
+        ],
+    )?;
     let mut kv = txn.open_table(KV)?;
-    kv.retain(|_, _| false)?;
     let mut meta_t = txn.open_table(META)?;
-    for k in [
-        meta::APPLIED_INDEX,
-        meta::CONSISTENT_TERM,
-        meta::COMPACT_REV,
-        meta::FINISHED_COMPACT_REV,
-        meta::CURRENT_REV,
-        meta::AUTH_ENABLED,
-        meta::AUTH_REVISION,
-    ] {
-        meta_t.remove(k)?;
-    }
     let mut leases = txn.open_table(LEASES)?;
-    leases.retain(|_, _| false)?;
     let mut members = txn.open_table(MEMBERS)?;
-    members.retain(|_, _| false)?;
     let mut alarms = txn.open_table(ALARMS)?;
-    alarms.retain(|_, _| false)?;
     let mut users = txn.open_table(AUTH_USERS)?;
-    users.retain(|_, _| false)?;
     let mut roles = txn.open_table(AUTH_ROLES)?;
-    roles.retain(|_, _| false)?;
 
     for name in &names {
         let Some(bucket) = reader.bucket(name)? else {

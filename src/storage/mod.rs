@@ -227,6 +227,22 @@ impl Backend {
 }
 
 /// Reads a u64 meta value.
+/// Empties the state machine in `txn`: the key space, leases, members,
+/// alarms, users and roles, and every `meta` key except those in `keep_meta`
+/// (the Raft log's keys and this member's identity, which a restore or an
+/// import leaves in place). The Raft log table is not touched.
+pub fn clear_state_machine(txn: &WriteTransaction, keep_meta: &[&str]) -> Result<()> {
+    txn.open_table(KV)?.retain(|_, _| false)?;
+    txn.open_table(META)?
+        .retain(|k, _| keep_meta.contains(&k))?;
+    txn.open_table(LEASES)?.retain(|_, _| false)?;
+    txn.open_table(MEMBERS)?.retain(|_, _| false)?;
+    txn.open_table(ALARMS)?.retain(|_, _| false)?;
+    txn.open_table(AUTH_USERS)?.retain(|_, _| false)?;
+    txn.open_table(AUTH_ROLES)?.retain(|_, _| false)?;
+    Ok(())
+}
+
 pub fn get_u64<T: redb::ReadableTable<&'static str, &'static [u8]>>(
     table: &T,
     key: &str,

@@ -204,20 +204,14 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
         return Err(bad("sha256 checksum mismatch"));
     }
     {
+        super::clear_state_machine(txn, SKIPPED_META)?;
         let mut kv = txn.open_table(KV)?;
-        kv.retain(|_, _| false)?;
         let mut meta = txn.open_table(META)?;
-        meta.retain(|k, _| SKIPPED_META.contains(&k))?;
         let mut leases = txn.open_table(LEASES)?;
-        leases.retain(|_, _| false)?;
         let mut members = txn.open_table(MEMBERS)?;
-        members.retain(|_, _| false)?;
         let mut alarms = txn.open_table(ALARMS)?;
-        alarms.retain(|_, _| false)?;
         let mut users = txn.open_table(AUTH_USERS)?;
-        users.retain(|_, _| false)?;
         let mut roles = txn.open_table(AUTH_ROLES)?;
-        roles.retain(|_, _| false)?;
         for_each_record(&body[MAGIC.len()..], |t, k, v| {
             let u64_at = |b: &[u8], i: usize| -> Result<u64, StorageError> {
                 b.get(i..i + 8)
