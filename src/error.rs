@@ -105,6 +105,12 @@ pub enum Error {
     InvalidAuthMgmt,
     #[error("etcdserver: unimplemented")]
     Unimplemented,
+    /// A RangeStream asked for an order other than by key, ascending (etcd 3.7).
+    #[error("RangeStream does not support custom sort orders")]
+    StreamSortOrder,
+    /// A RangeStream with min/max mod/create revision filters (etcd 3.7).
+    #[error("RangeStream does not support revision filters")]
+    StreamRevisionFilter,
     /// An auth error as etcd 3.4's maintenance service returns it: the auth
     /// store's own text, unmapped (gRPC code Unknown).
     #[error("{}", auth_store_text(.0))]

@@ -118,6 +118,11 @@ pub const TABLE: &[(&str, Need, Refusal)] = &[
         Refusal::Status,
     ),
     (
+        "/etcdserverpb.KV/RangeStream",
+        Need::Request(check::<RangeRequest>),
+        Refusal::Status,
+    ),
+    (
         "/etcdserverpb.KV/Put",
         Need::Request(check::<PutRequest>),
         Refusal::Status,
@@ -454,7 +459,7 @@ fn deny(path: &'static str, st: tonic::Status) -> Response {
     if let Some((svc, method)) = names(path) {
         let kind = match method {
             "Watch" | "LeaseKeepAlive" => "bidi_stream",
-            "Snapshot" | "Observe" => "server_stream",
+            "Snapshot" | "Observe" | "RangeStream" => "server_stream",
             _ => "unary",
         };
         metrics::grpc_started(kind, svc, method);

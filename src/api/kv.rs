@@ -228,6 +228,17 @@ impl Kv for KvService {
         unary(SVC, "Range", self.do_range(req.into_inner()).await)
     }
 
+    type RangeStreamStream = super::range_stream::RangeStream;
+
+    async fn range_stream(
+        &self,
+        req: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        super::range_stream::serve(&self.s, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         unary(SVC, "Put", self.do_put(req.into_inner()).await)
     }

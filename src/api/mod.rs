@@ -15,6 +15,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 mod msgsize;
+pub mod range_stream;
 pub mod status;
 pub mod v2;
 pub mod watch;

@@ -27,7 +27,7 @@ pub fn code_of(e: &Error) -> Code {
         // etcd 3.4 maps no gRPC code to NotEnoughStartedMembers.
         VerifyOnly | AuthStore(_) | NotEnoughStartedMembers => Code::Unknown,
         ElectionNotLeader | ElectionNoLeader | LeaderKeyMissing | SessionExpired => Code::Unknown,
-        Unimplemented => Code::Unimplemented,
+        Unimplemented | StreamSortOrder | StreamRevisionFilter => Code::Unimplemented,
         Storage(_) => Code::Internal,
     }
 }

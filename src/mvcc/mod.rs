@@ -316,6 +316,59 @@ impl Store {
         range_at(&table, &st.index, st.rev, st.compact_rev, req)
     }
 
+    /// One chunk of a streamed Range at revision `rev`: at most `limit` keys
+    /// of `[from, end)` live at `rev`, in key order, and whether more follow.
+    /// Checked against the current and compacted revisions as a Range is, so
+    /// a compaction past `rev` between two chunks ends a stream with etcd's
+    /// error.
+    pub fn range_chunk(
+        &self,
+        (from, end): (&[u8], &[u8]),
+        rev: i64,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<(Vec<KeyValue>, bool)> {
+        let (found, more, txn) = {
+            let st = self.state.read();
+            check_rev(rev, st.rev, st.compact_rev)?;
+            let mut found = Vec::with_capacity(limit.min(1024));
+            let mut more = false;
+            st.index.range(from, end, rev, |_, v| {
+                if found.len() == limit {
+                    more = true;
+                    return false;
+                }
+                found.push(v);
+                true
+            });
+            // The read transaction is a snapshot: records the index named
+            // stay readable in it after the lock is released.
+            (found, more, self.backend.read()?)
+        };
+        let table = txn.open_table(KV).map_err(StorageError::from)?;
+        let mut kvs = Vec::with_capacity(found.len());
+        for v in found {
+            let Some((mut kv, false)) = read_kv(&table, v.modified)? else {
+                return Err(Error::Storage(format!(
+                    "kv revision {}/{} named by the index is missing",
+                    v.modified.main, v.modified.sub
+                )));
+            };
+            if keys_only {
+                kv.value.clear();
+            }
+            kvs.push(kv);
+        }
+        Ok((kvs, more))
+    }
+
+    /// The number of keys of `[from, end)` live at `rev`.
+    pub fn count_at(&self, (from, end): (&[u8], &[u8]), rev: i64) -> Result<usize> {
+        let st = self.state.read();
+        check_rev(rev, st.rev, st.compact_rev)?;
+        Ok(st.index.count(from, end, rev))
+    }
+
     /// The live value of `key` just before revision `rev` (an event's prev_kv).
     pub fn prev_kv(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>> {
         let st = self.state.read();
@@ -534,6 +587,17 @@ pub(crate) fn read_kv<T: ReadableTable<(u64, u64), &'static [u8]>>(
 }
 
 /// The Range algorithm shared by reads and by Txn reads inside the apply loop.
+/// etcd's refusals of a read at `rev` given the current and compacted revisions.
+fn check_rev(rev: i64, cur: i64, compact: i64) -> Result<()> {
+    if rev > cur {
+        return Err(Error::FutureRev);
+    }
+    if rev < compact {
+        return Err(Error::Compacted);
+    }
+    Ok(())
+}
+
 pub(crate) fn range_at<T: ReadableTable<(u64, u64), &'static [u8]>>(
     table: &T,
     index: &TreeIndex,
@@ -542,12 +606,7 @@ pub(crate) fn range_at<T: ReadableTable<(u64, u64), &'static [u8]>>(
     req: &RangeRequest,
 ) -> Result<RangeResponse> {
     let rev = if req.revision <= 0 { cur } else { req.revision };
-    if rev > cur {
-        return Err(Error::FutureRev);
-    }
-    if rev < compact {
-        return Err(Error::Compacted);
-    }
+    check_rev(rev, cur, compact)?;
     let filtered = req.min_mod_revision != 0
         || req.max_mod_revision != 0
         || req.min_create_revision != 0

@@ -21,6 +21,7 @@ mod model;
 mod parity;
 mod peer;
 mod proxy;
+mod range_stream;
 mod restore;
 mod security;
 mod snapshot_compat;
