@@ -270,6 +270,7 @@ impl LogStore {
         PeerStorage {
             mem: self.mem.clone(),
             backend: self.backend.clone(),
+            snapshots: Default::default(),
         }
     }
 
@@ -387,6 +388,7 @@ impl LogStore {
             .map_err(|e| StorageError::Db(format!("raft log: {e}")))
     }
 }
+mod snapshot;
 pub mod transport;
 pub mod wire;
 
@@ -396,6 +398,7 @@ pub mod wire;
 pub struct PeerStorage {
     mem: MemStorage,
     backend: Arc<Backend>,
+    snapshots: snapshot::SnapshotMaker,
 }
 
 impl raft::Storage for PeerStorage {
@@ -426,24 +429,6 @@ impl raft::Storage for PeerStorage {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
-        let (data, applied) =
-            crate::storage::snapshot::save_to_vec(&self.backend).map_err(|e| {
-                crate::warn!("cannot make a snapshot", error = e);
-                unavailable()
-            })?;
-        if applied < request_index {
-            return Err(unavailable());
-        }
-        let term = self.mem.term(applied).map_err(|_| unavailable())?;
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = term;
-        meta.set_conf_state(self.mem.initial_state()?.conf_state);
-        Ok(snap)
+        self.snapshots.take(request_index, &self.mem, &self.backend)
     }
 }

@@ -226,7 +226,6 @@ impl Backend {
     }
 }
 
-/// Reads a u64 meta value.
 /// Empties the state machine in `txn`: the key space, leases, members,
 /// alarms, users and roles, and every `meta` key except those in `keep_meta`
 /// (the Raft log's keys and this member's identity, which a restore or an
@@ -243,6 +242,7 @@ pub fn clear_state_machine(txn: &WriteTransaction, keep_meta: &[&str]) -> Result
     Ok(())
 }
 
+/// Reads a u64 meta value.
 pub fn get_u64<T: redb::ReadableTable<&'static str, &'static [u8]>>(
     table: &T,
     key: &str,

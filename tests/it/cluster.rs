@@ -1101,6 +1101,117 @@ fn five_members_split_two_three() {
     c.final_checks(&all, &report, 4);
 }
 
+/// A follower far behind catches up by a snapshot of a large key space
+/// while the leader keeps leading: the snapshot is made off the Raft loop,
+/// so the leader's heartbeats to the other follower go on meanwhile (the
+/// longest gap between its messages, seen at that follower's peer proxy,
+/// stays within a few heartbeat intervals), and nobody starts an election.
+#[test]
+fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
+    const KEYS: usize = 200_000;
+    const PER_TXN: usize = 1_000;
+    const HEARTBEAT_MS: u64 = 50;
+    let heartbeat = HEARTBEAT_MS.to_string();
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--snapshot-count",
+            "5",
+            "--heartbeat-interval",
+            &heartbeat,
+            "--election-timeout",
+            "1000",
+            "--max-txn-ops",
+            "1000",
+        ],
+    );
+    let all = [0usize, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let down = (leader + 1) % 3;
+    let other = 3 - leader - down;
+    c.learn_ids();
+    let ids = c.ids();
+    c.members[down].terminate();
+    let ep = c.members[leader].endpoint();
+    let term_before = c.rt.block_on(async {
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let ep = ep.clone();
+            writers.push(tokio::spawn(async move {
+                let mut cl = connect(&ep).await;
+                for start in (w * PER_TXN..KEYS).step_by(4 * PER_TXN) {
+                    let ops: Vec<TxnOp> = (start..start + PER_TXN)
+                        .map(|i| TxnOp::put(format!("big/{i:06}"), vec![b'x'; 64], None))
+                        .collect();
+                    cl.txn(Txn::new().and_then(ops)).await.expect("txn");
+                }
+            }));
+        }
+        for w in writers {
+            w.await.expect("writer");
+        }
+        let mut cl = connect(&ep).await;
+        cl.status().await.expect("status").raft_term()
+    });
+    c.net.reset_gaps();
+    c.members[down].spawn();
+    c.members[down].wait_ready(Duration::from_secs(60));
+    let down_ep = c.members[down].endpoint();
+    c.rt.block_on(async {
+        let mut cl = connect(&down_ep).await;
+        let opts = || {
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_serializable(),
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let n = cl.get("big/", opts()).await.expect("count").count();
+            if n == KEYS as i64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the follower has {n} of {KEYS} keys"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let gap = c.net.longest_gap(ids[leader], ids[other]);
+    let leader_log = c.members[leader].log();
+    let made = leader_log
+        .lines()
+        .find(|l| l.contains("made a snapshot for a follower"))
+        .unwrap_or("no snapshot made")
+        .to_string();
+    let log = c.members[down].log();
+    assert!(
+        log.contains("applying snapshot from leader"),
+        "the member did not catch up by snapshot:\n{log}"
+    );
+    assert!(
+        gap <= Duration::from_millis(6 * HEARTBEAT_MS),
+        "the leader's messages to a follower stopped for {gap:?} ({made})"
+    );
+    let term_after = c.rt.block_on(async {
+        connect(&ep)
+            .await
+            .status()
+            .await
+            .expect("status")
+            .raft_term()
+    });
+    assert_eq!(
+        term_after, term_before,
+        "an election happened while the snapshot was made and sent"
+    );
+    assert_eq!(c.leader_seen_by(down), c.leader_seen_by(leader));
+    eprintln!("longest gap between heartbeats {gap:?}; {made}");
+}
+
 #[test]
 fn restarted_member_catches_up_by_snapshot() {
     let mut c = Cluster::start(3, &["--snapshot-count", "100"]);

@@ -59,6 +59,9 @@ struct NetInner {
     next_conn: AtomicU64,
     /// Connections refused by a rule (for assertions that a partition held).
     refused: AtomicU64,
+    /// Per ordered (from, to) pair: when bytes last came, and the longest
+    /// time between two arrivals since the last reset.
+    gaps: Mutex<HashMap<(u64, u64), (Instant, Duration)>>,
 }
 
 /// The rules shared by the proxies of one cluster.
@@ -145,6 +148,32 @@ impl Net {
             Some(f) => !r.blocked.contains(&(f, to)),
             None => true,
         }
+    }
+
+    /// Forgets the gaps recorded so far.
+    pub fn reset_gaps(&self) {
+        self.inner.gaps.lock().unwrap().clear();
+    }
+
+    /// The longest time between two arrivals of `from`'s bytes for `to`
+    /// since the last reset, and the time since the last one (a sender that
+    /// stopped altogether shows there).
+    pub fn longest_gap(&self, from: u64, to: u64) -> Duration {
+        match self.inner.gaps.lock().unwrap().get(&(from, to)) {
+            Some((last, longest)) => (*longest).max(last.elapsed()),
+            None => Duration::MAX,
+        }
+    }
+
+    fn record_arrival(&self, from: Option<u64>, to: u64) {
+        let Some(f) = from else {
+            return;
+        };
+        let now = Instant::now();
+        let mut g = self.inner.gaps.lock().unwrap();
+        let e = g.entry((f, to)).or_insert((now, Duration::ZERO));
+        e.1 = e.1.max(now - e.0);
+        e.0 = now;
     }
 
     fn delay_of(&self, from: Option<u64>, to: u64) -> Duration {
@@ -342,6 +371,7 @@ fn handle(net: Net, member: Arc<AtomicU64>, mut client: TcpStream, target: Socke
         match client.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                net.record_arrival(from, to);
                 let due = Instant::now() + net.delay_of(from, to);
                 if tx.send((due, buf[..n].to_vec())).is_err() {
                     break;

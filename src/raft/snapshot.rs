@@ -1,0 +1,110 @@
+//! Raft snapshots for followers that fell behind the log, made off the Raft
+//! loop thread.
+//!
+//! raft-rs asks its storage for a snapshot from inside the loop. Writing the
+//! state machine out takes time in proportion to the key space; done there,
+//! it would hold back heartbeats and appends to every follower for as long
+//! (with a large key space, long enough for an election). So the first ask
+//! starts a thread that writes the snapshot from one read transaction (a
+//! consistent view of the applied state; writes go on meanwhile) and
+//! answers "temporarily unavailable"; raft-rs asks again on the follower's
+//! next heartbeat response and gets the finished snapshot, handed over
+//! without a copy.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft::eraftpb::Snapshot;
+use raft::storage::MemStorage;
+
+use crate::storage::Backend;
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Idle,
+    Building,
+    Ready(Snapshot),
+}
+
+/// The one snapshot being made (or made and not yet taken).
+#[derive(Clone, Default)]
+pub struct SnapshotMaker {
+    state: Arc<Mutex<State>>,
+}
+
+fn unavailable() -> raft::Error {
+    raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)
+}
+
+impl SnapshotMaker {
+    /// A snapshot at an applied index of at least `request_index`, if one is
+    /// ready; otherwise starts making one (unless under way) and answers
+    /// "temporarily unavailable".
+    pub fn take(
+        &self,
+        request_index: u64,
+        mem: &MemStorage,
+        backend: &Arc<Backend>,
+    ) -> raft::Result<Snapshot> {
+        let mut st = self.state.lock();
+        match std::mem::take(&mut *st) {
+            State::Ready(s) if s.get_metadata().index >= request_index => return Ok(s),
+            State::Building => {
+                *st = State::Building;
+                return Err(unavailable());
+            }
+            State::Idle | State::Ready(_) => {}
+        }
+        *st = State::Building;
+        drop(st);
+        let (me, mem, backend) = (self.clone(), mem.clone(), backend.clone());
+        let started = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                let made = make(&mem, &backend);
+                let mut st = me.state.lock();
+                *st = match made {
+                    Some(s) => State::Ready(s),
+                    None => State::Idle,
+                };
+            });
+        if let Err(e) = started {
+            crate::warn!("cannot start a thread to make a snapshot", error = e);
+            *self.state.lock() = State::Idle;
+        }
+        Err(unavailable())
+    }
+}
+
+/// Writes the state machine out at its applied index, with that index's term
+/// and the membership.
+fn make(mem: &MemStorage, backend: &Backend) -> Option<Snapshot> {
+    let t0 = std::time::Instant::now();
+    let (data, applied) = match crate::storage::snapshot::save_to_vec(backend) {
+        Ok(v) => v,
+        Err(e) => {
+            crate::warn!("cannot make a snapshot", error = e);
+            return None;
+        }
+    };
+    // The log may have been compacted past `applied` meanwhile: then the
+    // next ask makes a newer snapshot.
+    let term = raft::Storage::term(mem, applied).ok()?;
+    let conf = raft::Storage::initial_state(mem).ok()?.conf_state;
+    crate::info!(
+        "made a snapshot for a follower",
+        index = applied,
+        size = data.len(),
+        took = format!("{:?}", t0.elapsed())
+    );
+    let mut snap = Snapshot {
+        data: data.into(),
+        ..Default::default()
+    };
+    let meta = snap.mut_metadata();
+    meta.index = applied;
+    meta.term = term;
+    meta.set_conf_state(conf);
+    Some(snap)
+}
