@@ -16,7 +16,7 @@
 //! default values omitted, unknown fields ignored. Errors are grpc-gateway's
 //! object, `{"error":..,"message":..,"code":..}`, with its HTTP status for
 //! the gRPC code. The streaming methods (`/v3/watch`, `/v3/lease/keepalive`,
-//! `/v3/maintenance/snapshot`) answer newline-delimited `{"result":..}`
+//! `/v3/maintenance/snapshot`, `/v3/election/observe`) answer newline-delimited `{"result":..}`
 //! objects; watch and keepalive read a stream of request objects.
 
 use std::convert::Infallible;
@@ -45,7 +45,7 @@ static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Unary,
-    /// One request object, a stream of result objects (Snapshot).
+    /// One request object, a stream of result objects (Snapshot, Observe).
     ServerStream,
     /// A stream of request objects, a stream of result objects.
     Bidi,
@@ -81,8 +81,9 @@ const fn r(
 
 use Flow::{Bidi, ServerStream, Unary};
 
-/// Every path of etcd's gateway (etcd 3.5's bindings; etcd 3.4's
-/// `/v3/kv/lease/...` aliases of the lease methods too).
+/// Every path of etcd's gateway (etcd 3.5's bindings, the Lock and Election
+/// services' among them; etcd 3.4's `/v3/kv/lease/...` aliases of the lease
+/// methods too).
 #[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
     r("kv/range", "/etcdserverpb.KV/Range", "etcdserverpb.RangeRequest", "etcdserverpb.RangeResponse", Unary),
@@ -129,6 +130,13 @@ pub const ROUTES: &[Route] = &[
     r("auth/role/delete", "/etcdserverpb.Auth/RoleDelete", "etcdserverpb.AuthRoleDeleteRequest", "etcdserverpb.AuthRoleDeleteResponse", Unary),
     r("auth/role/grant", "/etcdserverpb.Auth/RoleGrantPermission", "etcdserverpb.AuthRoleGrantPermissionRequest", "etcdserverpb.AuthRoleGrantPermissionResponse", Unary),
     r("auth/role/revoke", "/etcdserverpb.Auth/RoleRevokePermission", "etcdserverpb.AuthRoleRevokePermissionRequest", "etcdserverpb.AuthRoleRevokePermissionResponse", Unary),
+    r("lock/lock", "/v3lockpb.Lock/Lock", "v3lockpb.LockRequest", "v3lockpb.LockResponse", Unary),
+    r("lock/unlock", "/v3lockpb.Lock/Unlock", "v3lockpb.UnlockRequest", "v3lockpb.UnlockResponse", Unary),
+    r("election/campaign", "/v3electionpb.Election/Campaign", "v3electionpb.CampaignRequest", "v3electionpb.CampaignResponse", Unary),
+    r("election/proclaim", "/v3electionpb.Election/Proclaim", "v3electionpb.ProclaimRequest", "v3electionpb.ProclaimResponse", Unary),
+    r("election/leader", "/v3electionpb.Election/Leader", "v3electionpb.LeaderRequest", "v3electionpb.LeaderResponse", Unary),
+    r("election/observe", "/v3electionpb.Election/Observe", "v3electionpb.LeaderRequest", "v3electionpb.LeaderResponse", ServerStream),
+    r("election/resign", "/v3electionpb.Election/Resign", "v3electionpb.ResignRequest", "v3electionpb.ResignResponse", Unary),
 ];
 
 /// The route for a request path (`/v3/...`, or `/v3beta/...` as etcd's alias).
@@ -319,7 +327,8 @@ fn go_kind(v: &serde_json::Value) -> &'static str {
 /// words: an enum value given by a name the enum does not have (the mapping
 /// would ignore it, like an unknown field, and the request would run with
 /// the default), a bytes field that is not a string, base64 with a byte
-/// outside its alphabet.
+/// outside its alphabet, a message that is not an object, a repeated field
+/// that is not an array.
 fn go_checks(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), BadJson> {
     use prost_reflect::Kind;
     let serde_json::Value::Object(map) = v else {
@@ -334,6 +343,13 @@ fn go_checks(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), BadJ
         };
         let values: Vec<&serde_json::Value> = match value {
             serde_json::Value::Array(a) if f.is_list() => a.iter().collect(),
+            serde_json::Value::Null => continue,
+            v if f.is_list() => {
+                return Err(BadJson(format!(
+                    "json: cannot unmarshal {} into Go value of type []json.RawMessage",
+                    go_kind(v)
+                )));
+            }
             v => vec![v],
         };
         for v in values {
@@ -371,7 +387,14 @@ fn go_checks(desc: &MessageDescriptor, v: &serde_json::Value) -> Result<(), BadJ
                         go_kind(v)
                     )));
                 }
-                (Kind::Message(m), v) => go_checks(&m, v)?,
+                (Kind::Message(m), v @ serde_json::Value::Object(_)) => go_checks(&m, v)?,
+                (Kind::Message(_), serde_json::Value::Null) => {}
+                (Kind::Message(_), v) => {
+                    return Err(BadJson(format!(
+                        "json: cannot unmarshal {} into Go value of type map[string]json.RawMessage",
+                        go_kind(v)
+                    )));
+                }
                 _ => {}
             }
         }
@@ -508,6 +531,11 @@ struct GrpcReader {
 }
 
 impl GrpcReader {
+    /// Puts a message read with [`GrpcReader::next`] back in front.
+    fn unread(&mut self, msg: &[u8]) {
+        self.buf.splice(0..0, frame(msg));
+    }
+
     async fn next(&mut self) -> Option<Result<Vec<u8>, tonic::Status>> {
         loop {
             if let Some(m) = take_message(&mut self.buf) {
@@ -702,10 +730,19 @@ async fn server_stream(g: &Gateway, route: &'static Route, req: Request) -> Resp
         Ok(m) => m,
         Err(BadJson(e)) => return error_response(Code::InvalidArgument, &e),
     };
-    match start(g, route, &parts, Body::from(frame(&msg))).await {
-        Ok(reader) => stream_response(result_lines(reader, route.response)),
-        Err(st) => stream_failed(&st),
+    let mut reader = match start(g, route, &parts, Body::from(frame(&msg))).await {
+        Ok(reader) => reader,
+        Err(st) => return stream_failed(&st),
+    };
+    // As grpc-gateway: the answer's head waits for the first message (an
+    // Observe of an election without a leader answers nothing until there
+    // is one), and a call that fails before it answers the failure's status.
+    match reader.next().await {
+        Some(Ok(m)) => reader.unread(&m),
+        Some(Err(st)) => return stream_failed(&st),
+        None => {}
     }
+    stream_response(result_lines(reader, route.response))
 }
 
 /// Request objects read one at a time from a request body.
@@ -942,6 +979,31 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        for (path, body, want) in [
+            (
+                "/v3/election/proclaim",
+                &br#"{"leader":"x"}"#[..],
+                "json: cannot unmarshal string into Go value of type map[string]json.RawMessage",
+            ),
+            (
+                "/v3/kv/txn",
+                br#"{"compare":{}}"#,
+                "json: cannot unmarshal object into Go value of type []json.RawMessage",
+            ),
+            (
+                "/v3/kv/txn",
+                br#"{"success":[{"request_put":5}]}"#,
+                "json: cannot unmarshal number into Go value of type map[string]json.RawMessage",
+            ),
+        ] {
+            match translate(path, body) {
+                Some(Err(BadJson(e))) => assert_eq!(e, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            translate("/v3/kv/txn", br#"{"compare":null,"success":[]}"#).is_some_and(|r| r.is_ok())
+        );
         assert!(translate("/v3/kv/nothing", b"{}").is_none());
         match translate("/v3/kv/range", br#"{"key":"YQ==","sort_order":"NOPE"}"#) {
             Some(Err(BadJson(e))) => assert_eq!(

@@ -7,6 +7,10 @@
 //! `watch` runs open-loop: one writer puts at `--rate` while watchers count
 //! events and measure the put-to-event latency from a timestamp in the value.
 //! `wait` polls until a linearizable Range succeeds (restart timing).
+//! With `--gateway`, `put` and `range` go through etcd's HTTP/JSON gateway
+//! instead (`POST /v3/kv/put`, `/v3/kv/range` with JSON bodies over
+//! HTTP/1.1, one keep-alive connection per client), as Patroni or etcd3gw
+//! send them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +68,10 @@ struct Cli {
     /// Print one JSON object instead of the text report.
     #[arg(long, global = true)]
     json: bool,
+    /// Send `put` and `range` through the HTTP/JSON gateway (plain http
+    /// endpoints only; one HTTP/1.1 connection per client, --conns unused).
+    #[arg(long, global = true)]
+    gateway: bool,
     /// No progress line on stderr.
     #[arg(long, global = true)]
     quiet: bool,
@@ -389,6 +397,75 @@ enum Worker {
         ttl: i64,
         stream: Option<KeepAlive>,
     },
+    /// A JSON request to the gateway: a put of a key from `keys` (its
+    /// base64 value ready), or one fixed request.
+    Gateway {
+        http: Gw,
+        path: &'static str,
+        keys: Option<KeyGen>,
+        value: String,
+        body: String,
+    },
+}
+
+/// One HTTP/1.1 keep-alive connection to a member's JSON gateway, made
+/// again when the server closed it.
+struct Gw {
+    /// host:port
+    addr: String,
+    sender: Option<hyper::client::conn::http1::SendRequest<axum::body::Body>>,
+}
+
+impl Gw {
+    fn new(endpoint: &str) -> Gw {
+        let url = normalize(endpoint);
+        let addr = url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(&url)
+            .trim_end_matches('/')
+            .to_string();
+        Gw { addr, sender: None }
+    }
+
+    async fn post(&mut self, path: &'static str, body: String) -> Result<(), String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let tcp = tokio::net::TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| format!("HTTP/1.1 to {}: {e}", self.addr))?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            return Err("no connection".into());
+        };
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::post(path)
+            .header(http::header::HOST, &self.addr)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 64 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+        }
+        Ok(())
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 struct KeepAlive {
@@ -547,6 +624,22 @@ impl Worker {
                     .await
                     .map_err(status_text)?;
                 Ok(())
+            }
+            Worker::Gateway {
+                http,
+                path,
+                keys,
+                value,
+                body,
+            } => {
+                let body = match keys {
+                    Some(keys) => {
+                        let i = keys.index();
+                        format!(r#"{{"key":"{}","value":"{value}"}}"#, b64(&keys.key(i)))
+                    }
+                    None => body.clone(),
+                };
+                http.post(path, body).await
             }
         }
     }
@@ -795,6 +888,62 @@ async fn preload_range(chan: &Channel, val_size: usize, timeout: Duration) -> Re
         }
     }
     Ok(())
+}
+
+/// Workers that send `put` or `range` through the JSON gateway, one
+/// connection each, spread over the endpoints.
+fn gateway_workers(cli: &Cli) -> Result<(String, Vec<Worker>), String> {
+    let seq = Arc::new(AtomicU64::new(0));
+    let eps: Vec<&String> = cli.endpoints.iter().filter(|e| !e.is_empty()).collect();
+    if eps.is_empty() {
+        return Err("no endpoints".into());
+    }
+    if eps.iter().any(|e| e.starts_with("https://")) {
+        return Err("--gateway takes http endpoints only".into());
+    }
+    let mut ws = Vec::new();
+    for i in 0..cli.clients.max(1) {
+        let http = Gw::new(eps[i % eps.len()]);
+        ws.push(match &cli.workload {
+            Workload::Put(a) => Worker::Gateway {
+                http,
+                path: "/v3/kv/put",
+                keys: Some(KeyGen::new(&a.keys, &seq, i as u64)),
+                value: b64(&vec![b'v'; a.val_size]),
+                body: String::new(),
+            },
+            Workload::Range(a) => {
+                let body = if a.prefix {
+                    format!(
+                        r#"{{"key":"{}","range_end":"{}","limit":"{}","serializable":{}}}"#,
+                        b64(b"/bench-range/"),
+                        b64(b"/bench-range0"),
+                        a.limit,
+                        matches!(a.consistency, Consistency::S)
+                    )
+                } else {
+                    format!(
+                        r#"{{"key":"{}","serializable":{}}}"#,
+                        b64(b"/bench-range/000"),
+                        matches!(a.consistency, Consistency::S)
+                    )
+                };
+                Worker::Gateway {
+                    http,
+                    path: "/v3/kv/range",
+                    keys: None,
+                    value: String::new(),
+                    body,
+                }
+            }
+            _ => return Err("--gateway runs put and range only".into()),
+        });
+    }
+    let name = match &cli.workload {
+        Workload::Put(_) => "gateway-put",
+        _ => "gateway-range",
+    };
+    Ok((name.to_string(), ws))
 }
 
 fn build_workers(cli: &Cli, chans: &[Channel]) -> (String, Vec<Worker>) {
@@ -1207,7 +1356,11 @@ async fn main() {
             {
                 fail(&e);
             }
-            let (name, workers) = build_workers(&cli, &chans);
+            let (name, workers) = if cli.gateway {
+                gateway_workers(&cli).unwrap_or_else(|e| fail(&e))
+            } else {
+                build_workers(&cli, &chans)
+            };
             run_closed(&cli, &name, workers).await
         }
     };

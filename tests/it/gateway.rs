@@ -127,6 +127,11 @@ fn mask(text: &str) -> String {
         while let Some(i) = out[from..].find(&pat) {
             let start = from + i + pat.len();
             let bytes = out.as_bytes();
+            // Objects (an election's `leader` key) are compared as they are.
+            if matches!(bytes.get(start), Some(b'{' | b'[')) {
+                from = start;
+                continue;
+            }
             let end = if bytes.get(start) == Some(&b'"') {
                 let mut j = start + 1;
                 while j < bytes.len() && bytes[j] != b'"' {
@@ -191,297 +196,312 @@ enum Cmp {
 struct Step {
     method: &'static str,
     path: &'static str,
-    /// The body; `{lease}`, `{member}` and `{token:user}` are filled in from
-    /// earlier answers of the same server.
+    /// The body; `{lease}`, `{member}` and `{crev}` (the revision of the
+    /// first campaign) are filled in from earlier answers of the same server.
     body: String,
+    /// The user whose token goes in the `Authorization` header.
     token: Option<&'static str>,
     cmp: Cmp,
 }
 
-fn step(path: &'static str, body: &str, cmp: Cmp) -> Step {
-    Step {
-        method: "POST",
+/// One POST per row `(path, body)`, with `user`'s token (none for `None`),
+/// compared as `cmp`.
+fn posts(user: Option<&'static str>, cmp: Cmp, rows: &[(&'static str, &str)]) -> Vec<Step> {
+    rows.iter()
+        .map(|(path, body)| Step {
+            method: "POST",
+            path,
+            body: body.to_string(),
+            token: user,
+            cmp,
+        })
+        .collect()
+}
+
+/// A request with another method, compared exactly.
+fn other(method: &'static str, path: &'static str, body: &str) -> Vec<Step> {
+    vec![Step {
+        method,
         path,
         body: body.to_string(),
         token: None,
-        cmp,
-    }
-}
-
-fn as_user(mut s: Step, user: &'static str) -> Step {
-    s.token = Some(user);
-    s
-}
-
-fn method(mut s: Step, m: &'static str) -> Step {
-    s.method = m;
-    s
+        cmp: Exact,
+    }]
 }
 
 use Cmp::{Added, Code, Exact, Ours};
 
 fn table(big: &str) -> Vec<Step> {
+    let exact = |rows: &[(&'static str, &str)]| posts(None, Exact, rows);
+    let code = |rows: &[(&'static str, &str)]| posts(None, Code, rows);
+    let ours = |keys, rows: &[(&'static str, &str)]| posts(None, Ours(keys), rows);
+    let exact_as = |user, rows: &[(&'static str, &str)]| posts(Some(user), Exact, rows);
     vec![
         // KV
-        step("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#, Exact),
-        step(
-            "/v3/kv/put",
-            r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#,
-            Exact,
-        ),
-        step(
-            "/v3/kv/put",
-            r#"{"key":"Zm9vMg==","value":"PGI+Jg=="}"#,
-            Exact,
-        ),
-        step("/v3/kv/range", r#"{"key":"Zm9v"}"#, Exact),
-        step(
-            "/v3/kv/range",
-            r#"{"key":"Zm9v","range_end":"Zm9w","sort_order":"DESCEND","sort_target":"KEY","limit":"1"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/kv/range",
-            r#"{"key":"AA==","range_end":"AA==","count_only":true}"#,
-            Exact,
-        ),
-        step(
-            "/v3/kv/range",
-            r#"{"key":"Zm9v","range_end":"Zm9w","keys_only":true,"serializable":true}"#,
-            Exact,
-        ),
-        step("/v3/kv/range", r#"{"key":"bm9uZQ=="}"#, Exact),
-        step("/v3/kv/range", r#"{"foo":1}"#, Exact),
-        step("/v3/kv/range", "", Exact),
-        step("/v3/kv/range", "null", Exact),
-        step("/v3/kv/range", "[]", Exact),
-        step("/v3/kv/range", r#""key""#, Exact),
-        step("/v3/kv/range", r#"{"key":"Zm9v"} trailing"#, Exact),
-        step("/v3/kv/range", r#"{"key":1}"#, Exact),
-        step("/v3/kv/range", r#"{"key":"Zm9v","range_end":true}"#, Exact),
-        step("/v3/kv/range", "{bad", Code),
-        step("/v3/kv/range", r#"{"key":"!!"}"#, Exact),
-        step("/v3/kv/range", r#"{"key":"Zm9v-w=="}"#, Exact),
-        step(
-            "/v3/kv/put",
-            r#"{"key":"Zm9v","value":"YmFy","lease":"x"}"#,
-            Code,
-        ),
-        step(
-            "/v3/kv/range",
-            r#"{"key":"Zm9v","sort_order":"NOPE"}"#,
-            Code,
-        ),
-        step("/v3/kv/range", r#"{"key":"Zm9v","limit":"x"}"#, Code),
-        step(
-            "/v3/kv/txn",
-            r#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"VALUE","value":"YmF6"}],"success":[{"request_range":{"key":"Zm9v"}},{"request_put":{"key":"dHg=","value":"MQ=="}}],"failure":[{"request_delete_range":{"key":"Zm9v"}}]}"#,
-            Exact,
-        ),
-        step(
-            "/v3/kv/txn",
-            r#"{"compare":[{"key":"Zm9v","target":"VERSION","result":"GREATER","version":"5"}],"failure":[{"request_delete_range":{"key":"dHg=","prev_kv":true}}]}"#,
-            Exact,
-        ),
-        step(
-            "/v3/kv/txn",
-            r#"{"success":[{"request_put":{"key":"YQ=="}},{"request_put":{"key":"YQ=="}}]}"#,
-            Exact,
-        ),
-        step(
-            "/v3/kv/deleterange",
-            r#"{"key":"Zm9vMg==","prev_kv":true}"#,
-            Exact,
-        ),
-        step("/v3/kv/deleterange", r#"{"key":"bm9uZQ=="}"#, Exact),
-        step("/v3/kv/compaction", r#"{"revision":"100"}"#, Exact),
-        step(
-            "/v3/kv/compaction",
-            r#"{"revision":"3","physical":true}"#,
-            Exact,
-        ),
-        step("/v3/kv/range", r#"{"key":"Zm9v","revision":"2"}"#, Exact),
-        // Lease
-        step("/v3/lease/grant", r#"{"TTL":"60","ID":"1000"}"#, Exact),
-        step("/v3/lease/grant", r#"{"TTL":"60","ID":"1000"}"#, Exact),
-        step(
-            "/v3/kv/put",
-            r#"{"key":"bGVhc2Vk","value":"MQ==","lease":"1000"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/lease/timetolive",
-            r#"{"ID":"1000","keys":true}"#,
-            Exact,
-        ),
-        step("/v3/kv/lease/timetolive", r#"{"ID":"1000"}"#, Exact),
-        step("/v3/lease/timetolive", r#"{"ID":"99"}"#, Exact),
-        step("/v3/lease/leases", "{}", Exact),
-        step("/v3/kv/lease/leases", "{}", Exact),
-        step("/v3/lease/revoke", r#"{"ID":"1000"}"#, Exact),
-        step("/v3/kv/lease/revoke", r#"{"ID":"1000"}"#, Exact),
-        step("/v3/lease/grant", r#"{"TTL":"30"}"#, Exact),
-        step("/v3/lease/revoke", r#"{"ID":"{lease}"}"#, Exact),
-        // Cluster
-        step("/v3/cluster/member/list", "{}", Exact),
-        step(
-            "/v3/cluster/member/add",
-            r#"{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#,
+        exact(&[
+            ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+            ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#),
+            ("/v3/kv/put", r#"{"key":"Zm9vMg==","value":"PGI+Jg=="}"#),
+            ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+            (
+                "/v3/kv/range",
+                r#"{"key":"Zm9v","range_end":"Zm9w","sort_order":"DESCEND","sort_target":"KEY","limit":"1"}"#,
+            ),
+            ("/v3/kv/range", r#"{"key":"AA==","range_end":"AA==","count_only":true}"#),
+            (
+                "/v3/kv/range",
+                r#"{"key":"Zm9v","range_end":"Zm9w","keys_only":true,"serializable":true}"#,
+            ),
+            ("/v3/kv/range", r#"{"key":"bm9uZQ=="}"#),
+            ("/v3/kv/range", r#"{"foo":1}"#),
+            ("/v3/kv/range", ""),
+            ("/v3/kv/range", "null"),
+            ("/v3/kv/range", "[]"),
+            ("/v3/kv/range", r#""key""#),
+            ("/v3/kv/range", r#"{"key":"Zm9v"} trailing"#),
+            ("/v3/kv/range", r#"{"key":1}"#),
+            ("/v3/kv/range", r#"{"key":"Zm9v","range_end":true}"#),
+        ]),
+        code(&[("/v3/kv/range", "{bad")]),
+        exact(&[
+            ("/v3/kv/range", r#"{"key":"!!"}"#),
+            ("/v3/kv/range", r#"{"key":"Zm9v-w=="}"#),
+        ]),
+        code(&[
+            ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy","lease":"x"}"#),
+            ("/v3/kv/range", r#"{"key":"Zm9v","sort_order":"NOPE"}"#),
+            ("/v3/kv/range", r#"{"key":"Zm9v","limit":"x"}"#),
+        ]),
+        exact(&[
+            (
+                "/v3/kv/txn",
+                r#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"VALUE","value":"YmF6"}],"success":[{"request_range":{"key":"Zm9v"}},{"request_put":{"key":"dHg=","value":"MQ=="}}],"failure":[{"request_delete_range":{"key":"Zm9v"}}]}"#,
+            ),
+            (
+                "/v3/kv/txn",
+                r#"{"compare":[{"key":"Zm9v","target":"VERSION","result":"GREATER","version":"5"}],"failure":[{"request_delete_range":{"key":"dHg=","prev_kv":true}}]}"#,
+            ),
+            (
+                "/v3/kv/txn",
+                r#"{"success":[{"request_put":{"key":"YQ=="}},{"request_put":{"key":"YQ=="}}]}"#,
+            ),
+            ("/v3/kv/deleterange", r#"{"key":"Zm9vMg==","prev_kv":true}"#),
+            ("/v3/kv/deleterange", r#"{"key":"bm9uZQ=="}"#),
+            ("/v3/kv/compaction", r#"{"revision":"100"}"#),
+            ("/v3/kv/compaction", r#"{"revision":"3","physical":true}"#),
+            ("/v3/kv/range", r#"{"key":"Zm9v","revision":"2"}"#),
+            // Lease
+            ("/v3/lease/grant", r#"{"TTL":"60","ID":"1000"}"#),
+            ("/v3/lease/grant", r#"{"TTL":"60","ID":"1000"}"#),
+            ("/v3/kv/put", r#"{"key":"bGVhc2Vk","value":"MQ==","lease":"1000"}"#),
+            ("/v3/lease/timetolive", r#"{"ID":"1000","keys":true}"#),
+            ("/v3/kv/lease/timetolive", r#"{"ID":"1000"}"#),
+            ("/v3/lease/timetolive", r#"{"ID":"99"}"#),
+            ("/v3/lease/leases", "{}"),
+            ("/v3/kv/lease/leases", "{}"),
+            ("/v3/lease/revoke", r#"{"ID":"1000"}"#),
+            ("/v3/kv/lease/revoke", r#"{"ID":"1000"}"#),
+            ("/v3/lease/grant", r#"{"TTL":"30"}"#),
+            ("/v3/lease/revoke", r#"{"ID":"{lease}"}"#),
+            // Lock: held by lease 4000 (fa0), so the keys are the same on
+            // both servers.
+            ("/v3/lease/grant", r#"{"TTL":"600","ID":"4000"}"#),
+            ("/v3/lock/lock", r#"{"name":"bA==","lease":"4000"}"#),
+            ("/v3/lock/lock", r#"{"name":"bA==","lease":"4000"}"#),
+            ("/v3/kv/range", r#"{"key":"bC8=","range_end":"bDA="}"#),
+            ("/v3/lock/lock", r#"{"name":"bA==","lease":"1"}"#),
+            ("/v3/lock/lock", r#"{"name":1}"#),
+            ("/v3/lock/unlock", r#"{"key":"bC9mYTA="}"#),
+            ("/v3/lock/unlock", r#"{"key":"bm9uZQ=="}"#),
+            ("/v3/lock/unlock", "{}"),
+            ("/v3beta/lock/lock", r#"{"name":"bA==","lease":"4000"}"#),
+            ("/v3beta/lock/unlock", r#"{"key":"bC9mYTA="}"#),
+            // Election
+            (
+                "/v3/election/campaign",
+                r#"{"name":"ZQ==","lease":"4000","value":"djE="}"#,
+            ),
+            ("/v3/election/leader", r#"{"name":"ZQ=="}"#),
+            ("/v3/election/leader", r#"{"name":"bm8="}"#),
+            (
+                "/v3/election/proclaim",
+                r#"{"leader":{"name":"ZQ==","key":"ZS9mYTA=","rev":"{crev}","lease":"4000"},"value":"djI="}"#,
+            ),
+            ("/v3beta/election/leader", r#"{"name":"ZQ=="}"#),
+            (
+                "/v3/election/proclaim",
+                r#"{"leader":{"name":"ZQ==","key":"ZS9mYTA=","rev":"1","lease":"4000"},"value":"djM="}"#,
+            ),
+            ("/v3/election/proclaim", "{}"),
+            ("/v3/election/proclaim", r#"{"leader":"x"}"#),
+            ("/v3/election/resign", r#"{"leader":5}"#),
+            ("/v3/election/resign", r#"{"leader":null}"#),
+            ("/v3/kv/txn", r#"{"compare":"x"}"#),
+            ("/v3/kv/txn", r#"{"compare":[1]}"#),
+            ("/v3/kv/txn", r#"{"success":[{"request_put":true}]}"#),
+            (
+                "/v3/election/campaign",
+                r#"{"name":"ZQ==","lease":"1","value":"djE="}"#,
+            ),
+            ("/v3/election/observe", r#"{"name":1}"#),
+            ("/v3/election/observe", "[]"),
+            (
+                "/v3/election/resign",
+                r#"{"leader":{"name":"ZQ==","key":"ZS9mYTA=","rev":"{crev}","lease":"4000"}}"#,
+            ),
+            (
+                "/v3/election/resign",
+                r#"{"leader":{"name":"ZQ==","key":"ZS9mYTA=","rev":"{crev}","lease":"4000"}}"#,
+            ),
+            ("/v3/election/resign", "{}"),
+            ("/v3/election/leader", r#"{"name":"ZQ=="}"#),
+            // Cluster
+            ("/v3/cluster/member/list", "{}"),
+        ]),
+        posts(
+            None,
             Added,
+            &[(
+                "/v3/cluster/member/add",
+                r#"{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#,
+            )],
         ),
-        step("/v3/cluster/member/remove", r#"{"ID":"{member}"}"#, Exact),
-        step("/v3/cluster/member/remove", r#"{"ID":"1"}"#, Exact),
-        step(
-            "/v3/cluster/member/update",
-            r#"{"ID":"1","peerURLs":["http://127.0.0.1:2"]}"#,
-            Exact,
+        exact(&[
+            ("/v3/cluster/member/remove", r#"{"ID":"{member}"}"#),
+            ("/v3/cluster/member/remove", r#"{"ID":"1"}"#),
+            (
+                "/v3/cluster/member/update",
+                r#"{"ID":"1","peerURLs":["http://127.0.0.1:2"]}"#,
+            ),
+            ("/v3/cluster/member/promote", r#"{"ID":"1"}"#),
+            // Maintenance
+            ("/v3/maintenance/alarm", r#"{"action":"GET"}"#),
+            ("/v3/maintenance/alarm", r#"{"action":"DEACTIVATE","alarm":"NOSPACE"}"#),
+            ("/v3/maintenance/defragment", "{}"),
+            ("/v3/maintenance/transfer-leadership", r#"{"targetID":"1"}"#),
+        ]),
+        ours(
+            &["header", "version", "dbSize", "leader", "raftIndex"],
+            &[("/v3/maintenance/status", "{}")],
         ),
-        step("/v3/cluster/member/promote", r#"{"ID":"1"}"#, Exact),
-        // Maintenance
-        step("/v3/maintenance/alarm", r#"{"action":"GET"}"#, Exact),
-        step(
-            "/v3/maintenance/alarm",
-            r#"{"action":"DEACTIVATE","alarm":"NOSPACE"}"#,
-            Exact,
+        ours(
+            &["header", "hash"],
+            &[
+                ("/v3/maintenance/hashkv", r#"{"revision":"0"}"#),
+                ("/v3/maintenance/hash", "{}"),
+            ],
         ),
-        step("/v3/maintenance/defragment", "{}", Exact),
-        step(
-            "/v3/maintenance/transfer-leadership",
-            r#"{"targetID":"1"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/maintenance/status",
-            "{}",
-            Ours(&["header", "version", "dbSize", "leader", "raftIndex"]),
-        ),
-        step(
-            "/v3/maintenance/hashkv",
-            r#"{"revision":"0"}"#,
-            Ours(&["header", "hash"]),
-        ),
-        step("/v3/maintenance/hash", "{}", Ours(&["header", "hash"])),
         // Auth: users, roles, permissions, then enabled.
-        step(
-            "/v3/auth/user/add",
-            r#"{"name":"root","password":"pw"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/user/add",
-            r#"{"name":"root","password":"pw"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/user/add",
-            r#"{"name":"alice","password":"apw"}"#,
-            Exact,
-        ),
-        step("/v3/auth/user/get", r#"{"name":"root"}"#, Exact),
-        step("/v3/auth/user/get", r#"{"name":"nobody"}"#, Exact),
-        step("/v3/auth/role/add", r#"{"name":"root"}"#, Exact),
-        step("/v3/auth/role/add", r#"{"name":"r"}"#, Exact),
-        step("/v3/auth/role/add", r#"{"name":""}"#, Exact),
-        step(
-            "/v3/auth/user/grant",
-            r#"{"user":"root","role":"root"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/user/grant",
-            r#"{"user":"alice","role":"r"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/role/grant",
-            r#"{"name":"r","perm":{"permType":"READ","key":"YQ==","range_end":"Yg=="}}"#,
-            Exact,
-        ),
-        step("/v3/auth/role/get", r#"{"role":"r"}"#, Exact),
-        step("/v3/auth/role/get", r#"{"role":"root"}"#, Exact),
-        step("/v3/auth/user/list", "{}", Exact),
-        step("/v3/auth/role/list", "{}", Exact),
-        step(
-            "/v3/auth/user/revoke",
-            r#"{"name":"alice","role":"nope"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/role/revoke",
-            r#"{"role":"r","key":"eg=="}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/user/changepw",
-            r#"{"name":"alice","password":"apw2"}"#,
-            Exact,
-        ),
-        step("/v3/auth/role/add", r#"{"name":"gone"}"#, Exact),
-        step("/v3/auth/role/delete", r#"{"role":"gone"}"#, Exact),
-        step(
-            "/v3/auth/user/add",
-            r#"{"name":"bob","password":"b"}"#,
-            Exact,
-        ),
-        step("/v3/auth/user/delete", r#"{"name":"bob"}"#, Exact),
-        step("/v3/auth/enable", "{}", Exact),
-        step("/v3/kv/range", r#"{"key":"Zm9v"}"#, Exact),
-        step(
-            "/v3/auth/authenticate",
-            r#"{"name":"root","password":"wrong"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/authenticate",
-            r#"{"name":"root","password":"pw"}"#,
-            Exact,
-        ),
-        step(
-            "/v3/auth/authenticate",
-            r#"{"name":"alice","password":"apw2"}"#,
-            Exact,
-        ),
-        as_user(step("/v3/kv/range", r#"{"key":"Zm9v"}"#, Exact), "root"),
-        as_user(step("/v3/kv/range", r#"{"key":"Zm9v"}"#, Exact), "alice"),
-        as_user(step("/v3/kv/range", r#"{"key":"YQ=="}"#, Exact), "alice"),
-        as_user(
-            step("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#, Exact),
+        exact(&[
+            ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+            ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+            ("/v3/auth/user/add", r#"{"name":"alice","password":"apw"}"#),
+            ("/v3/auth/user/get", r#"{"name":"root"}"#),
+            ("/v3/auth/user/get", r#"{"name":"nobody"}"#),
+            ("/v3/auth/role/add", r#"{"name":"root"}"#),
+            ("/v3/auth/role/add", r#"{"name":"r"}"#),
+            ("/v3/auth/role/add", r#"{"name":""}"#),
+            ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+            ("/v3/auth/user/grant", r#"{"user":"alice","role":"r"}"#),
+            (
+                "/v3/auth/role/grant",
+                r#"{"name":"r","perm":{"permType":"READ","key":"YQ==","range_end":"Yg=="}}"#,
+            ),
+            ("/v3/auth/role/get", r#"{"role":"r"}"#),
+            ("/v3/auth/role/get", r#"{"role":"root"}"#),
+            ("/v3/auth/user/list", "{}"),
+            ("/v3/auth/role/list", "{}"),
+            ("/v3/auth/user/revoke", r#"{"name":"alice","role":"nope"}"#),
+            ("/v3/auth/role/revoke", r#"{"role":"r","key":"eg=="}"#),
+            ("/v3/auth/user/changepw", r#"{"name":"alice","password":"apw2"}"#),
+            ("/v3/auth/role/add", r#"{"name":"gone"}"#),
+            ("/v3/auth/role/delete", r#"{"role":"gone"}"#),
+            ("/v3/auth/user/add", r#"{"name":"bob","password":"b"}"#),
+            ("/v3/auth/user/delete", r#"{"name":"bob"}"#),
+            ("/v3/auth/enable", "{}"),
+            ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+            ("/v3/lock/lock", r#"{"name":"YQ==","lease":"4000"}"#),
+            ("/v3/election/leader", r#"{"name":"YQ=="}"#),
+            ("/v3/auth/authenticate", r#"{"name":"root","password":"wrong"}"#),
+            ("/v3/auth/authenticate", r#"{"name":"root","password":"pw"}"#),
+            ("/v3/auth/authenticate", r#"{"name":"alice","password":"apw2"}"#),
+        ]),
+        exact_as("root", &[("/v3/kv/range", r#"{"key":"Zm9v"}"#)]),
+        exact_as(
             "alice",
+            &[
+                ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+                ("/v3/kv/range", r#"{"key":"YQ=="}"#),
+                ("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#),
+                ("/v3/auth/user/list", "{}"),
+                // Alice may read under a/ but not write there.
+                ("/v3/lock/lock", r#"{"name":"YQ==","lease":"4000"}"#),
+                ("/v3/election/leader", r#"{"name":"YQ=="}"#),
+                ("/v3/election/leader", r#"{"name":"eg=="}"#),
+                (
+                    "/v3/election/campaign",
+                    r#"{"name":"YQ==","lease":"4000","value":"djE="}"#,
+                ),
+                ("/v3/election/observe", r#"{"name":"eg=="}"#),
+                ("/v3/lock/unlock", r#"{"key":"YS9mYTA="}"#),
+            ],
         ),
-        as_user(step("/v3/auth/user/list", "{}", Exact), "alice"),
-        as_user(
-            step("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#, Exact),
+        exact_as(
+            "root",
+            &[
+                ("/v3/lock/lock", r#"{"name":"YQ==","lease":"4000"}"#),
+                ("/v3/election/leader", r#"{"name":"YQ=="}"#),
+                ("/v3/lock/unlock", r#"{"key":"YS9mYTA="}"#),
+            ],
+        ),
+        exact_as(
             "bogus",
+            &[
+                ("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#),
+                ("/v3/lock/lock", r#"{"name":"YQ==","lease":"4000"}"#),
+            ],
         ),
-        as_user(step("/v3/auth/disable", "{}", Exact), "alice"),
-        as_user(step("/v3/auth/disable", "{}", Exact), "root"),
-        step("/v3/auth/status", "{}", Ours(&["header"])),
+        exact_as("alice", &[("/v3/auth/disable", "{}")]),
+        exact_as("root", &[("/v3/auth/disable", "{}")]),
+        ours(&["header"], &[("/v3/auth/status", "{}")]),
         // Paths, methods, aliases, size.
-        step("/v3beta/kv/range", r#"{"key":"Zm9v"}"#, Exact),
-        step("/v3alpha/kv/range", r#"{"key":"Zm9v"}"#, Exact),
-        step("/v3/kv/nothing", "{}", Exact),
-        method(step("/v3/kv/range", "", Exact), "GET"),
-        method(step("/v3/kv/range", "{}", Exact), "PUT"),
-        step("/v3/kv/put", big, Exact),
-        step("/v3/kv/range", r#"{"key":"Zm9v"}"#, Exact),
+        exact(&[
+            ("/v3beta/kv/range", r#"{"key":"Zm9v"}"#),
+            ("/v3alpha/kv/range", r#"{"key":"Zm9v"}"#),
+            ("/v3/kv/nothing", "{}"),
+            ("/v3/lock/nothing", "{}"),
+            ("/v3/election", "{}"),
+        ]),
+        other("GET", "/v3/kv/range", ""),
+        other("PUT", "/v3/kv/range", "{}"),
+        other("GET", "/v3/election/leader", ""),
+        exact(&[
+            ("/v3/kv/put", big),
+            ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+        ]),
         // v2
-        method(step("/v2/members", "", Exact), "GET"),
-        method(step("/v2/members/leader", "", Exact), "GET"),
-        method(step("/v2/keys/nothing", "", Exact), "GET"),
+        other("GET", "/v2/members", ""),
+        other("GET", "/v2/members/leader", ""),
+        other("GET", "/v2/keys/nothing", ""),
     ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Runs the table against one server; returns each step's answer.
 fn run_table(port: u16, steps: &[Step]) -> Vec<Answer> {
     let mut lease = String::new();
     let mut member = String::new();
+    let mut crev = String::new();
     let mut tokens: Vec<(String, String)> = vec![("bogus".into(), "bogus.1".into())];
     let mut out = Vec::new();
     for s in steps {
         let body = s
             .body
             .replace("{lease}", &lease)
-            .replace("{member}", &member);
+            .replace("{member}", &member)
+            .replace("{crev}", &crev);
         let token = s
             .token
             .and_then(|u| tokens.iter().find(|(n, _)| n == u).map(|(_, t)| t.clone()));
@@ -492,6 +512,9 @@ fn run_table(port: u16, steps: &[Step]) -> Vec<Answer> {
         };
         if s.path == "/v3/lease/grant" && body.contains("\"30\"") {
             lease = field(&a.body, "ID").unwrap_or_default();
+        }
+        if s.path == "/v3/election/campaign" && crev.is_empty() {
+            crev = field(&a.body, "rev").unwrap_or_default();
         }
         if s.path == "/v3/cluster/member/add" {
             let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
@@ -525,7 +548,7 @@ fn gateway_answers_as_etcd_3_4() {
         r#"{{"key":"Zm9v","value":"{}"}}"#,
         base64_of(&vec![0u8; 5_500_000])
     );
-    steps.push(step("/v3/kv/put", &huge, Code));
+    steps.extend(posts(None, Code, &[("/v3/kv/put", &huge)]));
     let a = run_table(ours.client_port, &steps);
     let b = run_table(etcd.client_port, &steps);
     let mut diffs = Vec::new();
@@ -779,6 +802,49 @@ fn stream_lines(port: u16) -> Vec<String> {
             .map(|l| code(&l).unwrap_or(-1).to_string())
             .unwrap_or_default(),
     );
+    // Observe: the leader at once, then each proclamation, until it resigns.
+    assert_eq!(
+        post(port, "/v3/lease/grant", r#"{"TTL":"60","ID":"3001"}"#, None).status,
+        200
+    );
+    let c = post(
+        port,
+        "/v3/election/campaign",
+        r#"{"name":"bw==","lease":"3001","value":"djE="}"#,
+        None,
+    );
+    lines.push(mask(&c.body));
+    let leader = format!(
+        r#"{{"name":"bw==","key":"by9iYjk=","rev":"{}","lease":"3001"}}"#,
+        field(&c.body, "rev").unwrap_or_default()
+    );
+    let mut o = Stream::open(port, "/v3/election/observe", r#"{"name":"bw=="}"#);
+    lines.push(format!("observe status {}", o.status));
+    lines.push(mask(&o.line().expect("the leader")));
+    let p = post(
+        port,
+        "/v3/election/proclaim",
+        &format!(r#"{{"leader":{leader},"value":"djI="}}"#),
+        None,
+    );
+    lines.push(mask(&p.body));
+    lines.push(mask(&o.line().expect("a proclamation")));
+    let r = post(
+        port,
+        "/v3/election/resign",
+        &format!(r#"{{"leader":{leader}}}"#),
+        None,
+    );
+    lines.push(mask(&r.body));
+    // A new leader after the resignation is observed too.
+    let c = post(
+        port,
+        "/v3/election/campaign",
+        r#"{"name":"bw==","lease":"3001","value":"djM="}"#,
+        None,
+    );
+    lines.push(mask(&c.body));
+    lines.push(mask(&o.line().expect("the next leader")));
     lines
 }
 
@@ -805,15 +871,16 @@ fn watch_and_keepalive_streams_as_etcd_3_4() {
 // ---------------------------------------------------------------------------
 // TLS, client certificates, auth; v2 cluster health on a TLS cluster
 
-struct Pki {
+pub(crate) struct Pki {
     /// Holds the files for the test's duration.
     _dir: tempfile::TempDir,
-    ca: String,
-    server: (String, String),
-    root: (String, String),
+    pub(crate) ca: String,
+    pub(crate) server: (String, String),
+    /// A client certificate for the user `root`.
+    pub(crate) root: (String, String),
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let dir = tempfile::tempdir().expect("pki dir");
     let ca_key = KeyPair::generate().expect("CA key");
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -898,9 +965,9 @@ fn curl(
     })
 }
 
-struct Member {
+pub(crate) struct Member {
     name: String,
-    client: u16,
+    pub(crate) client: u16,
     peer: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
@@ -915,7 +982,9 @@ impl Drop for Member {
     }
 }
 
-fn tls_cluster(p: &Pki, n: usize, extra: &[&str]) -> Vec<Member> {
+/// A cluster of `n` members with client and peer TLS and client
+/// certificates required, every member serving.
+pub(crate) fn tls_cluster(p: &Pki, n: usize, extra: &[&str]) -> Vec<Member> {
     let mut ms: Vec<Member> = (0..n)
         .map(|i| Member {
             name: format!("m{i}"),
@@ -1041,6 +1110,22 @@ fn gateway_over_tls_with_client_certificates_and_auth() {
     let r = ok("/v3/kv/range", r#"{"key":"eA=="}"#, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains(r#""value":"MQ==""#), "{}", r.body);
+    // Lock and Election through the gateway, as that user.
+    let r = ok("/v3/lease/grant", r#"{"TTL":"60","ID":"4000"}"#, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = ok("/v3/lock/lock", r#"{"name":"eA==","lease":"4000"}"#, &[]);
+    assert_eq!(
+        (r.status, field(&r.body, "key").as_deref()),
+        (200, Some("eC9mYTA=")),
+        "{}",
+        r.body
+    );
+    let r = ok(
+        "/v3/election/campaign",
+        r#"{"name":"eQ==","lease":"4000","value":"MQ=="}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     // A token in the Authorization header wins over the certificate.
     let a = ok(
         "/v3/auth/authenticate",
@@ -1055,6 +1140,15 @@ fn gateway_over_tls_with_client_certificates_and_auth() {
         (
             403,
             r#"{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":7}"#
+        )
+    );
+    // Bob may not write under x/: etcd's services fail with code Unknown.
+    let r = ok("/v3/lock/lock", r#"{"name":"eA==","lease":"4000"}"#, &[&h]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            500,
+            r#"{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":2}"#
         )
     );
     // grpc-gateway's metadata headers carry it too.

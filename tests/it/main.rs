@@ -19,6 +19,7 @@ mod lock;
 mod misc;
 mod model;
 mod parity;
+mod patroni;
 mod peer;
 mod proxy;
 mod range_stream;
