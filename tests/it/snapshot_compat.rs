@@ -51,23 +51,33 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// Go's bbolt (Debian's golang-github-coreos-bbolt-dev), built once into a
-/// program that checks and dumps bbolt files.
+/// Go's bbolt (Debian's golang-github-coreos-bbolt-dev), built once per run
+/// into a program that checks and dumps bbolt files. The program and Go's
+/// build cache live in cargo's directory for integration tests' files
+/// (`target/tmp`), under fixed names, so runs leave nothing in `/tmp`: each
+/// run builds under a name of its own and renames it over the fixed one (a
+/// concurrent run keeps executing the file it has).
 fn bboltcheck() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("etcd-rs-bboltcheck-{}", std::process::id()));
-        let cache = std::env::temp_dir().join("etcd-rs-bboltcheck-gocache");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out = dir.join("bboltcheck");
+        let building = dir.join(format!("bboltcheck.building-{}", std::process::id()));
+        let cache = dir.join("bboltcheck-gocache");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/bboltcheck");
         let r = Command::new("go")
-            .args(["build", "-o", p(&out), "."])
+            .args(["build", "-o", p(&building), "."])
             .current_dir(&src)
             .env("GOPATH", "/usr/share/gocode")
             .env("GO111MODULE", "off")
             .env("GOCACHE", &cache)
             .output()
             .expect("run go (Debian's golang-go) to build the bbolt checker");
+        if !r.status.success() {
+            let _ = std::fs::remove_file(&building);
+        }
         ok(r, "go build bboltcheck");
+        std::fs::rename(&building, &out).expect("rename the bbolt checker into place");
         out
     })
 }
