@@ -378,7 +378,7 @@ fn fd_limit() -> Option<u64> {
     };
     // SAFETY: `r` is a valid, writable rlimit for the call to fill.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (rc == 0).then_some(r.rlim_cur as u64)
+    (rc == 0).then_some(r.rlim_cur)
 }
 
 fn address_space_limit() -> Option<f64> {

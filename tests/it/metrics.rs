@@ -492,7 +492,7 @@ fn grpc_families_are_initialised_and_handling_time_is_extensive_only() {
             ("grpc_type", "bidi_stream"),
         ],
     );
-    let _ = Command::new(crate::harness::etcdctl_bin())
+    Command::new(crate::harness::etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .args([
             &format!("--endpoints={}", s.endpoint()),
