@@ -300,20 +300,20 @@ pub static EVENTS_TOTAL: Counter = Counter::new();
 pub static PENDING_EVENTS: Gauge = Gauge::new();
 pub static AUTH_REVISION: Gauge = Gauge::new();
 
-/// An open read transaction, counted in `etcd_mvcc_db_open_read_transactions`
-/// while it lives.
-pub struct ReadTxn(());
+/// One more in a gauge while it lives (an open read transaction, a watcher
+/// catching up).
+pub struct Held(&'static Gauge);
 
-impl ReadTxn {
-    pub fn open() -> Self {
-        DB_OPEN_READ_TXNS.add(1);
-        ReadTxn(())
+impl Held {
+    pub fn new(g: &'static Gauge) -> Self {
+        g.add(1);
+        Held(g)
     }
 }
 
-impl Drop for ReadTxn {
+impl Drop for Held {
     fn drop(&mut self) {
-        DB_OPEN_READ_TXNS.add(-1);
+        self.0.add(-1);
     }
 }
 

@@ -182,6 +182,8 @@ impl Stream {
     /// is still open and whether the watcher survives (it is cancelled when the
     /// history it needs was compacted meanwhile).
     async fn catch_up(&self, id: i64, w: &mut Watcher, to: i64) -> (bool, bool) {
+        // Behind the broadcast: one of etcd's unsynced ("slow") watchers.
+        let _slow = metrics::Held::new(&metrics::SLOW_WATCHERS);
         while w.next_rev <= to {
             let compacted = self.s.store.compact_rev();
             if w.next_rev < compacted {

@@ -312,7 +312,7 @@ impl Store {
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let st = self.state.read();
         let txn = self.backend.read()?;
-        let _open = crate::metrics::ReadTxn::open();
+        let _open = crate::metrics::Held::new(&crate::metrics::DB_OPEN_READ_TXNS);
         let table = txn.open_table(KV).map_err(StorageError::from)?;
         range_at(&table, &st.index, st.rev, st.compact_rev, req)
     }
