@@ -229,6 +229,8 @@ pub static READ_INDEXES_FAILED: Counter = Counter::new();
 pub static LEASE_EXPIRED: Counter = Counter::new();
 pub static QUOTA_BACKEND_BYTES: Gauge = Gauge::new();
 pub static LEARNER_PROMOTE_SUCCESSES: Counter = Counter::new();
+/// `etcd_server_learner_promote_failures{Reason=...}`, etcd's one reason.
+pub static LEARNER_PROMOTE_NOT_READY: Counter = Counter::new();
 pub static SERVER_ID: AtomicU64 = AtomicU64::new(0);
 pub static HEALTH_SUCCESS: Counter = Counter::new();
 pub static HEALTH_FAILURES: Counter = Counter::new();
@@ -919,6 +921,21 @@ pub fn render(server_version: &str, cluster_version: &str) -> String {
         "The number of leader changes seen.",
         LEADER_CHANGES.get(),
     );
+    if LEARNER_PROMOTE_NOT_READY.get() > 0 {
+        let name = "etcd_server_learner_promote_failures";
+        header(
+            o,
+            name,
+            "The total number of failed learner promotions (likely learner not ready) while this member is leader.",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "{name}{{Reason=\"{}\"}} {}",
+            escape(&crate::error::Error::LearnerNotReady.to_string()),
+            go_float(LEARNER_PROMOTE_NOT_READY.get() as f64)
+        );
+    }
     counter(
         o,
         "etcd_server_learner_promote_successes",

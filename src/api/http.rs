@@ -242,6 +242,7 @@ async fn version() -> impl IntoResponse {
 async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     crate::metrics::MVCC_CURRENT_REV.set(s.store.current_rev());
     crate::metrics::KEYS_TOTAL.set(s.store.key_count() as i64);
+    crate::metrics::AUTH_REVISION.set(i64::try_from(s.auth.revision()).unwrap_or(i64::MAX));
     let compacted = s.store.compact_rev();
     crate::metrics::MVCC_COMPACT_REV.set(if compacted > 0 { compacted } else { -1 });
     (

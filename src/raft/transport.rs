@@ -330,7 +330,13 @@ impl Transport {
             let to = m.to;
             match peers.get(&to) {
                 Some(p) => {
+                    let heartbeat = m.get_msg_type() == MessageType::MsgHeartbeat;
                     if p.tx.try_send(m).is_err() {
+                        // Dropped: the peer's queue is full.
+                        crate::metrics::peer::of(to).sent_failures.inc();
+                        if heartbeat {
+                            crate::metrics::HEARTBEAT_SEND_FAILURES.inc();
+                        }
                         (self.deliver)(Event::Unreachable(to));
                     }
                 }

@@ -313,6 +313,8 @@ const GAUGES: &[&str] = &[
     "etcd_debugging_mvcc_watcher_total",
     "etcd_debugging_mvcc_watch_stream_total",
     "etcd_disk_defrag_inflight",
+    "etcd_debugging_auth_revision",
+    "etcd_server_snapshot_apply_in_progress_total",
     "etcd_server_proposals_pending",
     "process_max_fds",
     "os_fd_limit",
