@@ -375,7 +375,7 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
 
 /// The one authorization layer in front of every gRPC service.
 pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Next) -> Response {
-    let Some((path, need, refusal)) = need(req.uri().path()) else {
+    let Some((_, need, refusal)) = need(req.uri().path()) else {
         if !is_grpc(&req) {
             // A plain HTTP request for a path nothing serves: Go's answer.
             return (
@@ -417,7 +417,7 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
                 let (first, body) = match first_message(body, limit).await {
                     Ok(x) => x,
                     // The message limit's refusal, or a broken body.
-                    Err(e) => return deny(path, tonic::Status::from_error(Box::new(e))),
+                    Err(e) => return deny(tonic::Status::from_error(Box::new(e))),
                 };
                 req = Request::from_parts(parts, body);
                 match first.as_deref().and_then(|m| chk(&Authz::of(&s), &c, m)) {
@@ -430,13 +430,12 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
     };
     match (verdict, refusal) {
         (Ok(()), _) => next.run(req).await,
-        (Err(e), Refusal::Status) => deny(path, super::status::to_status(e)),
-        (Err(e), Refusal::AuthStore) => deny(
-            path,
-            super::status::to_status(Error::AuthStore(Box::new(e))),
-        ),
-        (Err(e), Refusal::Unmapped) => deny(path, super::status::unmapped(e)),
-        (Err(_), Refusal::EndStream) => deny(path, tonic::Status::new(tonic::Code::Ok, "")),
+        (Err(e), Refusal::Status) => deny(super::status::to_status(e)),
+        (Err(e), Refusal::AuthStore) => {
+            deny(super::status::to_status(Error::AuthStore(Box::new(e))))
+        }
+        (Err(e), Refusal::Unmapped) => deny(super::status::unmapped(e)),
+        (Err(_), Refusal::EndStream) => deny(tonic::Status::new(tonic::Code::Ok, "")),
     }
 }
 
@@ -450,8 +449,7 @@ fn is_grpc(req: &Request) -> bool {
 
 /// Answers a refused call (the `msgsize` layer in front counts it as the
 /// service would have).
-fn deny(path: &'static str, st: tonic::Status) -> Response {
-    let _ = path;
+fn deny(st: tonic::Status) -> Response {
     st.into_http()
 }
 
