@@ -587,3 +587,195 @@ fn metrics_listener_serves_health_as_etcd_35() {
         1.0
     );
 }
+
+/// Three members of one kind, each with a metrics listener, killed when
+/// dropped.
+struct Trio {
+    children: Vec<std::process::Child>,
+    metrics_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Trio {
+    fn start(kind: Kind) -> Trio {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = match kind {
+            Kind::Ours => crate::harness::ours_bin(),
+            Kind::Reference => crate::harness::reference_bin(),
+        };
+        let peers: Vec<String> = (0..3)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let initial = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}={p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("trio-{}", free_port());
+        let mut children = Vec::new();
+        let mut metrics_ports = Vec::new();
+        for (i, peer) in peers.iter().enumerate() {
+            let mport = free_port();
+            let client = format!("http://127.0.0.1:{}", free_port());
+            let mdir = dir.path().join(format!("m{i}"));
+            std::fs::create_dir_all(&mdir).expect("member dir");
+            let mut args = crate::harness::member_args(
+                &format!("m{i}"),
+                &mdir.join("data"),
+                &client,
+                peer,
+                Some(&initial),
+            );
+            args.extend([
+                "--listen-metrics-urls".to_string(),
+                format!("http://127.0.0.1:{mport}"),
+                "--initial-cluster-token".to_string(),
+                token.clone(),
+                "--heartbeat-interval".to_string(),
+                "50".to_string(),
+                "--election-timeout".to_string(),
+                "500".to_string(),
+            ]);
+            children.push(crate::harness::spawn_server(
+                &bin,
+                &args,
+                &mdir,
+                &mdir.join("server.log"),
+            ));
+            metrics_ports.push(mport);
+        }
+        Trio {
+            children,
+            metrics_ports,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        (0..3)
+            .map(|i| {
+                let p = self._dir.path().join(format!("m{i}/server.log"));
+                let log = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                format!("m{i}: {}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The `etcd_network_*` families of all three members together.
+    fn network(&self) -> BTreeMap<String, Family> {
+        let mut all: BTreeMap<String, Family> = BTreeMap::new();
+        for (i, p) in self.metrics_ports.iter().enumerate() {
+            let (code, body) = get(*p, "/metrics");
+            if code != 200 {
+                continue;
+            }
+            for (name, f) in parse(&body) {
+                if !name.starts_with("etcd_network_") || name.contains("client_grpc") {
+                    continue;
+                }
+                let e = all.entry(name).or_insert_with(|| Family {
+                    kind: f.kind.clone(),
+                    help: f.help.clone(),
+                    samples: BTreeMap::new(),
+                });
+                for ((s, mut l), v) in f.samples {
+                    // Peer IDs differ between the two clusters: keep the names.
+                    for v in l.values_mut() {
+                        if !v.contains('.') && v != "+Inf" {
+                            *v = String::new();
+                        }
+                    }
+                    l.insert("member".into(), i.to_string());
+                    e.samples.insert((s, l), v);
+                }
+            }
+        }
+        all
+    }
+}
+
+#[test]
+fn peer_network_families_match_etcd_in_a_cluster() {
+    let mut seen = Vec::new();
+    for kind in [Kind::Reference, Kind::Ours] {
+        let trio = Trio::start(kind);
+        // Peers have talked and a round trip was timed (etcd's prober
+        // reports after 5 s; ours at the leader's heartbeats).
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        let last = loop {
+            let last = trio.network();
+            let all = [
+                "etcd_network_active_peers",
+                "etcd_network_peer_sent_bytes_total",
+                "etcd_network_peer_received_bytes_total",
+                "etcd_network_peer_round_trip_time_seconds",
+            ]
+            .iter()
+            .all(|f| last.contains_key(*f));
+            if all {
+                break last;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind:?}: no peer traffic or round trips after 40 s: {:?}\n{}",
+                last.keys().collect::<Vec<_>>(),
+                trio.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        seen.push(last);
+    }
+    let (etcd, ours) = (&seen[0], &seen[1]);
+    let mut diff = Vec::new();
+    for (name, e) in etcd {
+        let Some(o) = ours.get(name) else {
+            diff.push(format!("{name}: missing"));
+            continue;
+        };
+        if (&o.kind, &o.help) != (&e.kind, &e.help) {
+            diff.push(format!(
+                "{name}: {} {:?} (etcd {} {:?})",
+                o.kind, o.help, e.kind, e.help
+            ));
+        }
+        let names = |f: &Family| -> BTreeSet<Vec<String>> {
+            f.samples
+                .keys()
+                .map(|(s, l)| {
+                    let mut k: Vec<String> = l.keys().cloned().collect();
+                    k.push(s.clone());
+                    k
+                })
+                .collect()
+        };
+        if names(o) != names(e) {
+            diff.push(format!(
+                "{name}: samples {:?} (etcd {:?})",
+                names(o),
+                names(e)
+            ));
+        }
+    }
+    for name in ours.keys() {
+        if !etcd.contains_key(name) {
+            diff.push(format!("{name}: not served by etcd"));
+        }
+    }
+    assert!(
+        diff.is_empty(),
+        "peer families differ:\n{}",
+        diff.join("\n")
+    );
+}
