@@ -436,6 +436,12 @@ fn compactor(
         match compact_job(&backend, limit, cfg.sleep, &job, &stopping) {
             Ok(None) => return,
             Ok(Some(removed)) => {
+                crate::metrics::MVCC_DB_COMPACTION_TOTAL.observe_ms(start.elapsed());
+                crate::metrics::MVCC_DB_COMPACTION_LAST.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                );
                 crate::info!(
                     "finished scheduled compaction",
                     compact_revision = job.rev,
@@ -471,6 +477,7 @@ fn compact_job(
         if stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
+        let batch = std::time::Instant::now();
         let mut txn = backend.write()?;
         let mut next = None;
         {
@@ -513,6 +520,8 @@ fn compact_job(
             )?;
         }
         txn.commit()?;
+        // One batch holds the write lock as etcd's pause does.
+        crate::metrics::MVCC_DB_COMPACTION_PAUSE.observe_ms(batch.elapsed());
         match next {
             Some(k) => {
                 from = k;
