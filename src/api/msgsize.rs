@@ -11,7 +11,7 @@
 //! message is counted by [`Limited`] as its length prefix is read, a unary
 //! call is handled when its answer is ready (the code from a trailers-only
 //! answer, OK otherwise), a streaming call when its response body ends (the
-//! code from its trailers; Canceled when the client goes away first).
+//! code from its trailers); either is Canceled when the client goes away first.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -44,7 +44,14 @@ pub async fn layer(State(max): State<usize>, req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok());
     crate::metrics::client_requests::count(version, rpc.kind != Kind::Unary);
     let body = Body::new(Limited::new(body, max, Some(rpc)));
+    // A client that goes away before the answer cancels the call.
+    let mut pending = Pending {
+        rpc,
+        start,
+        answered: false,
+    };
     let resp = next.run(Request::from_parts(parts, body)).await;
+    pending.answered = true;
     // An answer without a message carries its status in its headers.
     if let Some(code) = status_code(resp.headers()) {
         rpc.handled(code, start);
@@ -57,6 +64,21 @@ pub async fn layer(State(max): State<usize>, req: Request, next: Next) -> Respon
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, Body::new(Counted::new(body, rpc, start)))
+}
+
+/// A call whose answer is not ready yet: counted as Canceled if dropped so.
+struct Pending {
+    rpc: &'static grpc::Rpc,
+    start: Option<std::time::Instant>,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.rpc.handled(1, self.start);
+        }
+    }
 }
 
 fn is_grpc(req: &Request) -> bool {

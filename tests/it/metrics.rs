@@ -542,6 +542,47 @@ fn grpc_families_are_initialised_and_handling_time_is_extensive_only() {
     });
 }
 
+#[test]
+fn a_call_the_client_gives_up_is_handled_as_canceled() {
+    let mport = free_port();
+    let url = format!("http://127.0.0.1:{mport}");
+    let s = Server::start(&["--listen-metrics-urls", &url]);
+    let l = [
+        ("grpc_method", "Lock"),
+        ("grpc_service", "v3lockpb.Lock"),
+        ("grpc_type", "unary"),
+    ];
+    let canceled = [
+        ("grpc_code", "Canceled"),
+        ("grpc_method", "Lock"),
+        ("grpc_service", "v3lockpb.Lock"),
+        ("grpc_type", "unary"),
+    ];
+    let rt = crate::harness::runtime();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([s.endpoint()], None)
+            .await
+            .expect("connect");
+        // One holds the lock, another waits for it, then gives up.
+        let _held = c.lock("L", None).await.expect("lock");
+        let mut c2 = c.clone();
+        let waiting = tokio::spawn(async move { c2.lock("L", None).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while value(&scrape(mport), "grpc_server_started_total", &l) < 2.0 {
+            assert!(std::time::Instant::now() < deadline, "no second Lock call");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            value(&scrape(mport), "grpc_server_handled_total", &canceled),
+            0.0
+        );
+        waiting.abort();
+    });
+    wait_until(Duration::from_secs(10), "the Lock call canceled", || {
+        value(&scrape(mport), "grpc_server_handled_total", &canceled) == 1.0
+    });
+}
+
 trait OutputWithTimeout {
     fn output_with_timeout(&mut self);
 }
