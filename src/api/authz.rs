@@ -37,7 +37,6 @@ use super::{concurrency, kv};
 use crate::auth::{AuthStore, Caller};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
-use crate::metrics;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AuthRoleGetRequest, AuthUserGetRequest, DeleteRangeRequest, LeaseRevokeRequest,
     LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
@@ -381,7 +380,7 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
 
 /// The one authorization layer in front of every gRPC service.
 pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Next) -> Response {
-    let Some((path, need, refusal)) = need(req.uri().path()) else {
+    let Some((_, need, refusal)) = need(req.uri().path()) else {
         if !is_grpc(&req) {
             // A plain HTTP request for a path nothing serves: Go's answer.
             return (
@@ -423,7 +422,7 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
                 let (first, body) = match first_message(body, limit).await {
                     Ok(x) => x,
                     // The message limit's refusal, or a broken body.
-                    Err(e) => return deny(path, tonic::Status::from_error(Box::new(e))),
+                    Err(e) => return deny(tonic::Status::from_error(Box::new(e))),
                 };
                 req = Request::from_parts(parts, body);
                 match first.as_deref().and_then(|m| chk(&Authz::of(&s), &c, m)) {
@@ -436,13 +435,12 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
     };
     match (verdict, refusal) {
         (Ok(()), _) => next.run(req).await,
-        (Err(e), Refusal::Status) => deny(path, super::status::to_status(e)),
-        (Err(e), Refusal::AuthStore) => deny(
-            path,
-            super::status::to_status(Error::AuthStore(Box::new(e))),
-        ),
-        (Err(e), Refusal::Unmapped) => deny(path, super::status::unmapped(e)),
-        (Err(_), Refusal::EndStream) => deny(path, tonic::Status::new(tonic::Code::Ok, "")),
+        (Err(e), Refusal::Status) => deny(super::status::to_status(e)),
+        (Err(e), Refusal::AuthStore) => {
+            deny(super::status::to_status(Error::AuthStore(Box::new(e))))
+        }
+        (Err(e), Refusal::Unmapped) => deny(super::status::unmapped(e)),
+        (Err(_), Refusal::EndStream) => deny(tonic::Status::new(tonic::Code::Ok, "")),
     }
 }
 
@@ -454,21 +452,14 @@ fn is_grpc(req: &Request) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// Answers a refused call, counted as the service would have counted it.
-fn deny(path: &'static str, st: tonic::Status) -> Response {
-    if let Some((svc, method)) = names(path) {
-        let kind = match method {
-            "Watch" | "LeaseKeepAlive" => "bidi_stream",
-            "Snapshot" | "Observe" | "RangeStream" => "server_stream",
-            _ => "unary",
-        };
-        metrics::grpc_started(kind, svc, method);
-        metrics::grpc_handled(kind, svc, method, st.code());
-    }
+/// Answers a refused call (the `msgsize` layer in front counts it as the
+/// service would have).
+fn deny(st: tonic::Status) -> Response {
     st.into_http()
 }
 
 /// The service and method names in `path`.
+#[cfg(test)]
 fn names(path: &'static str) -> Option<(&'static str, &'static str)> {
     path.trim_start_matches('/').split_once('/')
 }

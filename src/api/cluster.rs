@@ -211,7 +211,9 @@ impl ClusterService {
         if !m.is_learner {
             return Err(Error::MemberNotLearner);
         }
-        if self.s.status.is_leader.load(Ordering::Relaxed) && !self.s.learner_ready(r.id).await? {
+        let leader = self.s.status.is_leader.load(Ordering::Relaxed);
+        if leader && !self.s.learner_ready(r.id).await? {
+            crate::metrics::LEARNER_PROMOTE_NOT_READY.inc();
             return Err(Error::LearnerNotReady);
         }
         let (_, members) = members_of(
@@ -219,6 +221,9 @@ impl ClusterService {
                 .conf_change(cc(ConfChangeType::AddNode, r.id, Some(&m)))
                 .await?,
         );
+        if leader {
+            crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc();
+        }
         Ok(MemberPromoteResponse {
             // etcd's cluster answers carry no revision.
             header: Some(self.s.header(0)),

@@ -24,7 +24,6 @@ use super::concurrency::{
 };
 use super::lock::answer;
 use crate::error::{Error, Result};
-use crate::metrics;
 use crate::pb::etcdserverpb::TxnRequest;
 use crate::pb::mvccpb::event::EventType;
 use crate::pb::v3electionpb::election_server::Election;
@@ -258,7 +257,6 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        metrics::grpc_started("server_stream", SVC, "Observe");
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(16);
         let kit = self.kit.clone();
@@ -268,7 +266,6 @@ impl Election for ElectionService {
                 _ = observe(kit, name, tx) => {}
                 _ = gone.closed() => {}
             }
-            metrics::grpc_handled("server_stream", SVC, "Observe", tonic::Code::Ok);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

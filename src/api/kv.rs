@@ -141,6 +141,59 @@ fn txn_is_read_only(r: &TxnRequest) -> bool {
         })
 }
 
+/// What one branch of a txn does, as etcd's mvcc counts it: its puts (and
+/// their key and value bytes) and ranges; the deletes come from the answer.
+struct TxnOps {
+    ops: usize,
+    puts: u64,
+    put_bytes: u64,
+    ranges: u64,
+}
+
+impl TxnOps {
+    fn of(ops: &[crate::pb::etcdserverpb::RequestOp]) -> TxnOps {
+        use crate::pb::etcdserverpb::request_op::Request as R;
+        let mut t = TxnOps {
+            ops: ops.len(),
+            puts: 0,
+            put_bytes: 0,
+            ranges: 0,
+        };
+        for op in ops {
+            match &op.request {
+                Some(R::RequestPut(p)) => {
+                    t.puts += 1;
+                    t.put_bytes += (p.key.len() + p.value.len()) as u64;
+                }
+                Some(R::RequestRange(_)) => t.ranges += 1,
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// Counts the branch that ran, answered by `resp`.
+    fn count(&self, resp: &TxnResponse) {
+        use crate::pb::etcdserverpb::response_op::Response as R;
+        // etcd counts a write transaction of more than one operation.
+        if self.ops > 1 {
+            metrics::MVCC_TXN.inc();
+        }
+        metrics::MVCC_PUT.add(self.puts);
+        metrics::MVCC_TOTAL_PUT_SIZE.add(self.put_bytes as i64);
+        metrics::MVCC_RANGE.add(self.ranges);
+        let deleted: i64 = resp
+            .responses
+            .iter()
+            .filter_map(|r| match &r.response {
+                Some(R::ResponseDeleteRange(d)) => Some(d.deleted.max(0)),
+                _ => None,
+            })
+            .sum();
+        metrics::MVCC_DELETE.add(deleted as u64);
+    }
+}
+
 impl KvService {
     /// etcd refuses writes that add data once NOSPACE is raised, and raises it when a
     /// write would take the database over its quota.
@@ -166,6 +219,7 @@ impl KvService {
         check_put(&r)?;
         self.check_space(r.key.len() + r.value.len()).await?;
         metrics::MVCC_PUT.inc();
+        metrics::MVCC_TOTAL_PUT_SIZE.add((r.key.len() + r.value.len()) as i64);
         match self.s.propose(Op::Put(r)).await? {
             Applied::Put(mut p) => {
                 fill(&self.s, &mut p.header);
@@ -177,9 +231,10 @@ impl KvService {
 
     pub(crate) async fn do_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         check_delete(&r)?;
-        metrics::MVCC_DELETE.inc();
         match self.s.propose(Op::DeleteRange(r)).await? {
             Applied::DeleteRange(mut p) => {
+                // As etcd's mvcc: deleted keys.
+                metrics::MVCC_DELETE.add(p.deleted.max(0) as u64);
                 fill(&self.s, &mut p.header);
                 Ok(p)
             }
@@ -193,9 +248,10 @@ impl KvService {
             let cost = prost::Message::encoded_len(&r);
             self.check_space(cost).await?;
         }
-        metrics::MVCC_TXN.inc();
+        let branches = [TxnOps::of(&r.failure), TxnOps::of(&r.success)];
         match self.s.propose(Op::Txn(r)).await? {
             Applied::Txn(mut p) => {
+                branches[p.succeeded as usize].count(&p);
                 // Only the outer header carries the cluster, member and term, as
                 // in etcd; the responses inside a txn carry just the revision.
                 fill(&self.s, &mut p.header);

@@ -49,6 +49,7 @@ impl LeaseService {
             r.id = (self.s.ids.next() & (i64::MAX as u64)) as i64;
         }
         metrics::LEASES_GRANTED.inc();
+        metrics::LEASE_TTL.observe_value(r.ttl as f64);
         match self.s.propose(Op::LeaseGrant(r)).await? {
             Applied::LeaseGrant(mut g) => {
                 fill(&self.s, &mut g.header);
@@ -170,6 +171,9 @@ impl LeaseService {
             };
         }
         let ttl = self.s.lessor.renew(id).unwrap_or(0);
+        if ttl > 0 {
+            metrics::LEASES_RENEWED.inc();
+        }
         Ok(LeaseKeepAliveResponse {
             header: Some(self.s.header(self.s.store.current_rev())),
             id,
@@ -200,7 +204,6 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        metrics::grpc_started("bidi_stream", SVC, "LeaseKeepAlive");
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let this = LeaseService {

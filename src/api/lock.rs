@@ -107,24 +107,21 @@ fn get(key: &[u8]) -> crate::pb::etcdserverpb::RangeRequest {
     }
 }
 
-/// Runs a unary call of the Lock or Election service: counted when it starts
-/// (a Lock or Campaign may wait long) and when it ends, its error unmapped,
-/// as etcd returns it.
-pub(crate) async fn answer<T>(
+/// Runs a unary call of the Lock or Election service, its error unmapped, as
+/// etcd returns it (the `msgsize` layer counts the call).
+pub(crate) async fn answer<T: prost::Message>(
     svc: &'static str,
     method: &'static str,
     call: impl std::future::Future<Output = Result<T>>,
 ) -> Result<Response<T>, Status> {
-    metrics::grpc_started("unary", svc, method);
+    let _ = (svc, method);
     let r = call
         .await
         .map(Response::new)
         .map_err(super::status::unmapped);
-    let code = match &r {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    };
-    metrics::grpc_handled("unary", svc, method, code);
+    if let Ok(m) = &r {
+        metrics::grpc::sent_bytes(prost::Message::encoded_len(m.get_ref()));
+    }
     r
 }
 

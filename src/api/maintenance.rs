@@ -113,17 +113,22 @@ impl Maintenance for MaintenanceService {
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         crate::info!("starting defragment");
+        metrics::DEFRAG_INFLIGHT.set(1);
+        let start = std::time::Instant::now();
         // As etcd's, the answer carries no header.
         let r = self
             .s
             .defragment()
             .await
             .map(|_| DefragmentResponse { header: None });
+        metrics::DEFRAG_INFLIGHT.set(0);
+        metrics::BACKEND_DEFRAG.observe(start.elapsed());
         crate::info!("finished defragment", db_size = self.s.backend.size());
         unary(SVC, "Defragment", r)
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .s
             .store
@@ -133,6 +138,7 @@ impl Maintenance for MaintenanceService {
                 header: Some(self.s.header(rev)),
                 hash,
             });
+        metrics::MVCC_HASH.observe(start.elapsed());
         unary(SVC, "Hash", r)
     }
 
@@ -140,6 +146,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .s
             .store
@@ -152,6 +159,7 @@ impl Maintenance for MaintenanceService {
                 compact_revision: if compact > 0 { compact } else { -1 },
                 hash_revision: rev,
             });
+        metrics::MVCC_HASH_REV.observe(start.elapsed());
         unary(SVC, "HashKV", r)
     }
 
@@ -161,7 +169,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        metrics::grpc_started("server_stream", SVC, "Snapshot");
+        let start = std::time::Instant::now();
         let s = self.s.clone();
         let path = s
             .cfg
@@ -200,8 +208,11 @@ impl Maintenance for MaintenanceService {
                 Ok(())
             }
             .await;
-            if let Err(e) = res {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+            match res {
+                Ok(()) => metrics::BACKEND_SNAPSHOT.observe(start.elapsed()),
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                }
             }
             let _ = tokio::fs::remove_file(&path).await;
         });

@@ -4,6 +4,14 @@
 //! (N vs. M)`, as soon as its length prefix is read (clients decide by code:
 //! `OutOfRange` would read as a compacted or future revision). Each gRPC
 //! request's body is read through [`Limited`], in front of every service.
+//!
+//! The same layer counts the calls for go-grpc-prometheus's `grpc_server_*`
+//! families and etcd's byte counters: a call is started when it arrives
+//! (before authorization, so refused calls count as etcd's do), each request
+//! message is counted by [`Limited`] as its length prefix is read, a unary
+//! call is handled when its answer is ready (the code from a trailers-only
+//! answer, OK otherwise), a streaming call when its response body ends (the
+//! code from its trailers); either is Canceled when the client goes away first.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -14,37 +22,93 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::Frame;
 
-/// Wraps each request body in a [`Limited`] of `max` bytes per message.
+use crate::metrics::grpc::{self, Kind};
+
+/// Wraps each request body in a [`Limited`] of `max` bytes per message, and
+/// counts the call.
 pub async fn layer(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let rpc = if is_grpc(&req) {
+        grpc::lookup(req.uri().path())
+    } else {
+        None
+    };
     let (parts, body) = req.into_parts();
-    let body = Body::new(Limited::new(body, max));
-    next.run(Request::from_parts(parts, body)).await
+    let Some(rpc) = rpc else {
+        let body = Body::new(Limited::new(body, max, None));
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    let start = rpc.start();
+    let version = parts
+        .headers
+        .get("client-api-version")
+        .and_then(|v| v.to_str().ok());
+    crate::metrics::client_requests::count(version, rpc.kind != Kind::Unary);
+    let body = Body::new(Limited::new(body, max, Some(rpc)));
+    // A client that goes away before the answer cancels the call.
+    let mut pending = Pending {
+        rpc,
+        start,
+        answered: false,
+    };
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    pending.answered = true;
+    // An answer without a message carries its status in its headers.
+    if let Some(code) = status_code(resp.headers()) {
+        rpc.handled(code, start);
+        return resp;
+    }
+    if rpc.kind == Kind::Unary {
+        rpc.sent();
+        rpc.handled(0, start);
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(Counted::new(body, rpc, start)))
 }
 
-/// A gRPC request body whose messages may not exceed `max` bytes.
-pub struct Limited {
-    inner: Body,
-    max: usize,
-    /// The length prefix being read (flag byte and four length bytes).
+/// A call whose answer is not ready yet: counted as Canceled if dropped so.
+struct Pending {
+    rpc: &'static grpc::Rpc,
+    start: Option<std::time::Instant>,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.rpc.handled(1, self.start);
+        }
+    }
+}
+
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn status_code(h: &axum::http::HeaderMap) -> Option<i32> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads gRPC length prefixes out of a body's data frames, across frames.
+#[derive(Default)]
+struct Prefixes {
     head: [u8; 5],
     head_len: usize,
-    /// Bytes of the current message still to come.
     remaining: usize,
 }
 
-impl Limited {
-    pub fn new(inner: Body, max: usize) -> Self {
-        Limited {
-            inner,
-            max,
-            head: [0; 5],
-            head_len: 0,
-            remaining: 0,
-        }
-    }
-
-    /// Follows the message boundaries through `data`.
-    fn scan(&mut self, mut data: &[u8]) -> Result<(), tonic::Status> {
+impl Prefixes {
+    /// Calls `each` with the length of every message whose prefix `data`
+    /// completes; stops at the first error.
+    fn scan<E>(
+        &mut self,
+        mut data: &[u8],
+        mut each: impl FnMut(usize) -> Result<(), E>,
+    ) -> Result<(), E> {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len());
@@ -60,16 +124,122 @@ impl Limited {
                 self.head_len = 0;
                 let h = self.head;
                 let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-                if len > self.max {
-                    return Err(tonic::Status::resource_exhausted(format!(
-                        "grpc: received message larger than max ({len} vs. {})",
-                        self.max
-                    )));
-                }
+                each(len)?;
                 self.remaining = len;
             }
         }
         Ok(())
+    }
+}
+
+/// A streaming call's response body: counts each message sent and the call's
+/// end.
+pub struct Counted {
+    inner: Body,
+    rpc: &'static grpc::Rpc,
+    start: Option<std::time::Instant>,
+    prefixes: Prefixes,
+    done: bool,
+}
+
+impl Counted {
+    fn new(inner: Body, rpc: &'static grpc::Rpc, start: Option<std::time::Instant>) -> Self {
+        Counted {
+            inner,
+            rpc,
+            start,
+            prefixes: Prefixes::default(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, code: i32) {
+        if !self.done {
+            self.done = true;
+            self.rpc.handled(code, self.start);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // The client went away before the end: the handler sees a canceled
+        // context, as in etcd.
+        self.finish(1);
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    let rpc = self.rpc;
+                    let _ = self.prefixes.scan::<()>(d, |len| {
+                        rpc.sent();
+                        grpc::sent_bytes(len);
+                        Ok(())
+                    });
+                } else if let Some(t) = f.trailers_ref() {
+                    let code = status_code(t).unwrap_or(0);
+                    self.finish(code);
+                }
+            }
+            Some(Err(_)) => self.finish(2),
+            None => self.finish(0),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A gRPC request body whose messages may not exceed `max` bytes.
+pub struct Limited {
+    inner: Body,
+    max: usize,
+    prefixes: Prefixes,
+    /// The method whose request messages are counted.
+    rpc: Option<&'static grpc::Rpc>,
+}
+
+impl Limited {
+    pub fn new(inner: Body, max: usize, rpc: Option<&'static grpc::Rpc>) -> Self {
+        Limited {
+            inner,
+            max,
+            prefixes: Prefixes::default(),
+            rpc,
+        }
+    }
+
+    /// Follows the message boundaries through `data`.
+    fn scan(&mut self, data: &[u8]) -> Result<(), tonic::Status> {
+        let (max, rpc) = (self.max, self.rpc);
+        self.prefixes.scan(data, |len| {
+            if len > max {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "grpc: received message larger than max ({len} vs. {max})"
+                )));
+            }
+            if let Some(rpc) = rpc {
+                rpc.received(len);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -117,12 +287,12 @@ mod tests {
 
     #[test]
     fn messages_over_the_limit_are_refused_at_their_prefix() {
-        let mut l = Limited::new(Body::empty(), 10);
+        let mut l = Limited::new(Body::empty(), 10, None);
         let mut two = message(10);
         two.extend(message(3));
         // Split anywhere, even inside a length prefix.
         for cut in [1, 3, 7, 15, two.len()] {
-            let mut l2 = Limited::new(Body::empty(), 10);
+            let mut l2 = Limited::new(Body::empty(), 10, None);
             assert!(l2.scan(&two[..cut]).is_ok());
             assert!(l2.scan(&two[cut..]).is_ok());
         }

@@ -19,13 +19,10 @@ use tonic::Status;
 
 use super::kv::check_range;
 use crate::error::{Error, Result};
-use crate::metrics;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse, RangeStreamResponse};
 use crate::server::EtcdServer;
 
-const SVC: &str = "etcdserverpb.KV";
-const METHOD: &str = "RangeStream";
 /// Keys in the first chunk.
 const FIRST_CHUNK: usize = 10;
 
@@ -57,7 +54,6 @@ pub async fn serve(
     s: &Arc<EtcdServer>,
     r: RangeRequest,
 ) -> std::result::Result<RangeStream, Status> {
-    metrics::grpc_started("server_stream", SVC, METHOD);
     let start = async {
         check(&r)?;
         if !r.serializable {
@@ -76,25 +72,14 @@ pub async fn serve(
     .await;
     let (header_rev, rev) = match start {
         Ok(v) => v,
-        Err(e) => {
-            let st = super::status::to_status(e);
-            metrics::grpc_handled("server_stream", SVC, METHOD, st.code());
-            return Err(st);
-        }
+        Err(e) => return Err(super::status::to_status(e)),
     };
     let (tx, rx) = mpsc::channel(1);
     let s = s.clone();
     tokio::spawn(async move {
-        let code = match send_chunks(&s, &r, header_rev, rev, &tx).await {
-            Ok(()) => tonic::Code::Ok,
-            Err(e) => {
-                let st = super::status::to_status(e);
-                let code = st.code();
-                let _ = tx.send(Err(st)).await;
-                code
-            }
-        };
-        metrics::grpc_handled("server_stream", SVC, METHOD, code);
+        if let Err(e) = send_chunks(&s, &r, header_rev, rev, &tx).await {
+            let _ = tx.send(Err(super::status::to_status(e))).await;
+        }
     });
     Ok(ReceiverStream::new(rx))
 }

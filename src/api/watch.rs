@@ -29,7 +29,6 @@ use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse, w
 use crate::pb::mvccpb::{Event, event::EventType};
 use crate::server::EtcdServer;
 
-const SVC: &str = "etcdserverpb.Watch";
 /// Events per response when replaying history.
 const HISTORY_CHUNK: usize = 1000;
 
@@ -183,6 +182,8 @@ impl Stream {
     /// is still open and whether the watcher survives (it is cancelled when the
     /// history it needs was compacted meanwhile).
     async fn catch_up(&self, id: i64, w: &mut Watcher, to: i64) -> (bool, bool) {
+        // Behind the broadcast: one of etcd's unsynced ("slow") watchers.
+        let _slow = metrics::Held::new(&metrics::SLOW_WATCHERS);
         while w.next_rev <= to {
             let compacted = self.s.store.compact_rev();
             if w.next_rev < compacted {
@@ -237,6 +238,7 @@ impl Stream {
             }
         }
         w.active = true;
+        metrics::EVENTS_TOTAL.add(events.len() as u64);
         // etcd's limit for a watch response: the request limit plus gRPC overhead.
         let limit = self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
         let header = self.header(rev);
@@ -440,7 +442,6 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        metrics::grpc_started("bidi_stream", SVC, "Watch");
         // The authorization layer resolved the caller; each create request is
         // checked against it. Without it (never the case) nothing is allowed.
         let who = req

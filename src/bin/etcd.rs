@@ -158,9 +158,9 @@ async fn run(cfg: Config) -> i32 {
     etcd_rs::server::compactor::spawn(server.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(server.clone()).await;
-    // Client and metrics listeners serve the same routes; https ones with the
-    // client TLS settings.
-    let serve = |u: &str, l| {
+    // https client and metrics listeners use the client TLS settings.
+    let metrics_app = api::http::metrics_router(server.clone());
+    let serve = |u: &str, l, app: &axum::Router| {
         let tls = if etcd_rs::net::is_tls(u) {
             client_tls.clone()
         } else {
@@ -184,11 +184,12 @@ async fn run(cfg: Config) -> i32 {
                 address = u
             );
         }
-        serve(&u, l);
+        serve(&u, l, &app);
     }
+    // As etcd's, a metrics listener serves /metrics and the health endpoints.
     for (u, l) in metrics_listeners {
         info!("serving metrics", address = format!("{u}/metrics"));
-        serve(&u, l);
+        serve(&u, l, &metrics_app);
     }
     etcd_rs::systemd::notify_ready();
     tokio::spawn(supervise(server.clone()));

@@ -468,7 +468,7 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "Serve runtime profiling data under /debug/pprof/ on the client URLs.",
         |d, v| { d.cfg.enable_pprof = parse_bool(v)?; Ok(()) }),
     flag!("metrics", Monitoring, Value, Yes, "basic",
-        "Metrics detail: 'basic' or 'extensive' (etcd adds gRPC latency histograms; etcd-rs serves the basic set either way and warns).",
+        "Metrics detail: 'basic' or 'extensive' ('extensive' adds the gRPC latency histograms, grpc_server_handling_seconds).",
         |d, v| { d.cfg.metrics = v.to_string(); Ok(()) }),
     flag!("listen-metrics-urls", Monitoring, Urls, Yes, "",
         "Extra comma-separated URLs serving only /metrics and /health.",

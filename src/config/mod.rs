@@ -1054,11 +1054,6 @@ fn finalize(mut d: Draft) -> Result<Config, ConfigError> {
     }
 
     // Flags honoured only in part: a value that would change nothing says so.
-    if cfg.metrics == "extensive" {
-        cfg.warnings.push(
-            "--metrics=extensive has no effect in etcd-rs: the gRPC latency histograms are not served; serving the basic metrics".to_string(),
-        );
-    }
     let ignored: Vec<&str> = cfg
         .log_outputs
         .iter()

@@ -312,6 +312,7 @@ impl Store {
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let st = self.state.read();
         let txn = self.backend.read()?;
+        let _open = crate::metrics::Held::new(&crate::metrics::DB_OPEN_READ_TXNS);
         let table = txn.open_table(KV).map_err(StorageError::from)?;
         range_at(&table, &st.index, st.rev, st.compact_rev, req)
     }
@@ -488,6 +489,12 @@ fn compactor(
         match compact_job(&backend, limit, cfg.sleep, &job, &stopping) {
             Ok(None) => return,
             Ok(Some(removed)) => {
+                crate::metrics::MVCC_DB_COMPACTION_TOTAL.observe_ms(start.elapsed());
+                crate::metrics::MVCC_DB_COMPACTION_LAST.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                );
                 crate::info!(
                     "finished scheduled compaction",
                     compact_revision = job.rev,
@@ -523,6 +530,7 @@ fn compact_job(
         if stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
+        let batch = std::time::Instant::now();
         let mut txn = backend.write()?;
         let mut next = None;
         {
@@ -565,6 +573,8 @@ fn compact_job(
             )?;
         }
         txn.commit()?;
+        // One batch holds the write lock as etcd's pause does.
+        crate::metrics::MVCC_DB_COMPACTION_PAUSE.observe_ms(batch.elapsed());
         match next {
             Some(k) => {
                 from = k;

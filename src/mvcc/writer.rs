@@ -154,7 +154,9 @@ impl<'t, 's> Writer<'t, 's> {
     /// batch has committed (see [`super::CompactJob`]). The caller has
     /// validated `rev`.
     pub fn compact(&mut self, meta: &mut redb::Table<&str, &[u8]>, rev: i64) -> Result<()> {
+        let start = std::time::Instant::now();
         let keep: HashSet<Revision> = self.st.index.compact(rev);
+        crate::metrics::MVCC_INDEX_COMPACTION_PAUSE.observe_ms(start.elapsed());
         self.st.compact_rev = rev;
         storage::put_u64(meta, storage::meta::COMPACT_REV, rev as u64)?;
         self.st.compactions.push(super::CompactJob { rev, keep });

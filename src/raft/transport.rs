@@ -330,7 +330,13 @@ impl Transport {
             let to = m.to;
             match peers.get(&to) {
                 Some(p) => {
+                    let heartbeat = m.get_msg_type() == MessageType::MsgHeartbeat;
                     if p.tx.try_send(m).is_err() {
+                        // Dropped: the peer's queue is full.
+                        crate::metrics::peer::of(to).sent_failures.inc();
+                        if heartbeat {
+                            crate::metrics::HEARTBEAT_SEND_FAILURES.inc();
+                        }
                         (self.deliver)(Event::Unreachable(to));
                     }
                 }
@@ -394,9 +400,11 @@ impl Transport {
     async fn sender(self: Arc<Self>, to: u64, urls: Vec<String>, mut rx: mpsc::Receiver<Message>) {
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
+        let stats = crate::metrics::peer::of(to);
         'outer: loop {
             let mut stream = match self.dial(to, &urls).await {
                 Ok(s) => {
+                    stats.connected();
                     self.active.lock().entry(to).or_insert_with(Instant::now);
                     backoff = Duration::from_millis(50);
                     if warned {
@@ -415,9 +423,11 @@ impl Transport {
                         );
                         warned = true;
                     }
+                    stats.disconnected();
                     // Drop what queued up meanwhile; Raft resends.
                     let mut snap_failed = false;
                     while let Ok(m) = rx.try_recv() {
+                        stats.sent_failures.inc();
                         snap_failed |= m.get_msg_type() == MessageType::MsgSnapshot;
                     }
                     if snap_failed {
@@ -451,6 +461,8 @@ impl Transport {
                     push_chunks(&mut buf, &bytes);
                 }
                 if let Err(e) = stream.write_all(&buf).await {
+                    stats.sent_failures.add(batch.len() as u64);
+                    stats.disconnected();
                     crate::warn!(
                         "lost connection to peer",
                         peer_id = format!("{to:x}"),
@@ -461,6 +473,13 @@ impl Transport {
                     }
                     (self.deliver)(Event::Unreachable(to));
                     continue 'outer;
+                }
+                stats.sent_bytes.add(buf.len() as u64);
+                if batch
+                    .iter()
+                    .any(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+                {
+                    stats.heartbeat_sent();
                 }
                 if is_snap
                     || batch
@@ -622,6 +641,14 @@ impl Transport {
             r = self.receive(s, from) => Some(r),
             _ = stopped => None,
         };
+        if let Some(Err(e)) = &r {
+            // A peer closing its stream is not a failure; a broken one is.
+            let clean =
+                matches!(e, PeerError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
+            if !clean {
+                crate::metrics::peer::of(from).received_failures.inc();
+            }
+        }
         {
             let mut inbound = self.inbound.lock();
             if inbound.get(&from).is_some_and(|(c, _)| *c == conn) {
@@ -656,6 +683,7 @@ impl Transport {
         let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
         let mut buf: Vec<u8> = Vec::new();
         let mut limit = self.limits.message;
+        let stats = crate::metrics::peer::of(from);
         loop {
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await?;
@@ -674,6 +702,7 @@ impl Transport {
             let start = buf.len();
             buf.resize(start + n, 0);
             s.read_exact(&mut buf[start..]).await?;
+            stats.received_bytes.add(5 + n as u64);
             if start == 0 && wire::leading_msg_type(&buf) == Some(MessageType::MsgSnapshot as u64) {
                 limit = self.limits.snapshot;
             }
@@ -693,6 +722,9 @@ impl Transport {
                 });
             }
             limit = self.limits.message;
+            if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                stats.heartbeat_answered();
+            }
             (self.deliver)(Event::Message(m));
         }
     }

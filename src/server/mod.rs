@@ -312,6 +312,13 @@ impl EtcdServer {
             })
             .map_err(|e| StartError::Thread(e.to_string()))?;
         crate::metrics::SERVER_ID.store(member_id, Ordering::Relaxed);
+        crate::metrics::set_extensive(cfg.metrics == "extensive");
+        crate::metrics::init_process();
+        crate::metrics::peer::set_local(member_id);
+        crate::metrics::QUOTA_BACKEND_BYTES.set(
+            cfg.effective_quota_backend_bytes()
+                .map_or(0, |q| i64::try_from(q).unwrap_or(i64::MAX)),
+        );
         let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout_ms);
         Ok(Arc::new(EtcdServer {
             cfg,
@@ -729,11 +736,18 @@ impl EtcdServer {
         let _slot = self.admit(0)?;
         let (tx, rx) = oneshot::channel();
         self.send(Msg::ReadIndex(tx))?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        let r = match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
+            Err(_) => {
+                crate::metrics::SLOW_READ_INDEXES.inc();
+                Err(Error::Timeout)
+            }
+        };
+        if r.is_err() {
+            crate::metrics::READ_INDEXES_FAILED.inc();
         }
+        r
     }
 
     pub async fn defragment(&self) -> Result<()> {

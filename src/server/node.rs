@@ -347,6 +347,9 @@ impl Node {
                         self.last_in_use = Instant::now();
                     }
                     metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
+                    let me = self.raw.raft.id;
+                    metrics::IS_LEARNER
+                        .set(self.raw.raft.prs().conf().learners().contains(&me) as i64);
                 }
             }
             self.on_ready()?;
@@ -588,6 +591,7 @@ impl Node {
             };
             if self.raw.propose(vec![], req.encode_to_vec()).is_ok() {
                 metrics::PROPOSALS_PENDING.add(1);
+                metrics::LEASE_EXPIRED.inc();
             }
         }
     }
@@ -634,8 +638,15 @@ impl Node {
                 snapshot_index = index,
                 size = snap.data.len()
             );
-            self.log.install_snapshot(&snap)?;
-            self.applier.reload()?;
+            metrics::SNAPSHOT_APPLY_IN_PROGRESS.set(1);
+            let start = Instant::now();
+            let installed = self
+                .log
+                .install_snapshot(&snap)
+                .and_then(|_| self.applier.reload());
+            metrics::SNAPSHOT_APPLY_IN_PROGRESS.set(0);
+            installed?;
+            metrics::SNAP_DB_SAVE.observe(start.elapsed());
             // Watchers missed the events the snapshot covers: they catch up from
             // the new store.
             self.hub.resync(self.applier.store.current_rev());
@@ -696,10 +707,18 @@ impl Node {
                         .map_err(StorageError::from)?;
                 }
             }
+            let written = start.elapsed();
             txn.commit()?;
             if durable {
                 metrics::WAL_FSYNC.observe(start.elapsed());
             }
+            metrics::WAL_WRITE.observe(written);
+            metrics::WAL_WRITE_BYTES.add(
+                entries
+                    .iter()
+                    .map(|e| protobuf::Message::compute_size(e) as i64)
+                    .sum::<i64>(),
+            );
             self.log.stable(&entries, hs.as_ref())?;
             if let Some(ci) = compact {
                 self.log.compacted(ci)?;
