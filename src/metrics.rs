@@ -92,7 +92,8 @@ static INDEX_PAUSE_BUCKETS: [f64; 14] = exp2::<14>(0.5);
 static DB_PAUSE_BUCKETS: [f64; 13] = exp2::<13>(1.0);
 static DB_TOTAL_BUCKETS: [f64; 14] = exp2::<14>(100.0);
 static LEASE_TTL_BUCKETS: [f64; 24] = exp2::<24>(1.0);
-static SNAP_DB_SAVE_BUCKETS: [f64; 10] = exp2::<10>(0.1);
+/// etcd's buckets for a snapshot's save, send and receive: 0.1 s to 51.2 s.
+pub static SNAP_DB_SAVE_BUCKETS: [f64; 10] = exp2::<10>(0.1);
 pub static RTT_BUCKETS: [f64; 16] = exp2::<16>(0.0001);
 
 /// A histogram with fixed bucket bounds: an atomic count per bucket, the
@@ -229,6 +230,12 @@ pub static READ_INDEXES_FAILED: Counter = Counter::new();
 pub static LEASE_EXPIRED: Counter = Counter::new();
 pub static QUOTA_BACKEND_BYTES: Gauge = Gauge::new();
 pub static LEARNER_PROMOTE_SUCCESSES: Counter = Counter::new();
+/// `etcd_network_server_stream_failures_total{Type="receive",API=...}`: a
+/// client's Watch or LeaseKeepAlive stream that failed with an error other
+/// than the client going away (etcd counts sends too; ours go through a
+/// queue, whose only failure is the client gone, which etcd does not count).
+pub static WATCH_STREAM_RECEIVE_FAILURES: Counter = Counter::new();
+pub static KEEPALIVE_STREAM_RECEIVE_FAILURES: Counter = Counter::new();
 /// `etcd_server_learner_promote_failures{Reason=...}`, etcd's one reason.
 pub static LEARNER_PROMOTE_NOT_READY: Counter = Counter::new();
 pub static SERVER_ID: AtomicU64 = AtomicU64::new(0);
@@ -824,6 +831,28 @@ pub fn render(server_version: &str, cluster_version: &str) -> String {
         grpc::SENT_BYTES.get(),
     );
     peer::render(o);
+    let stream_failures = [
+        ("lease-keepalive", &KEEPALIVE_STREAM_RECEIVE_FAILURES),
+        ("watch", &WATCH_STREAM_RECEIVE_FAILURES),
+    ];
+    if stream_failures.iter().any(|(_, c)| c.get() > 0) {
+        let name = "etcd_network_server_stream_failures_total";
+        header(
+            o,
+            name,
+            "The total number of stream failures from the local server.",
+            "counter",
+        );
+        for (api, c) in stream_failures {
+            if c.get() > 0 {
+                let _ = writeln!(
+                    o,
+                    "{name}{{API=\"{api}\",Type=\"receive\"}} {}",
+                    go_float(c.get() as f64)
+                );
+            }
+        }
+    }
     // etcd_server_*
     client_requests::render(o);
     gauge(

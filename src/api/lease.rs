@@ -211,7 +211,19 @@ impl Lease for LeaseService {
             leader: Mutex::new(None),
         };
         tokio::spawn(async move {
-            while let Some(Ok(r)) = input.next().await {
+            loop {
+                let r = match input.next().await {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        super::count_stream_failure(
+                            &e,
+                            &crate::metrics::KEEPALIVE_STREAM_RECEIVE_FAILURES,
+                        );
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                    None => break,
+                };
                 let resp = this
                     .keep_alive_one(r.id)
                     .await

@@ -52,6 +52,18 @@ pub(crate) fn fill(s: &EtcdServer, h: &mut Option<ResponseHeader>) {
     *h = Some(s.header(rev));
 }
 
+/// Counts a client stream that failed, as etcd counts it: not when the
+/// client went away or gave up (a reset stream or connection, a deadline).
+pub(crate) fn count_stream_failure(e: &Status, counter: &crate::metrics::Counter) {
+    use tonic::Code;
+    if !matches!(
+        e.code(),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Unavailable
+    ) {
+        counter.inc();
+    }
+}
+
 /// Finishes a unary call: maps the error and counts the bytes of the answer
 /// (the call itself is counted by the `msgsize` layer; `svc` and `method`
 /// name it for the reader).

@@ -383,7 +383,13 @@ impl Stream {
                         input_open = false;
                         true
                     }
-                    Some(Err(_)) => false,
+                    Some(Err(e)) => {
+                        // As etcd: a request the stream could not take (over
+                        // the message limit, say) ends the call with its status.
+                        super::count_stream_failure(&e, &metrics::WATCH_STREAM_RECEIVE_FAILURES);
+                        let _ = self.out.send(Err(e)).await;
+                        false
+                    }
                 },
                 _ = out.closed(), if !input_open => false,
                 b = sub.recv() => match b {

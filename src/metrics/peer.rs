@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::{Counter, Gauge, Histogram, RTT_BUCKETS, go_float, header};
+use super::{Counter, Gauge, Histogram, RTT_BUCKETS, SNAP_DB_SAVE_BUCKETS, go_float, header};
 
 pub struct PeerStats {
     pub sent_bytes: Counter,
@@ -20,6 +20,8 @@ pub struct PeerStats {
     pub active: Gauge,
     pub disconnected: Counter,
     rtt: Histogram,
+    snapshot_send: Transfers,
+    snapshot_receive: Transfers,
     /// When the last heartbeat went to the peer, in nanoseconds after `BASE`
     /// (0: none waiting for its answer).
     heartbeat_sent: AtomicU64,
@@ -35,6 +37,8 @@ impl PeerStats {
             active: Gauge::new(),
             disconnected: Counter::new(),
             rtt: Histogram::new(&RTT_BUCKETS),
+            snapshot_send: Transfers::new(),
+            snapshot_receive: Transfers::new(),
             heartbeat_sent: AtomicU64::new(0),
         }
     }
@@ -55,6 +59,31 @@ impl PeerStats {
         }
     }
 
+    /// A Raft snapshot starts going to the peer.
+    pub fn snapshot_send_started(&self) -> Instant {
+        self.snapshot_send.start()
+    }
+
+    /// The snapshot started at `start` went out (or failed to).
+    pub fn snapshot_send_done(&self, start: Instant, ok: bool) {
+        self.snapshot_send.done(start, ok);
+    }
+
+    /// A snapshot queued for the peer was dropped before it could be sent.
+    pub fn snapshot_send_dropped(&self) {
+        self.snapshot_send.failures.inc();
+    }
+
+    /// A Raft snapshot starts arriving from the peer.
+    pub fn snapshot_receive_started(&self) -> Instant {
+        self.snapshot_receive.start()
+    }
+
+    /// The snapshot started at `start` arrived whole (or did not).
+    pub fn snapshot_receive_done(&self, start: Instant, ok: bool) {
+        self.snapshot_receive.done(start, ok);
+    }
+
     /// The connection to the peer came up.
     pub fn connected(&self) {
         self.active.set(1);
@@ -66,6 +95,47 @@ impl PeerStats {
             self.active.set(0);
             self.disconnected.inc();
         }
+    }
+}
+
+/// Snapshots going one way between this member and one peer: etcd's
+/// `etcd_network_snapshot_{send,receive}_*` families.
+struct Transfers {
+    success: Counter,
+    failures: Counter,
+    inflight: Gauge,
+    seconds: Histogram,
+}
+
+impl Transfers {
+    fn new() -> Self {
+        Transfers {
+            success: Counter::new(),
+            failures: Counter::new(),
+            inflight: Gauge::new(),
+            seconds: Histogram::new(&SNAP_DB_SAVE_BUCKETS),
+        }
+    }
+
+    fn start(&self) -> Instant {
+        self.inflight.add(1);
+        Instant::now()
+    }
+
+    /// As etcd: the time is observed for transfers that succeeded.
+    fn done(&self, start: Instant, ok: bool) {
+        self.inflight.add(-1);
+        if ok {
+            self.success.inc();
+            self.seconds.observe_value(start.elapsed().as_secs_f64());
+        } else {
+            self.failures.inc();
+        }
+    }
+
+    /// Touched at all (etcd's vectors show a label set from its first use).
+    fn used(&self) -> bool {
+        self.success.get() + self.failures.get() > 0 || self.inflight.get() != 0
     }
 }
 
@@ -182,6 +252,76 @@ pub(super) fn render(o: &mut String) {
         );
         for (id, p) in rows {
             p.rtt.samples(o, name, &format!("To=\"{id:x}\""));
+        }
+    }
+    render_transfers(o, &peers, "receive", "From", |p| &p.snapshot_receive);
+    render_transfers(o, &peers, "send", "To", |p| &p.snapshot_send);
+}
+
+/// etcd's snapshot families for one direction, in etcd's name order.
+fn render_transfers(
+    o: &mut String,
+    peers: &[(u64, Arc<PeerStats>)],
+    way: &str,
+    label: &str,
+    of: fn(&PeerStats) -> &Transfers,
+) {
+    let used: Vec<_> = peers.iter().filter(|(_, p)| of(p).used()).collect();
+    if used.is_empty() {
+        return;
+    }
+    let what = if way == "send" { "sends" } else { "receives" };
+    type Row = (String, String, fn(&Transfers) -> f64, &'static str);
+    let counters: [Row; 3] = [
+        (
+            format!("etcd_network_snapshot_{way}_failures"),
+            format!("Total number of snapshot {way} failures"),
+            |t| t.failures.get() as f64,
+            "counter",
+        ),
+        (
+            format!("etcd_network_snapshot_{way}_inflights_total"),
+            format!("Total number of inflight snapshot {what}"),
+            |t| t.inflight.get() as f64,
+            "gauge",
+        ),
+        (
+            format!("etcd_network_snapshot_{way}_success"),
+            format!("Total number of successful snapshot {what}"),
+            |t| t.success.get() as f64,
+            "counter",
+        ),
+    ];
+    for (name, help, get, kind) in &counters {
+        // A counter's label set appears once counted; the gauge once touched.
+        let rows: Vec<_> = used
+            .iter()
+            .filter(|(_, p)| *kind == "gauge" || get(of(p)) > 0.0)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        header(o, name, help, kind);
+        for (id, p) in rows {
+            let _ = writeln!(o, "{name}{{{label}=\"{id:x}\"}} {}", go_float(get(of(p))));
+        }
+    }
+    let rows: Vec<_> = used
+        .iter()
+        .filter(|(_, p)| of(p).seconds.count() > 0)
+        .collect();
+    if !rows.is_empty() {
+        let name = format!("etcd_network_snapshot_{way}_total_duration_seconds");
+        header(
+            o,
+            &name,
+            &format!("Total latency distributions of v3 snapshot {what}"),
+            "histogram",
+        );
+        for (id, p) in rows {
+            of(p)
+                .seconds
+                .samples(o, &name, &format!("{label}=\"{id:x}\""));
         }
     }
 }

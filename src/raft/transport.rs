@@ -428,7 +428,10 @@ impl Transport {
                     let mut snap_failed = false;
                     while let Ok(m) = rx.try_recv() {
                         stats.sent_failures.inc();
-                        snap_failed |= m.get_msg_type() == MessageType::MsgSnapshot;
+                        if m.get_msg_type() == MessageType::MsgSnapshot {
+                            stats.snapshot_send_dropped();
+                            snap_failed = true;
+                        }
                     }
                     if snap_failed {
                         (self.deliver)(Event::SnapshotDone(to, false));
@@ -445,7 +448,6 @@ impl Transport {
             let mut buf = Vec::new();
             loop {
                 let Some(m) = rx.recv().await else { return };
-                let is_snap = m.get_msg_type() == MessageType::MsgSnapshot;
                 buf.clear();
                 let mut batch = vec![m];
                 while batch.len() < 256 {
@@ -454,6 +456,10 @@ impl Transport {
                         Err(_) => break,
                     }
                 }
+                let is_snap = batch
+                    .iter()
+                    .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+                let snap_start = is_snap.then(|| stats.snapshot_send_started());
                 for m in &batch {
                     let Ok(bytes) = wire::encode(m) else {
                         continue;
@@ -468,7 +474,8 @@ impl Transport {
                         peer_id = format!("{to:x}"),
                         error = e
                     );
-                    if is_snap {
+                    if let Some(start) = snap_start {
+                        stats.snapshot_send_done(start, false);
                         (self.deliver)(Event::SnapshotDone(to, false));
                     }
                     (self.deliver)(Event::Unreachable(to));
@@ -481,11 +488,8 @@ impl Transport {
                 {
                     stats.heartbeat_sent();
                 }
-                if is_snap
-                    || batch
-                        .iter()
-                        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                {
+                if let Some(start) = snap_start {
+                    stats.snapshot_send_done(start, true);
                     (self.deliver)(Event::SnapshotDone(to, true));
                 }
             }
@@ -680,10 +684,26 @@ impl Transport {
     /// Reads messages: each arrives as one or more chunks
     /// (`[len u32 BE][last u8][bytes]`), the last one flagged.
     async fn receive(&self, s: Stream, from: u64) -> Result<(), PeerError> {
+        let stats = crate::metrics::peer::of(from);
+        // When a snapshot that is still arriving started to.
+        let mut snap: Option<Instant> = None;
+        let res = self.receive_messages(s, from, &stats, &mut snap).await;
+        if let Some(start) = snap {
+            stats.snapshot_receive_done(start, false);
+        }
+        res
+    }
+
+    async fn receive_messages(
+        &self,
+        s: Stream,
+        from: u64,
+        stats: &crate::metrics::peer::PeerStats,
+        snap: &mut Option<Instant>,
+    ) -> Result<(), PeerError> {
         let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
         let mut buf: Vec<u8> = Vec::new();
         let mut limit = self.limits.message;
-        let stats = crate::metrics::peer::of(from);
         loop {
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await?;
@@ -705,6 +725,7 @@ impl Transport {
             stats.received_bytes.add(5 + n as u64);
             if start == 0 && wire::leading_msg_type(&buf) == Some(MessageType::MsgSnapshot as u64) {
                 limit = self.limits.snapshot;
+                *snap = Some(stats.snapshot_receive_started());
             }
             if !last {
                 continue;
@@ -722,6 +743,9 @@ impl Transport {
                 });
             }
             limit = self.limits.message;
+            if let Some(start) = snap.take() {
+                stats.snapshot_receive_done(start, true);
+            }
             if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
                 stats.heartbeat_answered();
             }

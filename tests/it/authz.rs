@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::cluster::Cluster;
-use crate::harness::Server;
+use crate::harness::{Server, grpc_channel as channel_at, with_token as req};
 use crate::security::{auth_setup, setup_users, sh_ok};
 
 const LEASE: i64 = 7777;
@@ -35,26 +35,6 @@ fn rt() -> tokio::runtime::Runtime {
 
 async fn channel(srv: &Server) -> Channel {
     channel_at(&srv.endpoint()).await
-}
-
-async fn channel_at(endpoint: &str) -> Channel {
-    Channel::from_shared(endpoint.to_string())
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connect")
-}
-
-/// A request carrying `token` (if any) as etcd's clients send it.
-fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("token", t.parse().expect("token as metadata"));
-    }
-    r
 }
 
 fn status(s: &tonic::Status) -> String {

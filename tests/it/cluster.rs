@@ -1209,6 +1209,36 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
         "an election happened while the snapshot was made and sent"
     );
     assert_eq!(c.leader_seen_by(down), c.leader_seen_by(leader));
+    // etcd's snapshot families, labelled with the peer's ID.
+    let sent = crate::harness::http_get(c.members[leader].client_port, "/metrics");
+    let got = crate::harness::http_get(c.members[down].client_port, "/metrics");
+    let (to, from) = (format!("{:x}", ids[down]), format!("{:x}", ids[leader]));
+    for (text, line) in [
+        (
+            &sent,
+            format!("etcd_network_snapshot_send_success{{To=\"{to}\"}} 1"),
+        ),
+        (
+            &sent,
+            format!("etcd_network_snapshot_send_inflights_total{{To=\"{to}\"}} 0"),
+        ),
+        (
+            &sent,
+            format!("etcd_network_snapshot_send_total_duration_seconds_count{{To=\"{to}\"}} 1"),
+        ),
+        (
+            &got,
+            format!("etcd_network_snapshot_receive_success{{From=\"{from}\"}} 1"),
+        ),
+        (
+            &got,
+            format!(
+                "etcd_network_snapshot_receive_total_duration_seconds_count{{From=\"{from}\"}} 1"
+            ),
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
     eprintln!("longest gap between heartbeats {gap:?}; {made}");
 }
 

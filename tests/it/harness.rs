@@ -452,3 +452,24 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// A gRPC channel to a client URL (plain http), with the timeouts the tests use.
+pub async fn grpc_channel(endpoint: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// A request carrying `token` (if any) as etcd's clients send it.
+pub fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("token", t.parse().expect("token as metadata"));
+    }
+    r
+}

@@ -26,7 +26,7 @@ use etcd_rs::pb::v3lockpb::lock_client::LockClient;
 use etcd_rs::pb::v3lockpb::{LockRequest, UnlockRequest};
 use tonic::transport::Channel;
 
-use crate::harness::{Server, etcdctl_bin, runtime};
+use crate::harness::{Server, etcdctl_bin, grpc_channel as channel, runtime, with_token as req};
 use crate::security::{setup_users, sh_ok};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -324,25 +324,6 @@ fn election_with_two_candidates_as_etcd() {
     let want = rt.block_on(election_scenario(&etcd));
     assert_eq!(got, want);
     assert!(got.contains(&"leader: Unknown: election: no leader".to_string()));
-}
-
-async fn channel(endpoint: &str) -> Channel {
-    Channel::from_shared(endpoint.to_string())
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connect")
-}
-
-fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("token", t.parse().expect("token as metadata"));
-    }
-    r
 }
 
 /// "ok" or the status, as code and text.

@@ -837,3 +837,69 @@ fn peer_network_families_match_etcd_in_a_cluster() {
         diff.join("\n")
     );
 }
+
+/// A Watch stream that fails on the server's side (a request over the
+/// message limit) is counted in `etcd_network_server_stream_failures_total`,
+/// one the client closes is not: on Debian's etcd and on ours alike.
+#[test]
+fn failed_watch_streams_are_counted_as_etcd_counts_them() {
+    use etcd_rs::pb::etcdserverpb::watch_client::WatchClient;
+    use etcd_rs::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, watch_request};
+    let failures = [("API", "watch"), ("Type", "receive")];
+    for kind in [Kind::Reference, Kind::Ours] {
+        let mport = free_port();
+        let url = format!("http://127.0.0.1:{mport}");
+        let s = Server::start_kind(kind, &["--listen-metrics-urls", &url]);
+        let create = |key: Vec<u8>| WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key,
+                    ..Default::default()
+                },
+            )),
+        };
+        crate::harness::runtime().block_on(async {
+            let ch = crate::harness::grpc_channel(&s.endpoint()).await;
+            // A client that opens a stream and goes away.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(create(b"k".to_vec())).await.expect("queue");
+            let mut out = WatchClient::new(ch.clone())
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("watch")
+                .into_inner();
+            out.message().await.expect("created").expect("a response");
+            drop(out);
+            drop(tx);
+            // A request over the limit ends the stream with an error.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(create(vec![b'k'; 2 << 20])).await.expect("queue");
+            let r = WatchClient::new(ch)
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            let failed = match r {
+                Err(e) => Some(e),
+                Ok(resp) => resp.into_inner().message().await.err(),
+            };
+            let e = failed.unwrap_or_else(|| panic!("{kind:?}: the oversized request was served"));
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{kind:?}: {e:?}");
+            assert!(
+                e.message()
+                    .starts_with("grpc: received message larger than max ("),
+                "{kind:?}: {e:?}"
+            );
+            drop(tx);
+        });
+        wait_until(
+            Duration::from_secs(10),
+            "the stream failure counted",
+            || {
+                value(
+                    &scrape(mport),
+                    "etcd_network_server_stream_failures_total",
+                    &failures,
+                ) == 1.0
+            },
+        );
+    }
+}

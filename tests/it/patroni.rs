@@ -425,8 +425,17 @@ fn failover(w: &Workdir, etcd3: &str, dcs: &Dcs) {
         dcs.get(&leader_key).as_deref() == Ok("node2")
     });
     assert_eq!(n2.sql("SELECT x FROM t").as_deref(), Ok("42"));
-    n2.sql("INSERT INTO t VALUES (43)")
-        .expect("a write on the promoted replica");
+    // Patroni answers /primary once it has promoted; PostgreSQL leaves
+    // recovery a moment later.
+    wait_until(
+        Duration::from_secs(30),
+        "a write on the promoted replica",
+        || n2.sql("INSERT INTO t VALUES (43)").is_ok(),
+    );
+    assert_eq!(
+        n2.sql("SELECT count(*) FROM t WHERE x = 43").as_deref(),
+        Ok("1")
+    );
 }
 
 #[test]

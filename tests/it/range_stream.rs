@@ -5,8 +5,6 @@
 //! `--max-request-bytes`, the options etcd refuses refused with its texts, a
 //! compacted or future revision, and authorization before any chunk.
 
-use std::time::Duration;
-
 use etcd_rs::pb::etcdserverpb::auth_client::AuthClient;
 use etcd_rs::pb::etcdserverpb::kv_client::KvClient;
 use etcd_rs::pb::etcdserverpb::range_request::SortOrder;
@@ -19,13 +17,7 @@ use crate::harness::Server;
 const MAX_REQUEST: usize = 64 * 1024;
 
 async fn channel(srv: &Server) -> Channel {
-    Channel::from_shared(srv.endpoint())
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect")
+    crate::harness::grpc_channel(&srv.endpoint()).await
 }
 
 fn key(i: usize) -> Vec<u8> {
