@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod apply;
 pub mod grpc;
 pub mod peer;
 
@@ -140,7 +141,7 @@ impl Histogram {
         self.total.load(Ordering::Relaxed)
     }
 
-    fn samples(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn samples(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cum = 0;
         for (i, b) in self.bounds.iter().enumerate() {
@@ -854,6 +855,7 @@ pub fn render(server_version: &str, cluster_version: &str) -> String {
         }
     }
     // etcd_server_*
+    apply::render(o);
     client_requests::render(o);
     gauge(
         o,

@@ -130,7 +130,14 @@ impl Applier {
                             }
                         };
                         let Some(op) = req.op else { continue };
+                        let name = crate::metrics::apply::op(op_name(&op));
+                        let start = std::time::Instant::now();
                         let res = self.apply_op(&txn, &mut w, op);
+                        crate::metrics::apply::observe(
+                            name,
+                            matches!(res, Ok(_) | Err(Error::Compacted)),
+                            start.elapsed(),
+                        );
                         if let Err(Error::Storage(detail)) = &res {
                             return Err(StorageError::Db(detail.clone()));
                         }
@@ -556,6 +563,33 @@ fn check_txn_puts(
         }
     }
     Ok(())
+}
+
+/// etcd's name for an applied request (`etcd_server_apply_duration_seconds`).
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Put(_) => "Put",
+        Op::DeleteRange(_) => "DeleteRange",
+        Op::Txn(_) => "Txn",
+        Op::Compaction(_) => "Compaction",
+        Op::LeaseGrant(_) => "LeaseGrant",
+        Op::LeaseRevoke(_) => "LeaseRevoke",
+        Op::Alarm(_) | Op::DiskFullAlarm(_) => "Alarm",
+        Op::Publish(_) => "ClusterMemberAttrSet",
+        Op::AssignToken(_) => "Authenticate",
+        Op::AuthEnable(_) => "AuthEnable",
+        Op::AuthDisable(_) => "AuthDisable",
+        Op::UserAdd(_) => "AuthUserAdd",
+        Op::UserDelete(_) => "AuthUserDelete",
+        Op::UserChangePassword(_) => "AuthUserChangePassword",
+        Op::UserGrantRole(_) => "AuthUserGrantRole",
+        Op::UserRevokeRole(_) => "AuthUserRevokeRole",
+        Op::RoleAdd(_) => "AuthRoleAdd",
+        Op::RoleDelete(_) => "AuthRoleDelete",
+        Op::RoleGrantPermission(_) => "AuthRoleGrantPermission",
+        Op::RoleRevokePermission(_) => "AuthRoleRevokePermission",
+        _ => "unknown",
+    }
 }
 
 fn apply_compare(w: &Writer, c: &Compare) -> Result<bool> {

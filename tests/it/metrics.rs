@@ -129,6 +129,7 @@ const NOT_SERVED: &[&str] = &[
 /// Families etcd-rs serves that Debian's etcd 3.4 does not: etcd 3.5's.
 const ETCD_35_ONLY: &[&str] = &[
     "etcd_disk_wal_write_duration_seconds",
+    "etcd_server_apply_duration_seconds",
     "etcd_debugging_mvcc_db_compaction_last",
     "etcd_server_healthcheck",
     "etcd_server_healthchecks_total",
@@ -902,4 +903,30 @@ fn failed_watch_streams_are_counted_as_etcd_counts_them() {
             },
         );
     }
+}
+
+/// Requests applied from the Raft log are timed under etcd 3.5's op names.
+#[test]
+fn applied_requests_are_timed_by_etcds_op_names() {
+    let s = Server::start(&[]);
+    s.ctl_ok(&["put", "a", "1"]);
+    s.ctl_ok(&["put", "b", "2"]);
+    s.ctl_ok(&["del", "a"]);
+    let port: u16 = s
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("client port");
+    let m = scrape(port);
+    let count = |op: &str| {
+        value(
+            &m,
+            "etcd_server_apply_duration_seconds_count",
+            &[("op", op), ("success", "true"), ("version", "v3")],
+        )
+    };
+    assert_eq!(count("Put"), 2.0);
+    assert_eq!(count("DeleteRange"), 1.0);
+    assert_eq!(m["etcd_server_apply_duration_seconds"].kind, "histogram");
 }
