@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    Kind, Server, etcdctl_at, free_port, member_args, ours_bin, reference_bin, run_alone_to_exit,
-    runtime, spawn_server, wait_until,
+    Kind, Server, etcdctl_at, etcdctl_bin, free_port, member_args, ours_bin, reference_bin,
+    run_alone_to_exit, runtime, spawn_server, wait_until,
 };
 
 const ROOT: &str = "root:rootpw";
@@ -452,49 +452,11 @@ impl Drop for Member {
 
 #[test]
 fn etcd_cluster_continues_as_ours() {
-    let mut members: Vec<Member> = (0..3)
-        .map(|i| Member {
-            name: format!("m{i}"),
-            dir: tempfile::tempdir().expect("dir"),
-            client: format!("http://127.0.0.1:{}", free_port()),
-            peer: format!("http://127.0.0.1:{}", free_port()),
-            child: None,
-            runs: 0,
-        })
-        .collect();
-    let initial = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (mut members, initial) = three_members();
     for m in &mut members {
         m.spawn(&reference_bin(), &initial);
     }
-    for m in &members {
-        wait_serving(|| m.log(), &m.client, None);
-    }
-    let ep0 = members[0].client.clone();
-    for i in 0..50 {
-        ctl_ok(&ep0, None, &["put", &format!("c{i:02}"), &format!("v{i}")]);
-    }
-    ctl_ok(&ep0, None, &["del", "c0", "--prefix"]);
-    let lease = ctl_ok(&ep0, None, &["lease", "grant", "600"]);
-    let lease = lease
-        .split_whitespace()
-        .nth(1)
-        .expect("lease id")
-        .to_string();
-    ctl_ok(&ep0, None, &["put", "leased", "x", "--lease", &lease]);
-    // Every member has applied everything before it stops.
-    let last = ctl_json(&ep0, None, &["put", "last", "x"])["header"]["revision"]
-        .as_i64()
-        .expect("revision");
-    for m in &members {
-        wait_until(Duration::from_secs(20), "the last write everywhere", || {
-            let v = ctl_json(&m.client, None, &["get", "last", "--consistency=s"]);
-            v["header"]["revision"].as_i64() == Some(last)
-        });
-    }
+    let last = write_cluster_data(&members);
     let before: Vec<Seen> = members.iter().map(|m| seen(&m.client, None)).collect();
     for m in &mut members {
         m.stop();
@@ -537,6 +499,168 @@ fn etcd_cluster_continues_as_ours() {
         })
         .collect();
     assert!(h.iter().all(|x| *x == h[0]), "{h:?}");
+}
+
+/// Three members on free loopback ports, not started, and their
+/// `--initial-cluster`.
+fn three_members() -> (Vec<Member>, String) {
+    let members: Vec<Member> = (0..3)
+        .map(|i| Member {
+            name: format!("m{i}"),
+            dir: tempfile::tempdir().expect("dir"),
+            client: format!("http://127.0.0.1:{}", free_port()),
+            peer: format!("http://127.0.0.1:{}", free_port()),
+            child: None,
+            runs: 0,
+        })
+        .collect();
+    let initial = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    (members, initial)
+}
+
+/// Waits for the started members to serve, writes keys, a deletion and a
+/// leased key, and waits until every member applied the last write; returns
+/// its revision.
+fn write_cluster_data(members: &[Member]) -> i64 {
+    for m in members {
+        wait_serving(|| m.log(), &m.client, None);
+    }
+    let ep0 = members[0].client.clone();
+    for i in 0..50 {
+        ctl_ok(&ep0, None, &["put", &format!("c{i:02}"), &format!("v{i}")]);
+    }
+    ctl_ok(&ep0, None, &["del", "c0", "--prefix"]);
+    let lease = ctl_ok(&ep0, None, &["lease", "grant", "600"]);
+    let lease = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    ctl_ok(&ep0, None, &["put", "leased", "x", "--lease", &lease]);
+    let last = ctl_json(&ep0, None, &["put", "last", "x"])["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    wait_applied_everywhere(members, last);
+    last
+}
+
+fn wait_applied_everywhere(members: &[Member], rev: i64) {
+    for m in members {
+        wait_until(Duration::from_secs(20), "the last write everywhere", || {
+            let v = ctl_json(
+                &m.client,
+                None,
+                &["get", "", "--from-key", "--consistency=s"],
+            );
+            v["header"]["revision"].as_i64() == Some(rev)
+        });
+    }
+}
+
+/// Saves a snapshot through `ep`, stops the members, and restores it into
+/// each member's (emptied) data directory with `restore`, as the operator
+/// does for each member of a cluster.
+fn snapshot_and_restore(
+    members: &mut [Member],
+    ep: &str,
+    initial: &str,
+    restore: &dyn Fn(&[&str]) -> std::process::Output,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("cluster.db");
+    let file = file.to_str().expect("utf-8 path").to_string();
+    ctl_ok(ep, None, &["snapshot", "save", &file]);
+    for m in members.iter_mut() {
+        m.stop();
+        std::fs::remove_dir_all(m.data()).expect("remove the data directory");
+    }
+    for m in members.iter() {
+        let data = m.data();
+        let args = [
+            "snapshot",
+            "restore",
+            &file,
+            "--name",
+            &m.name,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-token",
+            "import-test",
+            "--initial-advertise-peer-urls",
+            &m.peer,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ];
+        let o = restore(&args);
+        assert!(
+            o.status.success(),
+            "restore for {}: {}",
+            m.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// A snapshot of a three-member cluster, both ways: Debian's etcd cluster,
+/// `etcdctl snapshot save`, our `etcdutl snapshot restore` for each member,
+/// and our three members serve what etcd's served (members and their IDs,
+/// keys with their revisions, leases with their keys, HashKV); then a write
+/// through ours, `etcdctl snapshot save` from ours, `etcdctl snapshot
+/// restore` for each member, and Debian's etcd cluster serves it all again.
+#[test]
+fn three_member_cluster_snapshots_both_ways() {
+    let (mut members, initial) = three_members();
+    for m in &mut members {
+        m.spawn(&reference_bin(), &initial);
+    }
+    let last = write_cluster_data(&members);
+    let etcds: Vec<Seen> = members.iter().map(|m| seen(&m.client, None)).collect();
+    let ep0 = members[0].client.clone();
+    let etcdutl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_etcdutl"))
+            .args(args)
+            .output()
+            .expect("run etcdutl")
+    };
+    snapshot_and_restore(&mut members, &ep0, &initial, &etcdutl);
+    for m in &mut members {
+        m.spawn(&ours_bin(), &initial);
+    }
+    for m in &members {
+        wait_serving(|| m.log(), &m.client, None);
+    }
+    wait_applied_everywhere(&members, last);
+    for (m, e) in members.iter().zip(&etcds) {
+        assert_eq!(&seen(&m.client, None), e, "ours, member {}", m.name);
+    }
+    let rev = ctl_json(&members[2].client, None, &["put", "by", "ours"])["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    assert_eq!(rev, last + 1);
+    wait_applied_everywhere(&members, rev);
+    let ours: Vec<Seen> = members.iter().map(|m| seen(&m.client, None)).collect();
+    let etcdctl = |args: &[&str]| {
+        std::process::Command::new(etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    };
+    snapshot_and_restore(&mut members, &ep0, &initial, &etcdctl);
+    for m in &mut members {
+        m.spawn(&reference_bin(), &initial);
+    }
+    for m in &members {
+        wait_serving(|| m.log(), &m.client, None);
+    }
+    wait_applied_everywhere(&members, rev);
+    for (m, o) in members.iter().zip(&ours) {
+        assert_eq!(&seen(&m.client, None), o, "etcd again, member {}", m.name);
+    }
 }
 
 /// Debian's etcd writes a few keys and stops; returns its data directory's
@@ -728,7 +852,7 @@ fn etcdctl_snapshot_restore_directory_is_imported() {
     drop(s);
     // Debian's etcdctl restores the snapshot as a data directory of etcd's.
     let mut m = Server::start_prepared(&[], |data| {
-        let out = std::process::Command::new(crate::harness::etcdctl_bin())
+        let out = std::process::Command::new(etcdctl_bin())
             .env("ETCDCTL_API", "3")
             .args(["snapshot", "restore"])
             .arg(&snap)
