@@ -151,7 +151,13 @@ async fn keys(State(s): State<Arc<EtcdServer>>, req: Request) -> Response {
         .unwrap_or("")
         .trim_end_matches('/')
         .to_string();
-    let mut r = if req.method() == Method::GET || req.method() == Method::HEAD {
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    if !read {
+        // Read the form (bounded) before answering: an HTTP/2 client whose
+        // body is still unread when the answer ends sees its stream reset.
+        let _ = axum::body::to_bytes(req.into_body(), 64 * 1024).await;
+    }
+    let mut r = if read {
         if key.is_empty() {
             // The root of an empty v2 store.
             json(

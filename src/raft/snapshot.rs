@@ -19,6 +19,9 @@ use raft::storage::MemStorage;
 
 use crate::storage::Backend;
 
+/// How long a finished snapshot waits to be taken.
+const KEEP_UNTAKEN: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Default)]
 enum State {
     #[default]
@@ -62,12 +65,19 @@ impl SnapshotMaker {
         let started = std::thread::Builder::new()
             .name("raft-snapshot".into())
             .spawn(move || {
-                let made = make(&mem, &backend);
-                let mut st = me.state.lock();
-                *st = match made {
-                    Some(s) => State::Ready(s),
-                    None => State::Idle,
+                let Some(snap) = make(&mem, &backend) else {
+                    *me.state.lock() = State::Idle;
+                    return;
                 };
+                let index = snap.get_metadata().index;
+                *me.state.lock() = State::Ready(snap);
+                // A snapshot nobody takes (the follower caught up otherwise,
+                // or left) is not held for ever.
+                std::thread::sleep(KEEP_UNTAKEN);
+                let mut st = me.state.lock();
+                if matches!(&*st, State::Ready(s) if s.get_metadata().index == index) {
+                    *st = State::Idle;
+                }
             });
         if let Err(e) = started {
             crate::warn!("cannot start a thread to make a snapshot", error = e);
