@@ -91,7 +91,8 @@ pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
     let quota = s.quota_bytes();
     // The space the data takes, as etcd counts bbolt's: redb's file also
     // holds preallocated free space.
-    if s.backend.last_in_use() + cost as u64 <= quota {
+    if s.backend.estimated_in_use() + cost as u64 <= quota {
+        s.backend.note_admitted(cost as u64);
         return Ok(());
     }
     // The measure is up to a second old: take it again before refusing (a
@@ -101,6 +102,7 @@ pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
         .await
         .unwrap_or(u64::MAX);
     if used + cost as u64 <= quota {
+        s.backend.note_admitted(cost as u64);
         return Ok(());
     }
     crate::warn!(

@@ -87,6 +87,8 @@ pub struct Backend {
     path: PathBuf,
     /// The last [`Backend::size_in_use`] measured, for the quota check.
     in_use: std::sync::atomic::AtomicU64,
+    /// Bytes of writes admitted since `in_use` was last measured.
+    admitted: std::sync::atomic::AtomicU64,
 }
 
 impl Backend {
@@ -140,6 +142,7 @@ impl Backend {
             db: RwLock::new(db),
             path,
             in_use: std::sync::atomic::AtomicU64::new(0),
+            admitted: std::sync::atomic::AtomicU64::new(0),
         };
         // Make sure every table exists so readers never see "table does not exist".
         let txn = backend.write()?;
@@ -182,6 +185,10 @@ impl Backend {
     /// outside bbolt, so its in-use size and quota never count them).
     pub fn size_in_use(&self) -> u64 {
         use redb::ReadableTableMetadata;
+        use std::sync::atomic::Ordering::Relaxed;
+        // What was admitted before this measure is in it (or in the writes
+        // queued behind it, which the next measure sees).
+        let admitted = self.admitted.load(Relaxed);
         let stats = self.write().and_then(|t| {
             let s = t.stats().map_err(StorageError::from)?;
             let log = t.open_table(LOG).map_err(StorageError::from)?.stats();
@@ -194,16 +201,30 @@ impl Backend {
                 .saturating_sub(log.stored_bytes() + log.metadata_bytes() + log.fragmented_bytes()),
             Err(_) => self.size(),
         };
-        self.in_use.store(n, std::sync::atomic::Ordering::Relaxed);
+        self.in_use.store(n, Relaxed);
+        let _ = self
+            .admitted
+            .fetch_update(Relaxed, Relaxed, |a| Some(a.saturating_sub(admitted)));
         n
     }
 
-    /// The bytes in use as last measured by [`Backend::size_in_use`] (the Raft
-    /// loop measures once a second): what the backend quota is checked
-    /// against, as etcd checks it against bbolt's size, which has no free
-    /// space preallocated.
-    pub fn last_in_use(&self) -> u64 {
-        self.in_use.load(std::sync::atomic::Ordering::Relaxed)
+    /// Counts `bytes` of a write admitted under the quota, until the next
+    /// measure of the space in use includes it.
+    pub fn note_admitted(&self, bytes: u64) {
+        self.admitted
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The space in use as last measured (the Raft loop measures once a
+    /// second; etcd checks its quota against bbolt's size, which has no
+    /// free space preallocated), plus the writes admitted since:
+    /// a quota check between two measures does not let a burst of writes
+    /// through unseen.
+    pub fn estimated_in_use(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_use
+            .load(Relaxed)
+            .saturating_add(self.admitted.load(Relaxed))
     }
 
     /// Rewrites the file without its free pages. Fails while a read transaction (a

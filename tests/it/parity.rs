@@ -407,6 +407,7 @@ async fn a_small_quota_fills_where_etcd_fills() {
         got.push(n);
     }
     let (etcd, ours) = (got[0] as f64, got[1] as f64);
+    eprintln!("quota filled after {etcd} puts on etcd, {ours} on ours");
     // The same data fills redb's pages and bbolt's within 15 %.
     assert!(
         (ours / etcd - 1.0).abs() <= 0.15,
