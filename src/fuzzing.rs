@@ -519,6 +519,41 @@ pub fn raft_entry(data: &[u8]) {
     }
 }
 
+/// One segment of the Raft log's files, read as the newest segment (a torn
+/// tail is cut) and as an older one (it is an error). The written part ends
+/// inside the file; a segment that reads as an older one reads the same as
+/// the newest; folded into a log, the entries follow each other from the
+/// base.
+pub fn raft_wal(data: &[u8]) {
+    use crate::raft::wal;
+    let path = std::path::Path::new("fuzz.log");
+    let newest = wal::parse_segment(path, data, true);
+    let older = wal::parse_segment(path, data, false);
+    if let Ok(p) = &newest {
+        assert!(p.end as usize <= data.len(), "the end is inside the file");
+    }
+    if let Ok(o) = older {
+        let n = newest
+            .as_ref()
+            .expect("an older segment's bytes read as the newest");
+        assert_eq!(o.records.len(), n.records.len());
+        assert_eq!(o.end, n.end);
+        assert!(!o.torn);
+    }
+    if let Ok(p) = newest {
+        let mut log = wal::Loaded::default();
+        if wal::fold(path, &mut log, p.records, true).is_ok() {
+            for (i, e) in log.entries.iter().enumerate() {
+                assert_eq!(
+                    e.index,
+                    log.base.0 + 1 + i as u64,
+                    "entries follow each other"
+                );
+            }
+        }
+    }
+}
+
 /// The peer port: the bytes of one Raft message as a peer sends them, decoded
 /// as the transport decodes them (never by protobuf 2). A message that decodes
 /// encodes again, and decodes back to the same message.
@@ -634,7 +669,7 @@ mod tests {
     #[test]
     fn past_crashes_stay_fixed() {
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 11] = [
+        let targets: [Target; 12] = [
             ("authority", super::authority),
             ("conf_file", super::conf_file),
             ("yaml_config", super::yaml_config),
@@ -644,6 +679,7 @@ mod tests {
             ("snapshot", super::snapshot),
             ("authz", super::authz),
             ("raft_entry", super::raft_entry),
+            ("raft_wal", super::raft_wal),
             ("peer_stream", super::peer_stream),
             ("gateway_json", super::gateway_json),
         ];

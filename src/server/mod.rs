@@ -160,10 +160,12 @@ impl EtcdServer {
             let c = storage::get_u64(&meta, storage::meta::CLUSTER_ID)?;
             drop(meta);
             drop(txn);
+            let log_dir = crate::raft::log_dir(&cfg.data_dir, cfg.wal_dir.as_deref());
             if let (Some(m), Some(c), true) = (m, c, cfg.force_new_cluster) {
+                LogStore::stage(&backend, &log_dir)?;
                 Self::force_new_cluster(&cfg, &backend, m, c)?;
             }
-            match (m, c, LogStore::load(&backend)?) {
+            match (m, c, LogStore::load(&backend, &log_dir)?) {
                 (Some(m), Some(c), Some(log)) => {
                     crate::info!(
                         "restarting member",
@@ -390,7 +392,11 @@ impl EtcdServer {
                     entries.push(e);
                 }
                 Self::write_ids(backend, member_id, cluster_id)?;
-                let log = LogStore::bootstrap_entries(backend, entries)?;
+                let log = LogStore::bootstrap_entries(
+                    backend,
+                    &crate::raft::log_dir(&cfg.data_dir, cfg.wal_dir.as_deref()),
+                    entries,
+                )?;
                 crate::info!(
                     "starting a new cluster",
                     local_member_id = format!("{member_id:x}"),
@@ -433,7 +439,11 @@ impl EtcdServer {
                 let member_id = local.id;
                 Self::write_ids(backend, member_id, cluster_id)?;
                 seed = info.members.clone();
-                let log = LogStore::bootstrap_entries(backend, vec![])?;
+                let log = LogStore::bootstrap_entries(
+                    backend,
+                    &crate::raft::log_dir(&cfg.data_dir, cfg.wal_dir.as_deref()),
+                    vec![],
+                )?;
                 crate::info!(
                     "joining an existing cluster",
                     local_member_id = format!("{member_id:x}"),

@@ -32,6 +32,9 @@ pub type Reply = oneshot::Sender<Result<Applied>>;
 
 /// How often unanswered read-index requests are sent again (etcd's interval).
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// How often applied state is made durable in the database (etcd's
+/// `--backend-batch-interval` default).
+const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 pub enum Msg {
     Propose {
@@ -154,6 +157,12 @@ pub struct Node {
     frozen: bool,
     freeze_file: Option<std::path::PathBuf>,
     persisted_term_vote: (u64, u64),
+    /// The applied index the database has made durable, and when: apply
+    /// transactions commit without a sync, and every
+    /// [`BACKEND_COMMIT_INTERVAL`] one durable commit covers them (the log
+    /// keeps every entry above it, which a restart applies again).
+    durable_applied: u64,
+    last_durable: Instant,
     disk: Arc<DiskSpace>,
     /// When this member last proposed raising or lifting its NOSPACE alarm.
     last_disk_alarm: Option<Instant>,
@@ -249,6 +258,8 @@ impl Node {
             frozen: false,
             freeze_file: cfg.freeze_file,
             persisted_term_vote: (u64::MAX, u64::MAX),
+            durable_applied: cfg.applied,
+            last_durable: Instant::now(),
             disk,
             last_disk_alarm: None,
         })
@@ -264,7 +275,11 @@ impl Node {
             }
         }
         let _stopped = StoppedOnDrop(self.status.clone());
-        let res = self.run_inner();
+        let mut res = self.run_inner();
+        if res.is_ok() && self.applied > self.durable_applied {
+            // A restart then has nothing to apply again.
+            res = self.commit_backend();
+        }
         self.status.stopped.store(true, Ordering::SeqCst);
         for (_, w) in self.waiters.drain() {
             let _ = w.send(Err(Error::Stopped));
@@ -324,6 +339,11 @@ impl Node {
                     next_tick = Instant::now() + self.heartbeat;
                 }
                 self.expire_leases();
+                if self.applied > self.durable_applied
+                    && self.last_durable.elapsed() >= BACKEND_COMMIT_INTERVAL
+                {
+                    self.commit_backend()?;
+                }
                 // Waiters whose callers gave up (timed out, or went away)
                 // wait for entries that may never come: a proposal lost with
                 // a leader change is answered by its caller's timeout.
@@ -358,6 +378,19 @@ impl Node {
             }
             self.disk_alarm();
         }
+    }
+
+    /// Makes every applied batch durable in the database, then lets the log
+    /// delete the segments it no longer needs.
+    fn commit_backend(&mut self) -> Result<(), StorageError> {
+        let start = Instant::now();
+        let mut txn = self.backend.write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        metrics::BACKEND_COMMIT.observe(start.elapsed());
+        self.durable_applied = self.applied;
+        self.last_durable = Instant::now();
+        self.log.release(self.durable_applied)
     }
 
     /// Raises NOSPACE for this member while its disk is full, and lifts the
@@ -651,6 +684,7 @@ impl Node {
             // the new store.
             self.hub.resync(self.applier.store.current_rev());
             self.applied = index;
+            self.durable_applied = index;
             self.status.applied.store(index, Ordering::Relaxed);
             if let Some(t) = &self.transport {
                 t.set_members(&self.cluster.members());
@@ -670,7 +704,7 @@ impl Node {
         }
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
-        if !entries.is_empty() || hs.is_some() || self.pending_compact.is_some() {
+        if !entries.is_empty() || hs.is_some() {
             // Term and vote must be durable before anyone hears of them; a commit
             // index alone can be recomputed after a crash.
             let durable = !entries.is_empty()
@@ -689,39 +723,41 @@ impl Node {
                 self.disk.admit(0, bytes as u64);
             }
             let start = Instant::now();
-            let mut txn = self.backend.write()?;
-            txn.set_durability(if durable {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            })?;
-            self.log.write(&txn, &entries, hs.as_ref())?;
-            let compact = self.pending_compact.take();
-            if let Some(ci) = compact {
-                self.log.compact(&txn, ci)?;
-                if self.compact_restored {
-                    let mut meta = txn
-                        .open_table(crate::storage::META)
-                        .map_err(StorageError::from)?;
-                    meta.remove(crate::storage::meta::RESTORED)
-                        .map_err(StorageError::from)?;
-                }
-            }
-            let written = start.elapsed();
-            txn.commit()?;
+            self.log.append(&entries, hs.as_ref(), durable)?;
+            let took = start.elapsed();
             if durable {
-                metrics::WAL_FSYNC.observe(start.elapsed());
+                metrics::WAL_FSYNC.observe(took);
             }
-            metrics::WAL_WRITE.observe(written);
+            metrics::WAL_WRITE.observe(took);
             metrics::WAL_WRITE_BYTES.add(
                 entries
                     .iter()
                     .map(|e| protobuf::Message::compute_size(e) as i64)
                     .sum::<i64>(),
             );
-            self.log.stable(&entries, hs.as_ref())?;
-            if let Some(ci) = compact {
-                self.log.compacted(ci)?;
+        }
+        if let Some(ci) = self.pending_compact.take() {
+            if self.compact_restored {
+                self.commit_backend()?;
+            }
+            // The log keeps every entry the database has not made durable:
+            // a restart applies them again.
+            self.log
+                .compact(ci.min(self.durable_applied + 1), self.durable_applied)?;
+            if self.compact_restored {
+                // The log must forget the bootstrap entries for good before
+                // the mark that the keyspace is not in the log goes.
+                self.log.sync()?;
+                let mut txn = self.backend.write()?;
+                txn.set_durability(redb::Durability::Immediate)?;
+                {
+                    let mut meta = txn
+                        .open_table(crate::storage::META)
+                        .map_err(StorageError::from)?;
+                    meta.remove(crate::storage::meta::RESTORED)
+                        .map_err(StorageError::from)?;
+                }
+                txn.commit()?;
                 self.compact_restored = false;
             }
         }

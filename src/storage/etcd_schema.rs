@@ -402,6 +402,7 @@ fn import_into(reader: &Reader, txn: &WriteTransaction) -> Result<ImportedMeta, 
             meta::LOG_SNAPSHOT,
             meta::CLUSTER_VERSION,
             meta::RESTORED,
+            meta::LOG_IN_FILES,
         ],
     )?;
     let mut kv = txn.open_table(KV)?;

@@ -49,6 +49,9 @@ pub mod meta {
     /// cluster's first entries (and clears this), and a member joining later
     /// gets a snapshot instead of a log that lacks the restored data.
     pub const RESTORED: &str = "restored";
+    /// Set once the Raft log and hard state live in the log files
+    /// (`raft::wal`) rather than in the `raft_log` table and `meta`.
+    pub const LOG_IN_FILES: &str = "raft_log_in_files";
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

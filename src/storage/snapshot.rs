@@ -29,6 +29,7 @@ const SKIPPED_META: &[&str] = &[
     super::meta::LOG_SNAPSHOT,
     super::meta::MEMBER_ID,
     super::meta::RESTORED,
+    super::meta::LOG_IN_FILES,
 ];
 
 struct Hashing<W: Write> {

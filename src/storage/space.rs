@@ -52,6 +52,30 @@ pub struct DiskSpace {
 /// How long a free-space figure serves the request path.
 const FRESH: Duration = Duration::from_millis(10);
 
+/// Bytes an unprivileged writer can still use on the filesystem holding
+/// `path`, and the filesystem's size.
+fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed out-struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(unit),
+        (st.f_blocks as u64).saturating_mul(unit),
+    ))
+}
+
+/// The size of the filesystem holding `path`.
+pub fn filesystem_size(path: &Path) -> Option<u64> {
+    statvfs(path).ok().map(|(_, total)| total)
+}
+
 impl DiskSpace {
     /// The guard of `data_dir`; [`Self::prepare`] must run before the database is opened.
     pub fn new(data_dir: &Path) -> DiskSpace {
@@ -68,20 +92,7 @@ impl DiskSpace {
 
     /// Bytes an unprivileged writer can still use on the filesystem, and its size.
     fn statvfs(&self) -> std::io::Result<(u64, u64)> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed out-struct.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the duration of the call.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let unit = st.f_frsize as u64;
-        Ok((
-            (st.f_bavail as u64).saturating_mul(unit),
-            (st.f_blocks as u64).saturating_mul(unit),
-        ))
+        statvfs(&self.dir)
     }
 
     /// Free bytes (u64::MAX when the filesystem cannot tell).

@@ -344,3 +344,98 @@ fn sigterm_exits_zero_and_keeps_data() {
         }
     });
 }
+
+/// The newest segment of the log files in `dir`, and where its written part
+/// ends (found by walking the records' length prefixes after the magic).
+fn newest_segment(dir: &std::path::Path) -> (std::path::PathBuf, usize, Vec<usize>) {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segs.sort();
+    let seg = segs.pop().expect("a log segment");
+    let data = std::fs::read(&seg).expect("read segment");
+    let mut pos = 8;
+    let mut starts = Vec::new();
+    loop {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(pos);
+        pos += 8 + len;
+    }
+    (seg, pos, starts)
+}
+
+/// The Raft log's files with `--wal-dir`: a member killed with SIGKILL
+/// restarts from them; a record a crash cut short at their end is cut (it
+/// was never acknowledged) and every acknowledged write is still there; a
+/// damaged record in the middle stops the member, naming the file and the
+/// offset; a database whose log directory is gone is refused.
+#[test]
+fn log_files_torn_tail_cut_damage_refused() {
+    let wal = tempfile::tempdir().expect("temp dir");
+    let wal_dir = wal.path().join("wal");
+    let wal_arg = wal_dir.display().to_string();
+    let mut srv = Server::start(&["--wal-dir", &wal_arg]);
+    for i in 0..30 {
+        srv.ctl_ok(&["put", &format!("t/{i:02}"), &format!("v{i}")]);
+    }
+    srv.kill9();
+    assert!(
+        !srv.data_dir().join("member").join("log").exists(),
+        "the log went to --wal-dir, not the data directory"
+    );
+    let (seg, end, starts) = newest_segment(&wal_dir);
+    assert!(starts.len() > 30, "{} records", starts.len());
+    // A batch that was being written when the machine went down: its
+    // header and first bytes reached the disk, the sectors after did not.
+    let mut data = std::fs::read(&seg).expect("read");
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&3000u32.to_le_bytes());
+    torn.extend_from_slice(&0x1234_5678u32.to_le_bytes());
+    torn.extend_from_slice(&[1u8; 40]);
+    data[end..end + torn.len()].copy_from_slice(&torn);
+    std::fs::write(&seg, &data).expect("write");
+    srv.spawn();
+    srv.wait_ready();
+    assert!(
+        srv.log().contains("cut a torn record"),
+        "no warning:\n{}",
+        srv.log()
+    );
+    let got = srv.ctl_ok(&["get", "t/", "--prefix", "--print-value-only"]);
+    let want: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    srv.ctl_ok(&["put", "t/after", "x"]);
+    srv.kill9();
+    // A flipped byte inside a record in the middle.
+    let (seg, _, starts) = newest_segment(&wal_dir);
+    let at = starts[starts.len() / 2] + 12;
+    let mut data = std::fs::read(&seg).expect("read");
+    data[at] ^= 0x55;
+    std::fs::write(&seg, &data).expect("write");
+    srv.spawn();
+    crate::harness::wait_until(Duration::from_secs(20), "the member to stop", || {
+        srv.log().contains("corrupt")
+    });
+    let log = srv.log();
+    assert!(log.contains(&seg.display().to_string()), "{log}");
+    assert!(log.contains("offset"), "{log}");
+    srv.kill9();
+    data[at] ^= 0x55;
+    std::fs::write(&seg, &data).expect("write");
+    srv.spawn();
+    srv.wait_ready();
+    assert!(srv.ctl_ok(&["get", "t/after"]).contains('x'));
+    srv.kill9();
+    // Started without its --wal-dir: refused, not started empty.
+    srv.extra.clear();
+    srv.spawn();
+    crate::harness::wait_until(Duration::from_secs(20), "the member to stop", || {
+        srv.log().contains("holds no log segment")
+    });
+    srv.kill9();
+}
