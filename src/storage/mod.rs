@@ -1,7 +1,6 @@
 //! The one place that opens, commits and checks the database file.
 //!
-//! One redb file, `<data-dir>/member/snap/db.redb`, holds everything a member keeps:
-//! the Raft log and hard state, and the state machine (key-value revisions, leases,
+//! One redb file, `<data-dir>/member/snap/db.redb`, holds the state machine (key-value revisions, leases,
 //! members, alarms, auth, and the meta record with the applied index). The state
 //! machine and its applied index are always written in the same transaction.
 

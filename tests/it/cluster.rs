@@ -978,8 +978,10 @@ fn leader_kill9_under_load() {
     // Twice: the second time the leader is one elected under load.
     for _ in 0..2 {
         let (leader, elected) = kill_leader(&mut c, &all);
+        // Raft's randomized timeouts ([T, 2T)) elect within 2T, or within
+        // 4T when the two survivors split their votes once, as etcd's can.
         assert!(
-            elected <= Duration::from_millis(2 * ELECTION_MS),
+            elected <= Duration::from_millis(4 * ELECTION_MS),
             "new leader only after {elected:?} (election timeout {ELECTION_MS} ms); logs:\n{}",
             c.raft_log_lines()
         );
