@@ -17,6 +17,12 @@
 //! index is not above the last one replaces the log from that index (a new
 //! leader overwriting an uncommitted tail).
 //!
+//! Segments are zero-filled before they are used, so that an append
+//! overwrites blocks the filesystem already has and its `fdatasync` writes no
+//! metadata: the first segment of a new log is small (4 MiB) and filled at
+//! once; the next one is filled by a thread of its own while the current one
+//! fills up, and renamed into place when it is needed.
+//!
 //! Reading is strict: a record that does not check out in any segment but the
 //! newest, or in the newest one where it is not torn, stops the member with
 //! the file and the offset. A torn record is one a crash cut short during its
@@ -27,7 +33,6 @@
 //! that later appends are never followed by older bytes.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -283,6 +288,10 @@ struct Closed {
 pub struct Wal {
     dir: PathBuf,
     segment_size: u64,
+    /// Bytes of the current segment made ready for appends.
+    capacity: u64,
+    /// The next segment, being zero-filled.
+    spare: Option<std::thread::JoinHandle<std::io::Result<File>>>,
     file: File,
     path: PathBuf,
     seq: u64,
@@ -375,6 +384,56 @@ fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The size of a new log's first segment.
+const FIRST_SEGMENT: u64 = 4 << 20;
+/// The next segment, while it is being prepared.
+const SPARE: &str = "spare.tmp";
+
+/// A file of `len` zero bytes, durable, at `path`.
+fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(chunk.len() as u64) as usize;
+        file.write_all_at(&chunk[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Removes what a stopped member left half made: a spare segment, a segment
+/// not yet renamed into place.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for ent in rd.flatten() {
+        let p = ent.path();
+        if p.extension().is_some_and(|x| x == "tmp") {
+            std::fs::remove_file(&p)
+                .map_err(|e| io_err(&p, "cannot remove a temporary file", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// How a new segment's file is made.
+enum Fresh {
+    /// Zero-filled now, `len` bytes.
+    Zeroed(u64),
+    /// Reserved now (fast, for a rotation without a spare), `len` bytes.
+    Reserved(u64),
+    /// The spare, zero-filled already.
+    Spare(File),
+}
+
 impl Wal {
     /// Whether `dir` holds log segments.
     pub fn exists(dir: &Path) -> Result<bool> {
@@ -384,6 +443,7 @@ impl Wal {
     /// Reads every segment in `dir` and opens the newest for appending; a torn
     /// tail is cut (and reported in [`Loaded::cut`]).
     pub fn open(dir: &Path, segment_size: u64) -> Result<(Wal, Loaded)> {
+        remove_temporaries(dir)?;
         let segs = list(dir)?;
         let Some((newest_seq, newest_path)) = segs.last().cloned() else {
             return Err(corrupt(dir, "the log directory holds no segment".into()));
@@ -431,9 +491,15 @@ impl Wal {
             .last()
             .map(|e| (e.index, e.term))
             .unwrap_or(log.base);
+        let capacity = file
+            .metadata()
+            .map_err(|e| io_err(&newest_path, "cannot read log segment", e))?
+            .len();
         let wal = Wal {
             dir: dir.to_path_buf(),
             segment_size,
+            capacity,
+            spare: None,
             file,
             path: newest_path,
             seq: newest_seq,
@@ -458,21 +524,29 @@ impl Wal {
     ) -> Result<Wal> {
         std::fs::create_dir_all(dir)
             .map_err(|e| io_err(dir, "cannot create the log directory", e))?;
+        remove_temporaries(dir)?;
         let old = list(dir)?;
         let seq = old.last().map(|(s, _)| s + 1).unwrap_or(1);
         let mut buf = Vec::new();
         for e in entries {
             push_pb(&mut buf, T_ENTRY, e)?;
         }
-        let (file, path, offset) = Self::new_segment(dir, segment_size, seq, base, hs, &buf)?;
+        let first = Fresh::Zeroed(segment_size.min(FIRST_SEGMENT));
+        let (file, path, offset) = Self::new_segment(dir, seq, base, hs, &buf, first)?;
         for (_, p) in old {
             std::fs::remove_file(&p).map_err(|e| io_err(&p, "cannot remove log segment", e))?;
         }
         sync_dir(dir)?;
+        let capacity = file
+            .metadata()
+            .map_err(|e| io_err(&path, "cannot read log segment", e))?
+            .len();
         let last = entries.last().map(|e| (e.index, e.term)).unwrap_or(base);
         Ok(Wal {
             dir: dir.to_path_buf(),
             segment_size,
+            capacity,
+            spare: None,
             file,
             path,
             seq,
@@ -489,36 +563,54 @@ impl Wal {
     /// `body`; written under a temporary name and renamed into place.
     fn new_segment(
         dir: &Path,
-        segment_size: u64,
         seq: u64,
         base: (u64, u64),
         hs: &HardState,
         body: &[u8],
+        fresh: Fresh,
     ) -> Result<(File, PathBuf, u64)> {
         let path = dir.join(segment_name(seq, base.0 + 1));
-        let tmp = dir.join(format!("{}.tmp", segment_name(seq, base.0 + 1)));
         let mut head = Vec::with_capacity(64 + body.len());
         head.extend_from_slice(MAGIC);
         push_pair(&mut head, T_START, base);
         push_pb(&mut head, T_HARD_STATE, hs)?;
         head.extend_from_slice(body);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io_err(&tmp, "cannot create log segment", e))?;
-        let made = preallocate(&file, segment_size.max(head.len() as u64))
-            .and_then(|_| file.write_all(&head))
-            .and_then(|_| file.sync_all());
-        if let Err(e) = made {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_err(&tmp, "cannot write log segment", e));
-        }
+        let need = head.len() as u64;
+        let named_tmp = || dir.join(format!("{}.tmp", segment_name(seq, base.0 + 1)));
+        let (tmp, made) = match fresh {
+            Fresh::Spare(f) => (dir.join(SPARE), Ok(f)),
+            Fresh::Zeroed(len) => {
+                let tmp = named_tmp();
+                let f = zero_filled(&tmp, len.max(need));
+                (tmp, f)
+            }
+            Fresh::Reserved(len) => {
+                let tmp = named_tmp();
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .and_then(|f| preallocate(&f, len.max(need)).map(|_| f));
+                (tmp, f)
+            }
+        };
+        let written = made.and_then(|f| {
+            f.write_all_at(&head, 0)?;
+            f.sync_all()?;
+            Ok(f)
+        });
+        let file = match written {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err(&tmp, "cannot write log segment", e));
+            }
+        };
         std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, "cannot rename log segment", e))?;
         sync_dir(dir)?;
-        Ok((file, path, head.len() as u64))
+        Ok((file, path, need))
     }
 
     /// Appends `entries` (replacing the log from the first one's index) and
@@ -527,7 +619,7 @@ impl Wal {
         if entries.is_empty() && hs.is_none() {
             return Ok(());
         }
-        if self.offset >= self.segment_size && !self.no_rotate {
+        if self.offset >= self.capacity && !self.no_rotate {
             self.rotate()?;
         }
         let mut buf = std::mem::take(&mut self.buf);
@@ -549,6 +641,14 @@ impl Wal {
         if let Some(e) = entries.last() {
             self.last = (e.index, e.term);
         }
+        if self.spare.is_none() && !self.no_rotate && self.offset > self.capacity / 2 {
+            let path = self.dir.join(SPARE);
+            let len = self.segment_size;
+            self.spare = std::thread::Builder::new()
+                .name("wal-spare".into())
+                .spawn(move || zero_filled(&path, len))
+                .ok();
+        }
         Ok(())
     }
 
@@ -559,24 +659,35 @@ impl Wal {
             .map_err(|e| io_err(&self.path, "cannot sync the log", e))
     }
 
-    /// Closes the full segment and continues in a new one.
+    /// Closes the full segment and continues in a new one: the spare when
+    /// it is ready (it almost always is), else a file reserved now.
     fn rotate(&mut self) -> Result<()> {
         self.sync()?;
         let seq = self.seq + 1;
-        match Self::new_segment(
-            &self.dir,
-            self.segment_size,
-            seq,
-            self.last,
-            &self.hard_state,
-            &[],
-        ) {
+        let fresh = match self.spare.take().map(|h| h.join()) {
+            Some(Ok(Ok(f))) => Fresh::Spare(f),
+            Some(Ok(Err(e))) => {
+                crate::warn!(
+                    "cannot prepare the next log segment; reserving it now",
+                    path = self.dir.join(SPARE).display().to_string(),
+                    error = e
+                );
+                let _ = std::fs::remove_file(self.dir.join(SPARE));
+                Fresh::Reserved(self.segment_size)
+            }
+            _ => Fresh::Reserved(self.segment_size),
+        };
+        match Self::new_segment(&self.dir, seq, self.last, &self.hard_state, &[], fresh) {
             Ok((file, path, offset)) => {
                 let old = std::mem::replace(&mut self.path, path);
                 self.closed.push(Closed {
                     path: old,
                     last_index: self.last.0,
                 });
+                self.capacity = file
+                    .metadata()
+                    .map(|m| m.len())
+                    .unwrap_or(self.segment_size);
                 self.file = file;
                 self.seq = seq;
                 self.offset = offset;
@@ -631,6 +742,9 @@ impl Wal {
 
     /// Starts the log over after an installed snapshot at `base`.
     pub fn reset(&mut self, base: (u64, u64), hs: &HardState) -> Result<()> {
+        if let Some(h) = self.spare.take() {
+            let _ = h.join();
+        }
         *self = Self::create(&self.dir, self.segment_size, base, hs, &[])?;
         Ok(())
     }
@@ -700,6 +814,11 @@ mod tests {
         let before = list(&d).unwrap().len();
         drop(w);
         let (_, l) = Wal::open(&d, 4096).unwrap();
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(".log")), "{names:?}");
         assert_eq!(l.base, (40, 1));
         assert_eq!(indexes(&l).first(), Some(&(41, 1)));
         assert_eq!(indexes(&l).last(), Some(&(60, 2)));
