@@ -49,12 +49,17 @@ impl KeyIndex {
     }
 
     fn put(&mut self, rev: Revision) {
+        // Most keys have one generation and few revisions: vectors grow from
+        // exactly what they hold (a first push would reserve four), which
+        // keeps the index to about half the memory per key.
         if self.generations.is_empty() {
+            self.generations.reserve_exact(1);
             self.generations.push(Generation::default());
         }
         let g = self.generations.last_mut().expect("non-empty");
         if g.revs.is_empty() {
             g.created = rev;
+            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.ver += 1;
@@ -64,6 +69,7 @@ impl KeyIndex {
         match self.generations.last_mut() {
             Some(g) if !g.revs.is_empty() => {
                 g.revs.push(rev);
+                self.generations.reserve_exact(1);
                 self.generations.push(Generation::default());
                 true
             }
@@ -126,6 +132,7 @@ impl KeyIndex {
             if pos > 0 {
                 keep.insert(g.revs[pos - 1]);
                 g.revs.drain(..pos - 1);
+                g.revs.shrink_to_fit();
             }
             out.push(g);
         }

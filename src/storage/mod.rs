@@ -122,7 +122,7 @@ impl Backend {
         let mut builder = Database::builder();
         // The kernel page cache holds the file too; a small cache of our own keeps
         // the resident set small.
-        builder.set_cache_size(32 << 20);
+        builder.set_cache_size(8 << 20);
         builder.set_check_integrity_on_open(existed);
         let db = builder.create(&path).map_err(|e| match e {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)) => {
