@@ -36,6 +36,16 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// `--backend-batch-interval` default).
 const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Work that holds the database, run on a thread of its own.
+enum DbJob {
+    /// A durable commit covering batches applied up to `applied`.
+    Commit {
+        applied: u64,
+        start: Instant,
+    },
+    Defragment,
+}
+
 pub enum Msg {
     Propose {
         id: u64,
@@ -45,14 +55,14 @@ pub enum Msg {
     /// Answered once the local state has applied everything committed at the time
     /// of the request (a linearizable read barrier).
     ReadIndex(oneshot::Sender<Result<()>>),
+    /// Defragments the database on a thread of its own; the loop goes on
+    /// with heartbeats and appends meanwhile, and applies what was committed
+    /// once the database is back.
     Defragment(oneshot::Sender<Result<()>>),
     /// Freezes the apply loop (a debug aid for watchdog tests).
     Freeze,
     /// A membership change (its `id` names the waiter).
-    ConfChange {
-        cc: ConfChange,
-        reply: Reply,
-    },
+    ConfChange { cc: ConfChange, reply: Reply },
     /// From the peer transport.
     Peer(transport::Event),
     /// Hands leadership to `target` (0: the most caught-up voter).
@@ -163,6 +173,12 @@ pub struct Node {
     /// keeps every entry above it, which a restart applies again).
     durable_applied: u64,
     last_durable: Instant,
+    /// Work that holds the database on a thread of its own (a durable
+    /// commit, a defragmentation), the callers of a defragmentation, and the
+    /// committed entries waiting for the database.
+    busy: Option<(DbJob, std::thread::JoinHandle<Result<(), StorageError>>)>,
+    defrag_waiters: Vec<oneshot::Sender<Result<()>>>,
+    deferred: Vec<Entry>,
     disk: Arc<DiskSpace>,
     /// When this member last proposed raising or lifting its NOSPACE alarm.
     last_disk_alarm: Option<Instant>,
@@ -260,6 +276,9 @@ impl Node {
             persisted_term_vote: (u64::MAX, u64::MAX),
             durable_applied: cfg.applied,
             last_durable: Instant::now(),
+            busy: None,
+            defrag_waiters: Vec::new(),
+            deferred: Vec::new(),
             disk,
             last_disk_alarm: None,
         })
@@ -276,6 +295,9 @@ impl Node {
         }
         let _stopped = StoppedOnDrop(self.status.clone());
         let mut res = self.run_inner();
+        while res.is_ok() && self.busy.is_some() {
+            res = self.finish_job(true);
+        }
         if res.is_ok() && self.applied > self.durable_applied {
             // A restart then has nothing to apply again.
             res = self.commit_backend();
@@ -341,8 +363,12 @@ impl Node {
                 self.expire_leases();
                 if self.applied > self.durable_applied
                     && self.last_durable.elapsed() >= BACKEND_COMMIT_INTERVAL
+                    && self.busy.is_none()
                 {
-                    self.commit_backend()?;
+                    self.start_job(DbJob::Commit {
+                        applied: self.applied,
+                        start: Instant::now(),
+                    });
                 }
                 // Waiters whose callers gave up (timed out, or went away)
                 // wait for entries that may never come: a proposal lost with
@@ -360,7 +386,7 @@ impl Node {
                     self.last_size_check = Instant::now();
                     self.disk.check();
                     metrics::DB_SIZE.set(self.backend.size() as i64);
-                    if self.last_in_use.elapsed() >= self.in_use_every {
+                    if self.last_in_use.elapsed() >= self.in_use_every && self.busy.is_none() {
                         let start = Instant::now();
                         metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
                         self.in_use_every = (start.elapsed() * 50).max(Duration::from_secs(1));
@@ -372,12 +398,99 @@ impl Node {
                         .set(self.raw.raft.prs().conf().learners().contains(&me) as i64);
                 }
             }
+            self.finish_job(false)?;
             self.on_ready()?;
             if self.removed {
                 return Ok(());
             }
             self.disk_alarm();
         }
+    }
+
+    /// Applies `entries`, or keeps them for later while a job holds the
+    /// database (the apply gap then grows, and past etcd's 5,000 entries new
+    /// requests are refused with "too many requests").
+    fn apply_or_defer(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        if self.busy.is_none() {
+            return self.apply(entries);
+        }
+        if let Some(last) = entries.last().map(|e| e.index) {
+            let commit = self.status.commit.load(Ordering::Relaxed).max(last);
+            self.status.commit.store(commit, Ordering::Relaxed);
+        }
+        self.deferred.extend(entries);
+        Ok(())
+    }
+
+    /// Starts `job` on a thread of its own; the Raft loop goes on with
+    /// heartbeats and appends, and defers applying until it ends.
+    fn start_job(&mut self, job: DbJob) {
+        let backend = self.backend.clone();
+        let run = match job {
+            DbJob::Commit { .. } => std::thread::Builder::new()
+                .name("backend-commit".into())
+                .spawn(move || {
+                    let mut txn = backend.write()?;
+                    txn.set_durability(redb::Durability::Immediate)?;
+                    txn.commit()?;
+                    Ok(())
+                }),
+            DbJob::Defragment => std::thread::Builder::new()
+                .name("defrag".into())
+                .spawn(move || backend.defragment()),
+        };
+        match run {
+            Ok(h) => self.busy = Some((job, h)),
+            Err(e) => {
+                crate::warn!("cannot start a thread for the database", error = e);
+                if let DbJob::Defragment = job {
+                    for w in self.defrag_waiters.drain(..) {
+                        let _ = w.send(Err(Error::Storage(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Once the database job is done (or at once with `wait`): records what
+    /// it did, answers its callers, applies what was committed meanwhile, and
+    /// starts a defragmentation asked for during a commit.
+    fn finish_job(&mut self, wait: bool) -> Result<(), StorageError> {
+        match &self.busy {
+            Some((_, h)) if wait || h.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let Some((job, h)) = self.busy.take() else {
+            return Ok(());
+        };
+        let res = h
+            .join()
+            .unwrap_or_else(|_| Err(StorageError::Db("database job: the thread panicked".into())));
+        match job {
+            DbJob::Commit { applied, start } => {
+                // A failed durable commit leaves the member unable to
+                // persist what it applies: the loop stops.
+                res?;
+                metrics::BACKEND_COMMIT.observe(start.elapsed());
+                self.durable_applied = applied;
+                self.last_durable = Instant::now();
+                self.log.release(self.durable_applied)?;
+            }
+            DbJob::Defragment => {
+                metrics::DB_SIZE.set(self.backend.size() as i64);
+                for w in self.defrag_waiters.drain(..) {
+                    let _ = w.send(res.clone().map_err(Error::from));
+                }
+            }
+        }
+        let entries = std::mem::take(&mut self.deferred);
+        self.apply(entries)?;
+        self.raw.advance_apply_to(self.applied);
+        self.answer_reads();
+        if !self.defrag_waiters.is_empty() {
+            self.start_job(DbJob::Defragment);
+        }
+        Ok(())
     }
 
     /// Makes every applied batch durable in the database, then lets the log
@@ -483,8 +596,11 @@ impl Node {
             }
             Msg::ReadIndex(r) => self.pending_reads.push(r),
             Msg::Defragment(r) => {
-                let _ = r.send(self.backend.defragment().map_err(Error::from));
-                metrics::DB_SIZE.set(self.backend.size() as i64);
+                self.defrag_waiters.push(r);
+                // After a durable commit in progress (see finish_job).
+                if self.busy.is_none() {
+                    self.start_job(DbJob::Defragment);
+                }
             }
             Msg::Freeze => self.frozen = true,
             Msg::ConfChange { mut cc, reply } => {
@@ -552,6 +668,9 @@ impl Node {
                 let _ = reply.send(r);
             }
             Msg::Stop => {
+                if self.finish_job(true).is_err() {
+                    return false;
+                }
                 self.hand_off_leadership();
                 return false;
             }
@@ -664,6 +783,8 @@ impl Node {
             .store(self.raw.raft.term, Ordering::Relaxed);
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
+            // Installing replaces the database: a job holding it ends first.
+            self.finish_job(true)?;
             let snap = rd.snapshot().clone();
             let index = snap.get_metadata().index;
             crate::info!(
@@ -691,7 +812,7 @@ impl Node {
             }
         }
         let committed = rd.take_committed_entries();
-        self.apply(committed)?;
+        self.apply_or_defer(committed)?;
         if self.removed {
             // raft-rs no longer tracks this member (a removed leader would panic
             // in advance); the loop stops now.
@@ -736,7 +857,10 @@ impl Node {
                     .sum::<i64>(),
             );
         }
-        if let Some(ci) = self.pending_compact.take() {
+        // Compacting a restored keyspace's log writes to the database:
+        // not while a job holds it.
+        let may_compact = self.busy.is_none() || !self.compact_restored;
+        if let Some(ci) = self.pending_compact.take_if(|_| may_compact) {
             if self.compact_restored {
                 self.commit_backend()?;
             }
@@ -762,16 +886,18 @@ impl Node {
             }
         }
         self.send(rd.take_persisted_messages());
-        let mut light = self.raw.advance(rd);
+        // Applied progress is reported separately (entries wait while a
+        // defragmentation holds the database).
+        let mut light = self.raw.advance_append(rd);
         if let Some(c) = light.commit_index() {
             self.status.commit.store(c, Ordering::Relaxed);
         }
         self.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
+        self.apply_or_defer(light.take_committed_entries())?;
         if self.removed {
             return Ok(());
         }
-        self.raw.advance_apply();
+        self.raw.advance_apply_to(self.applied);
         if self.campaign_pending {
             self.campaign_pending = false;
             let _ = self.raw.campaign();

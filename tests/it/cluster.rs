@@ -1116,6 +1116,149 @@ fn five_members_split_two_three() {
 /// so the leader's heartbeats to the other follower go on meanwhile (the
 /// longest gap between its messages, seen at that follower's peer proxy,
 /// stays within a few heartbeat intervals), and nobody starts an election.
+/// A defragmentation holds the database, not the Raft loop: while the
+/// leader defragments, its heartbeats go on (no election), and writes sent
+/// meanwhile are committed and answered once it ends (etcd's defragment
+/// blocks too, etcd issue 9222; ours keeps the member in the cluster).
+#[test]
+fn defragment_keeps_the_leaders_heartbeats() {
+    const KEYS: usize = 100_000;
+    const PER_TXN: usize = 1_000;
+    const HEARTBEAT_MS: u64 = 50;
+    let heartbeat = HEARTBEAT_MS.to_string();
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--heartbeat-interval",
+            &heartbeat,
+            "--election-timeout",
+            "1000",
+            "--max-txn-ops",
+            "1000",
+        ],
+    );
+    let all = [0usize, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let other = (leader + 1) % 3;
+    c.learn_ids();
+    let ids = c.ids();
+    let ep = c.members[leader].endpoint();
+    let term_before = c.rt.block_on(async {
+        // Every key twice, then a compaction: half the records go, and the
+        // file has pages to give back between those that stay.
+        for round in 0..2u8 {
+            let mut writers = Vec::new();
+            for w in 0..4 {
+                let ep = ep.clone();
+                writers.push(tokio::spawn(async move {
+                    let mut cl = connect(&ep).await;
+                    for start in (w * PER_TXN..KEYS).step_by(4 * PER_TXN) {
+                        let ops: Vec<TxnOp> = (start..start + PER_TXN)
+                            .map(|i| {
+                                TxnOp::put(format!("big/{i:06}"), vec![b'a' + round; 256], None)
+                            })
+                            .collect();
+                        cl.txn(Txn::new().and_then(ops)).await.expect("txn");
+                    }
+                }));
+            }
+            for w in writers {
+                w.await.expect("writer");
+            }
+        }
+        // Compaction and defragmentation of this much take longer than
+        // the usual request timeout.
+        let mut cl = Client::connect(
+            [ep.as_str()],
+            Some(ConnectOptions::new().with_timeout(Duration::from_secs(300))),
+        )
+        .await
+        .expect("connect");
+        let rev = cl
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .revision();
+        cl.compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .expect("compact");
+        cl.status().await.expect("status").raft_term()
+    });
+    c.net.reset_gaps();
+    let (took, written, failed) = c.rt.block_on(async {
+        let mut writer = connect(&ep).await;
+        let mut m = Client::connect(
+            [ep.as_str()],
+            Some(ConnectOptions::new().with_timeout(Duration::from_secs(300))),
+        )
+        .await
+        .expect("connect");
+        let defrag = tokio::spawn(async move {
+            let t = Instant::now();
+            m.defragment().await.map(|_| t.elapsed())
+        });
+        // Writes sent while the defragmentation runs: committed at once,
+        // applied and answered when it ends, or answered with etcd's
+        // request timeout when it lasts longer (and applied all the same).
+        let mut written = 0;
+        let mut failed = None;
+        while !defrag.is_finished() && written < 100 {
+            match writer.put(format!("during/{written:03}"), "x", None).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("etcdserver: request timed out") => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            written += 1;
+        }
+        let took = defrag.await.expect("defragment task");
+        (took, written, failed)
+    });
+    let (took, written) = match (took, failed) {
+        (Ok(t), None) => (t, written),
+        (t, f) => panic!(
+            "defragment: {t:?}; a put sent during it: {f:?}; the leader's log:\n{}",
+            c.members[leader].log()
+        ),
+    };
+    let gap = c.net.longest_gap(ids[leader], ids[other]);
+    eprintln!(
+        "defragment took {took:?}; {written} puts sent during it; longest gap between the leader's messages {gap:?}"
+    );
+    assert!(
+        took > Duration::from_millis(6 * HEARTBEAT_MS),
+        "the defragmentation took {took:?}: too quick for this test to tell"
+    );
+    assert!(
+        gap <= Duration::from_millis(6 * HEARTBEAT_MS),
+        "the leader's messages to a follower stopped for {gap:?} while it defragmented for {took:?}"
+    );
+    let (term_after, got) = c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        let got = cl
+            .get(
+                "during/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .expect("count")
+            .count();
+        (cl.status().await.expect("status").raft_term(), got)
+    });
+    assert_eq!(got, written as i64, "puts sent during the defragmentation");
+    assert_eq!(
+        term_after, term_before,
+        "an election happened while the leader defragmented"
+    );
+}
+
 #[test]
 fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
     const KEYS: usize = 200_000;
