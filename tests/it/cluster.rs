@@ -1233,11 +1233,11 @@ fn defragment_keeps_the_leaders_heartbeats() {
         "defragment took {took:?}; {written} puts sent during it; longest gap between the leader's messages {gap:?}"
     );
     assert!(
-        took > Duration::from_millis(6 * HEARTBEAT_MS),
+        took > Duration::from_millis(20 * HEARTBEAT_MS),
         "the defragmentation took {took:?}: too quick for this test to tell"
     );
     assert!(
-        gap <= Duration::from_millis(6 * HEARTBEAT_MS),
+        gap <= Duration::from_millis(10 * HEARTBEAT_MS),
         "the leader's messages to a follower stopped for {gap:?} while it defragmented for {took:?}"
     );
     let (term_after, got) = c.rt.block_on(async {
@@ -1345,8 +1345,10 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
         log.contains("applying snapshot from leader"),
         "the member did not catch up by snapshot:\n{log}"
     );
+    // Well under the election timeout (1 s) on a loaded machine; made on the
+    // loop, the snapshot stopped them for as long as it took (1.3 s).
     assert!(
-        gap <= Duration::from_millis(6 * HEARTBEAT_MS),
+        gap <= Duration::from_millis(10 * HEARTBEAT_MS),
         "the leader's messages to a follower stopped for {gap:?} ({made})"
     );
     let term_after = c.rt.block_on(async {
