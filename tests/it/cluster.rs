@@ -1116,6 +1116,44 @@ fn five_members_split_two_three() {
 /// so the leader's heartbeats to the other follower go on meanwhile (the
 /// longest gap between its messages, seen at that follower's peer proxy,
 /// stays within a few heartbeat intervals), and nobody starts an election.
+/// Three members with 50 ms heartbeats (a 1 s election timeout) and
+/// 1,000-operation transactions, with `extra` flags.
+fn fast_heartbeat_cluster(extra: &[&str]) -> Cluster {
+    let mut flags = vec![
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "1000",
+        "--max-txn-ops",
+        "1000",
+    ];
+    flags.extend_from_slice(extra);
+    Cluster::start(3, &flags)
+}
+
+/// Writes `big/000000` to `big/<keys - 1>` with `value`, four writers,
+/// 1,000 puts per transaction.
+async fn load_big(ep: &str, keys: usize, value: Vec<u8>) {
+    const PER_TXN: usize = 1_000;
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let ep = ep.to_string();
+        let value = value.clone();
+        writers.push(tokio::spawn(async move {
+            let mut cl = connect(&ep).await;
+            for start in (w * PER_TXN..keys).step_by(4 * PER_TXN) {
+                let ops: Vec<TxnOp> = (start..(start + PER_TXN).min(keys))
+                    .map(|i| TxnOp::put(format!("big/{i:06}"), value.clone(), None))
+                    .collect();
+                cl.txn(Txn::new().and_then(ops)).await.expect("txn");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+}
+
 /// A defragmentation holds the database, not the Raft loop: while the
 /// leader defragments, its heartbeats go on (no election), and writes sent
 /// meanwhile are committed and answered once it ends (etcd's defragment
@@ -1123,20 +1161,8 @@ fn five_members_split_two_three() {
 #[test]
 fn defragment_keeps_the_leaders_heartbeats() {
     const KEYS: usize = 100_000;
-    const PER_TXN: usize = 1_000;
     const HEARTBEAT_MS: u64 = 50;
-    let heartbeat = HEARTBEAT_MS.to_string();
-    let mut c = Cluster::start(
-        3,
-        &[
-            "--heartbeat-interval",
-            &heartbeat,
-            "--election-timeout",
-            "1000",
-            "--max-txn-ops",
-            "1000",
-        ],
-    );
+    let mut c = fast_heartbeat_cluster(&[]);
     let all = [0usize, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     let other = (leader + 1) % 3;
@@ -1147,24 +1173,7 @@ fn defragment_keeps_the_leaders_heartbeats() {
         // Every key twice, then a compaction: half the records go, and the
         // file has pages to give back between those that stay.
         for round in 0..2u8 {
-            let mut writers = Vec::new();
-            for w in 0..4 {
-                let ep = ep.clone();
-                writers.push(tokio::spawn(async move {
-                    let mut cl = connect(&ep).await;
-                    for start in (w * PER_TXN..KEYS).step_by(4 * PER_TXN) {
-                        let ops: Vec<TxnOp> = (start..start + PER_TXN)
-                            .map(|i| {
-                                TxnOp::put(format!("big/{i:06}"), vec![b'a' + round; 256], None)
-                            })
-                            .collect();
-                        cl.txn(Txn::new().and_then(ops)).await.expect("txn");
-                    }
-                }));
-            }
-            for w in writers {
-                w.await.expect("writer");
-            }
+            load_big(&ep, KEYS, vec![b'a' + round; 256]).await;
         }
         // Compaction and defragmentation of this much take longer than
         // the usual request timeout.
@@ -1262,22 +1271,8 @@ fn defragment_keeps_the_leaders_heartbeats() {
 #[test]
 fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
     const KEYS: usize = 200_000;
-    const PER_TXN: usize = 1_000;
     const HEARTBEAT_MS: u64 = 50;
-    let heartbeat = HEARTBEAT_MS.to_string();
-    let mut c = Cluster::start(
-        3,
-        &[
-            "--snapshot-count",
-            "5",
-            "--heartbeat-interval",
-            &heartbeat,
-            "--election-timeout",
-            "1000",
-            "--max-txn-ops",
-            "1000",
-        ],
-    );
+    let mut c = fast_heartbeat_cluster(&["--snapshot-count", "5"]);
     let all = [0usize, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     let down = (leader + 1) % 3;
@@ -1287,22 +1282,7 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
     c.members[down].terminate();
     let ep = c.members[leader].endpoint();
     let term_before = c.rt.block_on(async {
-        let mut writers = Vec::new();
-        for w in 0..4 {
-            let ep = ep.clone();
-            writers.push(tokio::spawn(async move {
-                let mut cl = connect(&ep).await;
-                for start in (w * PER_TXN..KEYS).step_by(4 * PER_TXN) {
-                    let ops: Vec<TxnOp> = (start..start + PER_TXN)
-                        .map(|i| TxnOp::put(format!("big/{i:06}"), vec![b'x'; 64], None))
-                        .collect();
-                    cl.txn(Txn::new().and_then(ops)).await.expect("txn");
-                }
-            }));
-        }
-        for w in writers {
-            w.await.expect("writer");
-        }
+        load_big(&ep, KEYS, vec![b'x'; 64]).await;
         let mut cl = connect(&ep).await;
         cl.status().await.expect("status").raft_term()
     });
