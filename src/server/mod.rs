@@ -296,7 +296,7 @@ impl EtcdServer {
             hub.clone(),
             status.clone(),
             ids.clone(),
-            rx,
+            (tx.clone(), rx),
             Some(transport.clone()),
             disk.clone(),
         )?;

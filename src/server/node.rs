@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -71,6 +71,10 @@ pub enum Msg {
     LearnerReady(u64, oneshot::Sender<Result<bool>>),
     /// Stops the loop; a leader first hands leadership to a caught-up voter.
     Stop,
+    /// The database job with this number is about to end: the loop wakes
+    /// to apply what waited for it (a loop waiting for its next tick would
+    /// hold those replies up to a heartbeat interval).
+    JobDone(u64),
 }
 
 /// Raft facts the request path reads without asking the loop.
@@ -142,6 +146,8 @@ pub struct Node {
     status: Arc<RaftStatus>,
     ids: Arc<IdGen>,
     rx: Receiver<Msg>,
+    /// The loop's own channel, for database job threads to wake it.
+    wake: Sender<Msg>,
     heartbeat: Duration,
     waiters: HashMap<u64, Reply>,
     pending_reads: Vec<oneshot::Sender<Result<()>>>,
@@ -177,6 +183,10 @@ pub struct Node {
     /// commit, a defragmentation), the callers of a defragmentation, and the
     /// committed entries waiting for the database.
     busy: Option<(DbJob, std::thread::JoinHandle<Result<(), StorageError>>)>,
+    /// The number of the latest database job, and whether its thread has
+    /// said it is ending (it is then joined without waiting on it).
+    job_seq: u64,
+    job_ending: bool,
     defrag_waiters: Vec<oneshot::Sender<Result<()>>>,
     deferred: Vec<Entry>,
     disk: Arc<DiskSpace>,
@@ -198,7 +208,7 @@ impl Node {
         hub: Arc<WatchHub>,
         status: Arc<RaftStatus>,
         ids: Arc<IdGen>,
-        rx: Receiver<Msg>,
+        (wake, rx): (Sender<Msg>, Receiver<Msg>),
         transport: Option<Arc<Transport>>,
         disk: Arc<DiskSpace>,
     ) -> Result<Node, StorageError> {
@@ -255,6 +265,7 @@ impl Node {
             status,
             ids,
             rx,
+            wake,
             heartbeat: cfg.heartbeat,
             waiters: HashMap::new(),
             pending_reads: Vec::new(),
@@ -277,6 +288,8 @@ impl Node {
             durable_applied: cfg.applied,
             last_durable: Instant::now(),
             busy: None,
+            job_seq: 0,
+            job_ending: false,
             defrag_waiters: Vec::new(),
             deferred: Vec::new(),
             disk,
@@ -426,18 +439,31 @@ impl Node {
     /// heartbeats and appends, and defers applying until it ends.
     fn start_job(&mut self, job: DbJob) {
         let backend = self.backend.clone();
+        let wake = self.wake.clone();
+        self.job_seq += 1;
+        self.job_ending = false;
+        let seq = self.job_seq;
         let run = match job {
             DbJob::Commit { .. } => std::thread::Builder::new()
                 .name("backend-commit".into())
                 .spawn(move || {
-                    let mut txn = backend.write()?;
-                    txn.set_durability(redb::Durability::Immediate)?;
-                    txn.commit()?;
-                    Ok(())
+                    let res = backend.write().and_then(|mut txn| {
+                        txn.set_durability(redb::Durability::Immediate)?;
+                        txn.commit()?;
+                        Ok(())
+                    });
+                    let _ = wake.send(Msg::JobDone(seq));
+                    res
                 }),
-            DbJob::Defragment => std::thread::Builder::new()
-                .name("defrag".into())
-                .spawn(move || backend.defragment()),
+            DbJob::Defragment => {
+                std::thread::Builder::new()
+                    .name("defrag".into())
+                    .spawn(move || {
+                        let res = backend.defragment();
+                        let _ = wake.send(Msg::JobDone(seq));
+                        res
+                    })
+            }
         };
         match run {
             Ok(h) => self.busy = Some((job, h)),
@@ -457,7 +483,7 @@ impl Node {
     /// starts a defragmentation asked for during a commit.
     fn finish_job(&mut self, wait: bool) -> Result<(), StorageError> {
         match &self.busy {
-            Some((_, h)) if wait || h.is_finished() => {}
+            Some((_, h)) if wait || self.job_ending || h.is_finished() => {}
             _ => return Ok(()),
         }
         let Some((job, h)) = self.busy.take() else {
@@ -603,6 +629,8 @@ impl Node {
                 }
             }
             Msg::Freeze => self.frozen = true,
+            // A late word from a job already joined is ignored.
+            Msg::JobDone(seq) => self.job_ending = self.busy.is_some() && seq == self.job_seq,
             Msg::ConfChange { mut cc, reply } => {
                 if self.status.leader.load(Ordering::Relaxed) == 0 {
                     let _ = reply.send(Err(Error::NoLeader));
