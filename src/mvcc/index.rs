@@ -6,6 +6,12 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
+/// A generation's revisions: most keys have one, held in place (no
+/// allocation of its own), more move to the heap.
+pub type Revisions = SmallVec<[Revision; 1]>;
+
 /// A point in the store's history: `main` grows by one per modifying request, `sub`
 /// numbers the changes within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -25,7 +31,7 @@ pub struct Generation {
     /// Number of puts in this generation (the key's `version` at its last put).
     pub ver: i64,
     pub created: Revision,
-    pub revs: Vec<Revision>,
+    pub revs: Revisions,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,9 +55,9 @@ impl KeyIndex {
     }
 
     fn put(&mut self, rev: Revision) {
-        // Most keys have one generation and few revisions: vectors grow from
-        // exactly what they hold (a first push would reserve four), which
-        // keeps the index to about half the memory per key.
+        // Most keys have one generation and few revisions: the generations
+        // grow from exactly what they hold (a first push would reserve
+        // four), and a first revision is held in place.
         if self.generations.is_empty() {
             self.generations.reserve_exact(1);
             self.generations.push(Generation::default());
@@ -59,7 +65,6 @@ impl KeyIndex {
         let g = self.generations.last_mut().expect("non-empty");
         if g.revs.is_empty() {
             g.created = rev;
-            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.ver += 1;
