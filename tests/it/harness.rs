@@ -17,8 +17,12 @@ pub enum Kind {
     Reference,
 }
 
+/// Our server as cargo built it for the tests; ETCDRS_TEST_SERVER names
+/// another build (a release binary, for a measurement by hand).
 pub fn ours_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_etcd"))
+    std::env::var_os("ETCDRS_TEST_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_etcd")))
 }
 
 /// Debian's etcd (package etcd-server); override with ETCD_REFERENCE_BIN.
