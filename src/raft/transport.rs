@@ -460,12 +460,15 @@ impl Transport {
                     .iter()
                     .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
                 let snap_start = is_snap.then(|| stats.snapshot_send_started());
-                for m in &batch {
-                    let Ok(bytes) = wire::encode(m) else {
-                        continue;
-                    };
-                    push_chunks(&mut buf, &bytes);
-                }
+                let encode = |buf: &mut Vec<u8>| {
+                    for m in &batch {
+                        let Ok(bytes) = wire::encode(m) else {
+                            continue;
+                        };
+                        push_chunks(buf, &bytes);
+                    }
+                };
+                off_worker(is_snap, || encode(&mut buf));
                 if let Err(e) = stream.write_all(&buf).await {
                     stats.sent_failures.add(batch.len() as u64);
                     stats.disconnected();
@@ -731,7 +734,8 @@ impl Transport {
                 continue;
             }
             let len = buf.len();
-            let m = wire::decode(Bytes::from(std::mem::take(&mut buf)))?;
+            let bytes = Bytes::from(std::mem::take(&mut buf));
+            let m = off_worker(snap.is_some(), || wire::decode(bytes))?;
             if len > self.limits.message && m.get_msg_type() != MessageType::MsgSnapshot {
                 return Err(PeerError::TooLarge(self.limits.message));
             }
@@ -856,6 +860,20 @@ pub async fn fetch_cluster(
         }
     }
     Err(last)
+}
+
+/// Runs `f`, a copy of a whole snapshot when `heavy` (hundreds of MB, a
+/// tenth of a second and more), off the async worker: the tasks queued
+/// behind the caller (the other peers' heartbeats among them) move to
+/// another worker meanwhile. A single-threaded runtime runs it in place.
+fn off_worker<T>(heavy: bool, f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 #[cfg(test)]
