@@ -1,7 +1,8 @@
 //! Flags that change how a member runs: `--force-new-cluster` (disaster
 //! recovery of one survivor), `--pre-vote`, `--experimental-initial-corrupt-check`,
 //! `--experimental-compaction-batch-limit` (with the sleep interval),
-//! `--socket-reuse-port`, and etcd 3.6's `--feature-gates` and flag names.
+//! `--socket-reuse-port`, etcd 3.6's `--feature-gates` and flag names, and a long
+//! `--heartbeat-interval` that must not hold writes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -598,4 +599,38 @@ fn etcd_3_6_flags_and_feature_gates_start_a_member() {
         assert!(!out.status.success(), "{args:?} started");
         assert!(err.contains(text), "{args:?}: {err}");
     }
+}
+
+/// A long `--heartbeat-interval` does not hold writes: the database's
+/// durable commit starts at a tick, and the writes committed while it runs
+/// are applied and answered when it ends, not at the next tick (which they
+/// once waited for: a heartbeat interval, here a second).
+#[test]
+fn writes_are_not_held_until_the_next_heartbeat() {
+    let rt = crate::cluster::runtime();
+    let srv = Server::start(&["--heartbeat-interval=1000", "--election-timeout=10000"]);
+    let ep = srv.endpoint();
+    let (slowest, puts) = rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        cl.put("warm", "x", None).await.expect("put");
+        let start = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut n = 0u64;
+        // Several ticks, each with a durable commit, while one client writes
+        // without a pause.
+        while start.elapsed() < Duration::from_millis(3500) {
+            let t = Instant::now();
+            cl.put(format!("k{}", n % 100), "v", None)
+                .await
+                .expect("put");
+            slowest = slowest.max(t.elapsed());
+            n += 1;
+        }
+        (slowest, n)
+    });
+    assert!(puts > 50, "only {puts} puts in 3.5 s");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a put took {slowest:?} with a heartbeat of 1 s ({puts} puts)"
+    );
 }
