@@ -389,12 +389,13 @@ const FIRST_SEGMENT: u64 = 4 << 20;
 /// The next segment, while it is being prepared.
 const SPARE: &str = "spare.tmp";
 
-/// A file of `len` zero bytes, durable, at `path`. Written a mebibyte at a
-/// time, each made durable before the next with a pause between: the log's
-/// own fdatasync, on the same disk, then waits behind one mebibyte at most
-/// instead of the whole segment (64 MiB written at once held appends, and
-/// with them a leader's heartbeats, for hundreds of milliseconds).
-fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
+/// A file of `len` zero bytes, durable, at `path`. A spare made beside the
+/// appends (`paced`) is written a mebibyte at a time, each made durable
+/// before the next with a pause between: the log's own fdatasync, on the
+/// same disk, then waits behind one mebibyte at most instead of the whole
+/// segment (64 MiB written at once held appends, and with them a leader's
+/// heartbeats, for hundreds of milliseconds).
+fn zero_filled(path: &Path, len: u64, paced: bool) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -407,8 +408,10 @@ fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
         let n = (len - off).min(chunk.len() as u64) as usize;
         file.write_all_at(&chunk[..n], off)?;
         off += n as u64;
-        file.sync_data()?;
-        std::thread::sleep(ZERO_FILL_PAUSE);
+        if paced {
+            file.sync_data()?;
+            std::thread::sleep(ZERO_FILL_PAUSE);
+        }
     }
     file.sync_all()?;
     Ok(file)
@@ -592,7 +595,7 @@ impl Wal {
             Fresh::Spare(f) => (dir.join(SPARE), Ok(f)),
             Fresh::Zeroed(len) => {
                 let tmp = named_tmp();
-                let f = zero_filled(&tmp, len.max(need));
+                let f = zero_filled(&tmp, len.max(need), false);
                 (tmp, f)
             }
             Fresh::Reserved(len) => {
@@ -657,7 +660,7 @@ impl Wal {
             let len = self.segment_size;
             self.spare = std::thread::Builder::new()
                 .name("wal-spare".into())
-                .spawn(move || zero_filled(&path, len))
+                .spawn(move || zero_filled(&path, len, true))
                 .ok();
         }
         Ok(())

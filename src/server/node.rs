@@ -447,11 +447,7 @@ impl Node {
             DbJob::Commit { .. } => std::thread::Builder::new()
                 .name("backend-commit".into())
                 .spawn(move || {
-                    let res = backend.write().and_then(|mut txn| {
-                        txn.set_durability(redb::Durability::Immediate)?;
-                        txn.commit()?;
-                        Ok(())
-                    });
+                    let res = backend.sync();
                     let _ = wake.send(Msg::JobDone(seq));
                     res
                 }),
@@ -497,10 +493,7 @@ impl Node {
                 // A failed durable commit leaves the member unable to
                 // persist what it applies: the loop stops.
                 res?;
-                metrics::BACKEND_COMMIT.observe(start.elapsed());
-                self.durable_applied = applied;
-                self.last_durable = Instant::now();
-                self.log.release(self.durable_applied)?;
+                self.made_durable(applied, start)?;
             }
             DbJob::Defragment => {
                 metrics::DB_SIZE.set(self.backend.size() as i64);
@@ -523,13 +516,17 @@ impl Node {
     /// delete the segments it no longer needs.
     fn commit_backend(&mut self) -> Result<(), StorageError> {
         let start = Instant::now();
-        let mut txn = self.backend.write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        txn.commit()?;
+        self.backend.sync()?;
+        self.made_durable(self.applied, start)
+    }
+
+    /// Records a durable commit (begun at `start`) covering the batches
+    /// applied up to `applied`.
+    fn made_durable(&mut self, applied: u64, start: Instant) -> Result<(), StorageError> {
         metrics::BACKEND_COMMIT.observe(start.elapsed());
-        self.durable_applied = self.applied;
+        self.durable_applied = applied;
         self.last_durable = Instant::now();
-        self.log.release(self.durable_applied)
+        self.log.release(applied)
     }
 
     /// Raises NOSPACE for this member while its disk is full, and lifts the

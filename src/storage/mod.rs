@@ -177,6 +177,15 @@ impl Backend {
         Ok(self.db.read().begin_write()?)
     }
 
+    /// Makes every commit so far durable: an empty transaction committed
+    /// with a sync (the commits of applied batches are not synced).
+    pub fn sync(&self) -> Result<()> {
+        let mut txn = self.write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Size of the file on disk, in bytes.
     pub fn size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
