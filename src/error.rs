@@ -134,6 +134,10 @@ pub enum Error {
     /// Storage failed underneath a request; the member stops applying.
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
+    /// A reply over the largest message the member sends (grpc-go's limit,
+    /// which etcd sets to `math.MaxInt32`), in grpc-go's words.
+    #[error("grpc: trying to send message larger than max ({len} vs. {max})")]
+    ReplyTooLarge { len: u64, max: u64 },
 }
 
 /// The text etcd's auth store gives an error before its gRPC layer maps it.

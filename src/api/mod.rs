@@ -15,6 +15,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 mod msgsize;
+mod range_reply;
 pub mod range_stream;
 pub mod status;
 pub mod v2;
@@ -174,6 +175,10 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
     // gRPC router in-process, so its calls pass the same layers.
     let grpc = routes
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            range_reply::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             s.clone(),
             authz::layer,

@@ -10,7 +10,7 @@ pub fn code_of(e: &Error) -> Code {
         EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
         | RequestTooLarge | AuthFailed | UserEmpty | InvalidArgument(_) => Code::InvalidArgument,
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
-        NoSpace | TooManyRequests => Code::ResourceExhausted,
+        NoSpace | TooManyRequests | ReplyTooLarge { .. } => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
         LeaseExist | MemberExist | PeerUrlExist | NotLeader | AuthNotEnabled | MemberNotLearner
         | LearnerNotReady | BadLeaderTransferee => Code::FailedPrecondition,

@@ -7,6 +7,7 @@
 //! holds the write lock from the first change of a batch until its commit, so a reader
 //! never sees an index entry whose record is not committed.
 
+pub mod encoded;
 pub mod index;
 pub mod watch;
 pub mod writer;

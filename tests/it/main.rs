@@ -24,6 +24,7 @@ mod patroni;
 mod peer;
 mod prometheus;
 mod proxy;
+mod range_reply;
 mod range_stream;
 mod restore;
 mod security;
