@@ -34,7 +34,7 @@ const KVS_TAG: u8 = 0x12;
 /// the means to walk the keys.
 pub struct Pinned {
     store: Arc<Store>,
-    txn: redb::ReadTransaction,
+    txn: crate::storage::Reader,
     /// The revision the keys are read at.
     rev: i64,
     /// The current revision when the range was pinned (the reply header's).

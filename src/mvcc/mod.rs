@@ -228,7 +228,7 @@ impl Store {
     }
 
     fn scan(backend: &Backend) -> Result<(State, LeasedKeys), StorageError> {
-        Self::scan_txn(&backend.read()?)
+        Self::scan_txn(&*backend.read()?)
     }
 
     /// The index and revisions the records in `txn` make, and the leased keys.
@@ -531,6 +531,11 @@ fn compact_job(
         if stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
+        // A defragmentation's copy holds removals off.
+        let Some(turn) = backend.compaction_turn() else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         let batch = std::time::Instant::now();
         let mut txn = backend.write()?;
         let mut next = None;
@@ -574,6 +579,7 @@ fn compact_job(
             )?;
         }
         txn.commit()?;
+        drop(turn);
         // One batch holds the write lock as etcd's pause does.
         crate::metrics::MVCC_DB_COMPACTION_PAUSE.observe_ms(batch.elapsed());
         match next {

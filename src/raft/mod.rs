@@ -466,6 +466,7 @@ impl LogStore {
             storage::put_u64(&mut m, storage::meta::LOG_IN_FILES, 1)?;
         }
         txn.commit()?;
+        self.backend.note_rewrite();
         let mut hs = self.mem.rl().hard_state().clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);

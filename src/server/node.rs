@@ -39,10 +39,9 @@ const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Work that holds the database, run on a thread of its own.
 enum DbJob {
     /// A durable commit covering batches applied up to `applied`.
-    Commit {
-        applied: u64,
-        start: Instant,
-    },
+    Commit { applied: u64, start: Instant },
+    /// The end of a defragmentation: the copy brought up to date and put in
+    /// the database's place (`storage::defrag`).
     Defragment,
 }
 
@@ -55,10 +54,12 @@ pub enum Msg {
     /// Answered once the local state has applied everything committed at the time
     /// of the request (a linearizable read barrier).
     ReadIndex(oneshot::Sender<Result<()>>),
-    /// Defragments the database on a thread of its own; the loop goes on
-    /// with heartbeats and appends meanwhile, and applies what was committed
-    /// once the database is back.
+    /// Defragments the database: copied on a thread of its own while the
+    /// loop goes on applying, then finished as a database job (applies wait
+    /// for that step only).
     Defragment(oneshot::Sender<Result<()>>),
+    /// A defragmentation's copy has ended.
+    DefragCopied,
     /// Freezes the apply loop (a debug aid for watchdog tests).
     Freeze,
     /// A membership change (its `id` names the waiter).
@@ -188,6 +189,13 @@ pub struct Node {
     job_seq: u64,
     job_ending: bool,
     defrag_waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// A defragmentation's copy in progress, and one made, waiting for the
+    /// database job that finishes it.
+    defrag_copying:
+        Option<std::thread::JoinHandle<Result<crate::storage::defrag::Copy, StorageError>>>,
+    defrag_copied: Option<crate::storage::defrag::Copy>,
+    /// When the current database job started.
+    job_started: Instant,
     deferred: Vec<Entry>,
     disk: Arc<DiskSpace>,
     /// When this member last proposed raising or lifting its NOSPACE alarm.
@@ -291,6 +299,9 @@ impl Node {
             job_seq: 0,
             job_ending: false,
             defrag_waiters: Vec::new(),
+            defrag_copying: None,
+            defrag_copied: None,
+            job_started: Instant::now(),
             deferred: Vec::new(),
             disk,
             last_disk_alarm: None,
@@ -412,6 +423,7 @@ impl Node {
                 }
             }
             self.finish_job(false)?;
+            self.defrag_step();
             self.on_ready()?;
             if self.removed {
                 return Ok(());
@@ -442,6 +454,7 @@ impl Node {
         let wake = self.wake.clone();
         self.job_seq += 1;
         self.job_ending = false;
+        self.job_started = Instant::now();
         let seq = self.job_seq;
         let run = match job {
             DbJob::Commit { .. } => std::thread::Builder::new()
@@ -452,10 +465,13 @@ impl Node {
                     res
                 }),
             DbJob::Defragment => {
+                let Some(copy) = self.defrag_copied.take() else {
+                    return;
+                };
                 std::thread::Builder::new()
-                    .name("defrag".into())
+                    .name("defrag-finish".into())
                     .spawn(move || {
-                        let res = backend.defragment();
+                        let res = backend.defrag_finish(copy);
                         let _ = wake.send(Msg::JobDone(seq));
                         res
                     })
@@ -497,6 +513,14 @@ impl Node {
             }
             DbJob::Defragment => {
                 metrics::DB_SIZE.set(self.backend.size() as i64);
+                match &res {
+                    Ok(()) => crate::info!(
+                        "defragment: the new file is in place",
+                        applies_held = format!("{:?}", self.job_started.elapsed()),
+                        db_size = self.backend.size()
+                    ),
+                    Err(e) => crate::warn!("defragment failed", error = e),
+                }
                 for w in self.defrag_waiters.drain(..) {
                     let _ = w.send(res.clone().map_err(Error::from));
                 }
@@ -506,10 +530,67 @@ impl Node {
         self.apply(entries)?;
         self.raw.advance_apply_to(self.applied);
         self.answer_reads();
-        if !self.defrag_waiters.is_empty() {
-            self.start_job(DbJob::Defragment);
-        }
         Ok(())
+    }
+
+    /// Moves a defragmentation on: starts its copy when one is asked for,
+    /// takes the copy once made, and finishes it as a database job when the
+    /// database is free.
+    fn defrag_step(&mut self) {
+        if self
+            .defrag_copying
+            .as_ref()
+            .is_some_and(|h| h.is_finished())
+            && let Some(h) = self.defrag_copying.take()
+        {
+            let res = h.join().unwrap_or_else(|_| {
+                Err(StorageError::Db(
+                    "defragment: the copy's thread panicked".into(),
+                ))
+            });
+            match res {
+                Ok(copy) => {
+                    crate::info!(
+                        "defragment: copied the database, finishing",
+                        records = copy.records
+                    );
+                    self.defrag_copied = Some(copy);
+                }
+                Err(e) => {
+                    crate::warn!("defragment failed", error = e);
+                    for w in self.defrag_waiters.drain(..) {
+                        let _ = w.send(Err(Error::from(e.clone())));
+                    }
+                }
+            }
+        }
+        if self.defrag_copied.is_some() && self.busy.is_none() {
+            self.start_job(DbJob::Defragment);
+            return;
+        }
+        let idle = self.defrag_copying.is_none()
+            && self.defrag_copied.is_none()
+            && !matches!(self.busy, Some((DbJob::Defragment, _)));
+        if idle && !self.defrag_waiters.is_empty() {
+            let backend = self.backend.clone();
+            let wake = self.wake.clone();
+            let run = std::thread::Builder::new()
+                .name("defrag-copy".into())
+                .spawn(move || {
+                    let res = backend.defrag_copy();
+                    let _ = wake.send(Msg::DefragCopied);
+                    res
+                });
+            match run {
+                Ok(h) => self.defrag_copying = Some(h),
+                Err(e) => {
+                    crate::warn!("cannot start a thread for the database", error = e);
+                    for w in self.defrag_waiters.drain(..) {
+                        let _ = w.send(Err(Error::Storage(e.to_string())));
+                    }
+                }
+            }
+        }
     }
 
     /// Makes every applied batch durable in the database, then lets the log
@@ -618,13 +699,10 @@ impl Node {
                 }
             }
             Msg::ReadIndex(r) => self.pending_reads.push(r),
-            Msg::Defragment(r) => {
-                self.defrag_waiters.push(r);
-                // After a durable commit in progress (see finish_job).
-                if self.busy.is_none() {
-                    self.start_job(DbJob::Defragment);
-                }
-            }
+            // Started by defrag_step; one in progress answers every caller.
+            Msg::Defragment(r) => self.defrag_waiters.push(r),
+            // Its thread is joined by defrag_step.
+            Msg::DefragCopied => {}
             Msg::Freeze => self.frozen = true,
             // A late word from a job already joined is ignored.
             Msg::JobDone(seq) => self.job_ending = self.busy.is_some() && seq == self.job_seq,

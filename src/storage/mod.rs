@@ -85,8 +85,17 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// The database file of one member.
 pub struct Backend {
-    db: RwLock<Database>,
+    /// Shared with the read transactions begun on it (see [`Reader`]): a
+    /// defragmentation replaces it while they read on.
+    db: RwLock<std::sync::Arc<Database>>,
     path: PathBuf,
+    /// Replacements of the whole state machine (snapshots installed), which
+    /// a defragmentation's copy cannot follow.
+    rewrites: std::sync::atomic::AtomicU64,
+    /// Set while a defragmentation copies the file: compaction batches wait.
+    defragging: std::sync::atomic::AtomicBool,
+    /// Held by each compaction batch (see [`Backend::compaction_turn`]).
+    compaction: parking_lot::Mutex<()>,
     /// The last [`Backend::size_in_use`] measured, for the quota check.
     in_use: std::sync::atomic::AtomicU64,
     /// Bytes of writes admitted since `in_use` was last measured.
@@ -119,33 +128,18 @@ impl Backend {
         let existed = std::fs::metadata(&path)
             .map(|m| m.len() > 0)
             .unwrap_or(false);
-        let mut builder = Database::builder();
-        // The kernel page cache holds the file too; a small cache of our own keeps
-        // the resident set small.
-        builder.set_cache_size(8 << 20);
-        builder.set_check_integrity_on_open(existed);
-        let db = builder.create(&path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)) => {
-                StorageError::Corrupt {
-                    path: path.clone(),
-                    detail: d,
-                }
-            }
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StorageError::Open {
-                path: path.clone(),
-                detail: io.to_string(),
-            },
-            other => StorageError::Corrupt {
-                path: path.clone(),
-                detail: other.to_string(),
-            },
-        })?;
+        let db = create_file(&path, existed)?;
         let backend = Backend {
-            db: RwLock::new(db),
+            db: RwLock::new(std::sync::Arc::new(db)),
             path,
+            rewrites: Default::default(),
+            defragging: Default::default(),
+            compaction: Default::default(),
             in_use: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
         };
+        // A defragmentation's copy that a crash left behind.
+        let _ = std::fs::remove_file(backend.defrag_path());
         // Make sure every table exists so readers never see "table does not exist".
         let txn = backend.write()?;
         {
@@ -168,8 +162,10 @@ impl Backend {
     }
 
     /// A consistent read-only view of the last commit.
-    pub fn read(&self) -> Result<ReadTransaction> {
-        Ok(self.db.read().begin_read()?)
+    pub fn read(&self) -> Result<Reader> {
+        let db = self.db.read().clone();
+        let txn = db.begin_read()?;
+        Ok(Reader { txn, _db: db })
     }
 
     /// A write transaction; only the member's Raft/apply thread writes.
@@ -238,24 +234,58 @@ impl Backend {
             .saturating_add(self.admitted.load(Relaxed))
     }
 
-    /// Rewrites the file without its free pages. Fails while a read transaction (a
-    /// snapshot stream, for example) is open.
-    pub fn defragment(&self) -> Result<()> {
-        let mut db = self.db.write();
-        for _ in 0..8 {
-            match db.compact() {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(redb::CompactionError::TransactionInProgress) => {
-                    return Err(StorageError::Db(
-                        "defragment: a read transaction is in progress".into(),
-                    ));
-                }
-                Err(e) => return Err(StorageError::Db(e.to_string())),
-            }
-        }
-        Ok(())
+    /// Marks the state machine replaced as a whole (a snapshot installed).
+    pub fn note_rewrite(&self) {
+        self.rewrites
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// A compaction batch's turn to remove records: held for the batch;
+    /// None while a defragmentation copies the file (the batch waits).
+    pub fn compaction_turn(&self) -> Option<parking_lot::MutexGuard<'_, ()>> {
+        let turn = self.compaction.lock();
+        (!self.defragging.load(std::sync::atomic::Ordering::SeqCst)).then_some(turn)
+    }
+}
+
+/// A read transaction, and the database it reads: a file a defragmentation
+/// replaced stays open until its last reader ends.
+pub struct Reader {
+    // Dropped first: a transaction ends before its database closes.
+    txn: ReadTransaction,
+    _db: std::sync::Arc<Database>,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = ReadTransaction;
+
+    fn deref(&self) -> &ReadTransaction {
+        &self.txn
+    }
+}
+
+/// Opens (or creates) a database file with the member's settings; with
+/// `check`, every page's checksum is verified first.
+fn create_file(path: &Path, check: bool) -> Result<Database> {
+    let mut builder = Database::builder();
+    // The kernel page cache holds the file too; a small cache of our own keeps
+    // the resident set small.
+    builder.set_cache_size(8 << 20);
+    builder.set_check_integrity_on_open(check);
+    builder.create(path).map_err(|e| match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)) => StorageError::Corrupt {
+            path: path.to_path_buf(),
+            detail: d,
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StorageError::Open {
+            path: path.to_path_buf(),
+            detail: io.to_string(),
+        },
+        other => StorageError::Corrupt {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })
 }
 
 /// Empties the state machine in `txn`: the key space, leases, members,
@@ -295,6 +325,7 @@ pub fn put_u64(table: &mut redb::Table<&str, &[u8]>, key: &str, v: u64) -> Resul
     table.insert(key, v.to_be_bytes().as_slice())?;
     Ok(())
 }
+pub mod defrag;
 pub mod etcd_schema;
 pub mod etcd_snapshot;
 pub mod snapshot;
