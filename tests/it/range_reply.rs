@@ -13,6 +13,7 @@ use prost::bytes::{Buf, BufMut};
 use tonic::transport::Channel;
 
 use crate::harness::Server;
+use crate::range_stream::put;
 
 /// A codec that hands over messages as their bytes.
 #[derive(Default, Clone, Copy)]
@@ -92,20 +93,6 @@ fn value(i: usize, round: usize) -> Vec<u8> {
     format!("{i}:{round}:")
         .repeat(1000 / (i.to_string().len() + 4))
         .into_bytes()
-}
-
-async fn put(kv: &mut KvClient<Channel>, k: Vec<u8>, v: Vec<u8>) -> i64 {
-    kv.put(PutRequest {
-        key: k,
-        value: v,
-        ..Default::default()
-    })
-    .await
-    .expect("put")
-    .into_inner()
-    .header
-    .expect("header")
-    .revision
 }
 
 /// The same writes on one server: 1,500 keys of about 1,000 bytes, ten of

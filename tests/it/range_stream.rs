@@ -28,7 +28,8 @@ fn prefix_end() -> Vec<u8> {
     b"/stream0".to_vec()
 }
 
-async fn put(kv: &mut KvClient<Channel>, k: Vec<u8>, v: Vec<u8>) -> i64 {
+/// A put; returns the revision it made.
+pub(crate) async fn put(kv: &mut KvClient<Channel>, k: Vec<u8>, v: Vec<u8>) -> i64 {
     kv.put(PutRequest {
         key: k,
         value: v,
