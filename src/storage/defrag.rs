@@ -129,14 +129,8 @@ impl Backend {
             path: self.path.clone(),
             detail: format!("defragment: cannot put the new file in place: {e}"),
         })?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StorageError::Open {
-                    path: dir.to_path_buf(),
-                    detail: format!("defragment: cannot sync the directory: {e}"),
-                })?;
-        }
+        // The file in place is the database from now on, whatever follows:
+        // the member must not go on writing a file its path no longer names.
         if let Some(db) = copy.db.take() {
             let old = std::mem::replace(&mut *self.db.write(), std::sync::Arc::new(db));
             // Closed once its last reader ends; closing writes and syncs
@@ -144,6 +138,14 @@ impl Backend {
             let _ = std::thread::Builder::new()
                 .name("defrag-close".into())
                 .spawn(move || drop(old));
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::Open {
+                    path: dir.to_path_buf(),
+                    detail: format!("defragment: cannot sync the directory: {e}"),
+                })?;
         }
         Ok(())
     }
