@@ -166,11 +166,9 @@ pub struct Node {
     compact_restored: bool,
     revoking: HashMap<i64, Instant>,
     last_size_check: Instant,
-    /// When the bytes in use were last counted, and how long until the next
-    /// count: counting walks every page of the file, so the loop spends at
-    /// most a fiftieth of its time on it.
-    last_in_use: Instant,
-    in_use_every: Duration,
+    /// The thread counting the bytes in use, while it runs: the count walks
+    /// every page of the tables, which takes seconds on a large database.
+    in_use_thread: Option<std::thread::JoinHandle<()>>,
     frozen: bool,
     freeze_file: Option<std::path::PathBuf>,
     persisted_term_vote: (u64, u64),
@@ -288,8 +286,7 @@ impl Node {
             compact_restored,
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
-            last_in_use: Instant::now(),
-            in_use_every: Duration::from_secs(1),
+            in_use_thread: None,
             frozen: false,
             freeze_file: cfg.freeze_file,
             persisted_term_vote: (u64::MAX, u64::MAX),
@@ -410,12 +407,7 @@ impl Node {
                     self.last_size_check = Instant::now();
                     self.disk.check();
                     metrics::DB_SIZE.set(self.backend.size() as i64);
-                    if self.last_in_use.elapsed() >= self.in_use_every && self.busy.is_none() {
-                        let start = Instant::now();
-                        metrics::DB_SIZE_IN_USE.set(self.backend.size_in_use() as i64);
-                        self.in_use_every = (start.elapsed() * 50).max(Duration::from_secs(1));
-                        self.last_in_use = Instant::now();
-                    }
+                    self.measure_in_use();
                     metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
                     let me = self.raw.raft.id;
                     metrics::IS_LEARNER
@@ -531,6 +523,39 @@ impl Node {
         self.raw.advance_apply_to(self.applied);
         self.answer_reads();
         Ok(())
+    }
+
+    /// Starts a count of the bytes in use on a thread of its own when one
+    /// is due (see [`Backend::in_use_due`]); the metric follows when it ends.
+    fn measure_in_use(&mut self) {
+        if self
+            .in_use_thread
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+            || !self.backend.in_use_due()
+        {
+            return;
+        }
+        let b = self.backend.clone();
+        let spawned = std::thread::Builder::new()
+            .name("db-in-use".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let n = b.size_in_use();
+                metrics::DB_SIZE_IN_USE.set(n as i64);
+                crate::debug!(
+                    "counted the database's bytes in use",
+                    bytes = n,
+                    took_ms = start.elapsed().as_millis() as u64
+                );
+            });
+        match spawned {
+            Ok(t) => self.in_use_thread = Some(t),
+            Err(e) => crate::warn!(
+                "cannot start a thread to count the bytes in use",
+                error = e.to_string()
+            ),
+        }
     }
 
     /// Moves a defragmentation on: starts its copy when one is asked for,

@@ -26,6 +26,8 @@ pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("authU
 /// Auth roles: name -> encoded `authpb.Role`.
 pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("authRoles");
 
+mod in_use;
+
 pub mod meta {
     pub const APPLIED_INDEX: &str = "applied_index";
     pub const CONSISTENT_TERM: &str = "term";
@@ -100,6 +102,8 @@ pub struct Backend {
     in_use: std::sync::atomic::AtomicU64,
     /// Bytes of writes admitted since `in_use` was last measured.
     admitted: std::sync::atomic::AtomicU64,
+    /// The last measure of `in_use`; held while one is taken.
+    measure: parking_lot::Mutex<in_use::Measure>,
 }
 
 impl Backend {
@@ -137,6 +141,7 @@ impl Backend {
             compaction: Default::default(),
             in_use: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
+            measure: Default::default(),
         };
         // A defragmentation's copy that a crash left behind.
         let _ = std::fs::remove_file(backend.defrag_path());
@@ -185,53 +190,6 @@ impl Backend {
     /// Size of the file on disk, in bytes.
     pub fn size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Bytes of the file that hold the state machine: allocated pages, less
-    /// free pages and less the Raft log's entries (etcd keeps those in its WAL,
-    /// outside bbolt, so its in-use size and quota never count them).
-    pub fn size_in_use(&self) -> u64 {
-        use redb::ReadableTableMetadata;
-        use std::sync::atomic::Ordering::Relaxed;
-        // What was admitted before this measure is in it (or in the writes
-        // queued behind it, which the next measure sees).
-        let admitted = self.admitted.load(Relaxed);
-        let stats = self.write().and_then(|t| {
-            let s = t.stats().map_err(StorageError::from)?;
-            let log = t.open_table(LOG).map_err(StorageError::from)?.stats();
-            let log = log.map_err(StorageError::from)?;
-            t.abort().map_err(StorageError::from)?;
-            Ok((s, log))
-        });
-        let n = match stats {
-            Ok((s, log)) => (s.allocated_pages() * s.page_size() as u64)
-                .saturating_sub(log.stored_bytes() + log.metadata_bytes() + log.fragmented_bytes()),
-            Err(_) => self.size(),
-        };
-        self.in_use.store(n, Relaxed);
-        let _ = self
-            .admitted
-            .fetch_update(Relaxed, Relaxed, |a| Some(a.saturating_sub(admitted)));
-        n
-    }
-
-    /// Counts `bytes` of a write admitted under the quota, until the next
-    /// measure of the space in use includes it.
-    pub fn note_admitted(&self, bytes: u64) {
-        self.admitted
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The space in use as last measured (the Raft loop measures once a
-    /// second; etcd checks its quota against bbolt's size, which has no
-    /// free space preallocated), plus the writes admitted since:
-    /// a quota check between two measures does not let a burst of writes
-    /// through unseen.
-    pub fn estimated_in_use(&self) -> u64 {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.in_use
-            .load(Relaxed)
-            .saturating_add(self.admitted.load(Relaxed))
     }
 
     /// Marks the state machine replaced as a whole (a snapshot installed).
