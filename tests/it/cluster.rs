@@ -1162,7 +1162,6 @@ async fn load_big(ep: &str, keys: usize, value: Vec<u8>) {
 fn defragment_keeps_the_leaders_heartbeats() {
     const KEYS: usize = 100_000;
     const HEARTBEAT_MS: u64 = 50;
-    const ELECTION_TIMEOUT_MS: u64 = 1000;
     let mut c = fast_heartbeat_cluster(&[]);
     let all = [0usize, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(10));
@@ -1260,12 +1259,8 @@ fn defragment_keeps_the_leaders_heartbeats() {
         answered_during >= 10,
         "only {answered_during} puts and reads answered during a defragmentation of {took:?}"
     );
-    // The copy's syncs share the disk with the members' log syncs, and the
-    // leader's loop waits in its own: on this shared disk that has held its
-    // messages for up to 632 ms (once in five runs). What must hold is
-    // that no follower's election timeout (1 s) runs out.
     assert!(
-        gap < Duration::from_millis(ELECTION_TIMEOUT_MS),
+        gap <= Duration::from_millis(10 * HEARTBEAT_MS),
         "the leader's messages to a follower stopped for {gap:?} while it defragmented for {took:?}"
     );
     let (term_after, got) = c.rt.block_on(async {
