@@ -171,6 +171,10 @@ impl LogStore {
     /// The log as persisted; None when the member holds no Raft state yet.
     /// A log still in the database's tables is moved into the log files first.
     pub fn load(backend: &Arc<Backend>, dir: &Path) -> Result<Option<LogStore>> {
+        // Snapshot files a stop left behind, sent or received.
+        if let Some(snap_dir) = backend.path().parent() {
+            snapshot_file::remove_stale(snap_dir, std::time::Duration::ZERO);
+        }
         let (applied, cs, mark, in_files) = {
             let txn = backend.read()?;
             let meta = txn.open_table(META)?;
@@ -451,7 +455,22 @@ impl LogStore {
         let meta = snap.get_metadata();
         let mut txn = self.backend.write()?;
         txn.set_durability(redb::Durability::Immediate)?;
-        crate::storage::snapshot::load(&txn, &snap.data)?;
+        let file = snapshot_file::local_path(&snap.data);
+        match &file {
+            // Received in chunks into a file (see `transport`).
+            Some(path) => {
+                let opened = std::fs::File::open(path).and_then(|f| {
+                    let len = f.metadata()?.len();
+                    Ok((f, len))
+                });
+                let (f, len) = opened.map_err(|e| StorageError::Open {
+                    path: path.clone(),
+                    detail: format!("received snapshot: {e}"),
+                })?;
+                crate::storage::snapshot::load_from(&txn, f, len)?;
+            }
+            None => crate::storage::snapshot::load(&txn, &snap.data)?,
+        }
         {
             let mut log = txn.open_table(LOG)?;
             log.retain(|_, _| false)?;
@@ -466,6 +485,9 @@ impl LogStore {
             storage::put_u64(&mut m, storage::meta::LOG_IN_FILES, 1)?;
         }
         txn.commit()?;
+        if let Some(path) = file {
+            let _ = std::fs::remove_file(path);
+        }
         self.backend.note_rewrite();
         let mut hs = self.mem.rl().hard_state().clone();
         hs.commit = hs.commit.max(meta.index);
@@ -534,6 +556,7 @@ impl LogStore {
     }
 }
 mod snapshot;
+pub mod snapshot_file;
 pub mod transport;
 pub mod wal;
 pub mod wire;

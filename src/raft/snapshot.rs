@@ -8,8 +8,9 @@
 //! starts a thread that writes the snapshot from one read transaction (a
 //! consistent view of the applied state; writes go on meanwhile) and
 //! answers "temporarily unavailable"; raft-rs asks again on the follower's
-//! next heartbeat response and gets the finished snapshot, handed over
-//! without a copy.
+//! next heartbeat response and gets the finished snapshot. The snapshot is
+//! a file ([`super::snapshot_file`]): the message raft-rs hands the
+//! transport names it, and the transport sends it in chunks.
 
 use std::sync::Arc;
 
@@ -57,7 +58,8 @@ impl SnapshotMaker {
                 *st = State::Building;
                 return Err(unavailable());
             }
-            State::Idle | State::Ready(_) => {}
+            State::Ready(old) => discard(&old),
+            State::Idle => {}
         }
         *st = State::Building;
         drop(st);
@@ -75,8 +77,10 @@ impl SnapshotMaker {
                 // or left) is not held for ever.
                 std::thread::sleep(KEEP_UNTAKEN);
                 let mut st = me.state.lock();
-                if matches!(&*st, State::Ready(s) if s.get_metadata().index == index) {
-                    *st = State::Idle;
+                if matches!(&*st, State::Ready(s) if s.get_metadata().index == index)
+                    && let State::Ready(s) = std::mem::take(&mut *st)
+                {
+                    discard(&s);
                 }
             });
         if let Err(e) = started {
@@ -87,34 +91,50 @@ impl SnapshotMaker {
     }
 }
 
-/// Writes the state machine out at its applied index, with that index's term
-/// and the membership.
+/// Writes the state machine out to a file at its applied index, with that
+/// index's term and the membership; the snapshot's data names the file.
 fn make(mem: &MemStorage, backend: &Backend) -> Option<Snapshot> {
     let t0 = std::time::Instant::now();
-    let (data, applied) = match crate::storage::snapshot::save_to_vec(backend) {
+    let dir = backend.path().parent()?;
+    super::snapshot_file::remove_stale(dir, super::snapshot_file::STALE);
+    let path = super::snapshot_file::new_path(dir, true);
+    let (applied, size) = match crate::storage::snapshot::save_for_raft(backend, &path) {
         Ok(v) => v,
         Err(e) => {
             crate::warn!("cannot make a snapshot", error = e);
+            let _ = std::fs::remove_file(&path);
             return None;
         }
     };
     // The log may have been compacted past `applied` meanwhile: then the
     // next ask makes a newer snapshot.
-    let term = raft::Storage::term(mem, applied).ok()?;
-    let conf = raft::Storage::initial_state(mem).ok()?.conf_state;
+    let (Ok(term), Ok(state)) = (
+        raft::Storage::term(mem, applied),
+        raft::Storage::initial_state(mem),
+    ) else {
+        let _ = std::fs::remove_file(&path);
+        return None;
+    };
     crate::info!(
         "made a snapshot for a follower",
         index = applied,
-        size = data.len(),
+        size = size,
         took = format!("{:?}", t0.elapsed())
     );
     let mut snap = Snapshot {
-        data: data.into(),
+        data: super::snapshot_file::local(&path).into(),
         ..Default::default()
     };
     let meta = snap.mut_metadata();
     meta.index = applied;
     meta.term = term;
-    meta.set_conf_state(conf);
+    meta.set_conf_state(state.conf_state);
     Some(snap)
+}
+
+/// Removes the file a snapshot nobody took names.
+fn discard(snap: &Snapshot) {
+    if let Some(p) = super::snapshot_file::local_path(&snap.data) {
+        let _ = std::fs::remove_file(p);
+    }
 }

@@ -4,7 +4,11 @@
 //! `--listen-peer-urls`. A connection starts with a handshake naming the cluster and
 //! both members; a peer of another cluster, or a connection meant for another
 //! member, is refused with a log line. After the handshake the stream carries
-//! encoded `eraftpb.Message`s in chunks of at most 1 MiB (a snapshot spans many). A lost
+//! encoded `eraftpb.Message`s in chunks of at most 1 MiB. A snapshot's message
+//! announces the length of its body, which follows in chunks of its own, read
+//! from the leader's file and written to one by the follower a chunk at a time
+//! (see [`super::snapshot_file`]); the messages queued meanwhile go between
+//! them, so the follower keeps hearing the leader. A lost
 //! connection is re-dialled with backoff; messages sent meanwhile are dropped, which
 //! Raft tolerates, and the peer is reported unreachable.
 //!
@@ -114,19 +118,28 @@ enum PeerError {
     Wire(#[from] WireError),
     #[error("message from {from:x} to {to:x} on the connection of member {peer:x}")]
     Misrouted { from: u64, to: u64, peer: u64 },
+    #[error("snapshot: {0}")]
+    Snapshot(&'static str),
 }
+
+/// Chunk flags: a message's chunk, more to come or its last; a snapshot
+/// body's chunk, more to come or its last.
+const MORE: u8 = 0;
+const LAST: u8 = 1;
+const BODY_MORE: u8 = 2;
+const BODY_LAST: u8 = 3;
 
 /// Appends `msg` as chunks: `[len u32 BE][last u8][bytes]`.
 fn push_chunks(buf: &mut Vec<u8>, msg: &[u8]) {
     let mut chunks = msg.chunks(CHUNK).peekable();
     if chunks.peek().is_none() {
         buf.extend_from_slice(&0u32.to_be_bytes());
-        buf.push(1);
+        buf.push(LAST);
         return;
     }
     while let Some(c) = chunks.next() {
         buf.extend_from_slice(&(c.len() as u32).to_be_bytes());
-        buf.push(chunks.peek().is_none() as u8);
+        buf.push(if chunks.peek().is_none() { LAST } else { MORE });
         buf.extend_from_slice(c);
     }
 }
@@ -171,6 +184,9 @@ pub struct Transport {
     /// The store HashKV requests are answered from.
     store: Mutex<Option<Arc<crate::mvcc::Store>>>,
     limits: Limits,
+    /// Where snapshots received in chunks are written (beside the database);
+    /// None refuses them.
+    snap_dir: Mutex<Option<std::path::PathBuf>>,
     /// Permits for connections in their handshake.
     handshaking: Arc<Semaphore>,
     /// The inbound connection of each peer: its number, and what closes it.
@@ -223,12 +239,18 @@ impl Transport {
             tls,
             store: Mutex::new(None),
             limits,
+            snap_dir: Mutex::new(None),
             handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
             inbound: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             refused_logged: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The directory snapshots received from the leader are written to.
+    pub fn set_snapshot_dir(&self, dir: std::path::PathBuf) {
+        *self.snap_dir.lock() = Some(dir);
     }
 
     /// The store that answers peers' HashKV requests.
@@ -331,8 +353,13 @@ impl Transport {
             match peers.get(&to) {
                 Some(p) => {
                     let heartbeat = m.get_msg_type() == MessageType::MsgHeartbeat;
-                    if p.tx.try_send(m).is_err() {
+                    if let Err(e) = p.tx.try_send(m) {
                         // Dropped: the peer's queue is full.
+                        let m = e.into_inner();
+                        if m.get_msg_type() == MessageType::MsgSnapshot {
+                            discard_file(&m);
+                            (self.deliver)(Event::SnapshotDone(to, false));
+                        }
                         crate::metrics::peer::of(to).sent_failures.inc();
                         if heartbeat {
                             crate::metrics::HEARTBEAT_SEND_FAILURES.inc();
@@ -428,6 +455,7 @@ impl Transport {
                     let mut snap_failed = false;
                     while let Ok(m) = rx.try_recv() {
                         stats.sent_failures.inc();
+                        discard_file(&m);
                         if m.get_msg_type() == MessageType::MsgSnapshot {
                             stats.snapshot_send_dropped();
                             snap_failed = true;
@@ -456,6 +484,9 @@ impl Transport {
                         Err(_) => break,
                     }
                 }
+                // Snapshots in files go after the rest, streamed.
+                let (files, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(is_file_snapshot);
+                batch = rest;
                 let is_snap = batch
                     .iter()
                     .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
@@ -495,8 +526,96 @@ impl Transport {
                     stats.snapshot_send_done(start, true);
                     (self.deliver)(Event::SnapshotDone(to, true));
                 }
+                let mut files = files.into_iter();
+                while let Some(m) = files.next() {
+                    let start = stats.snapshot_send_started();
+                    if let Err(e) = self
+                        .stream_snapshot(&mut stream, to, m, &mut rx, &stats)
+                        .await
+                    {
+                        stats.snapshot_send_done(start, false);
+                        files.for_each(|m| discard_file(&m));
+                        stats.sent_failures.inc();
+                        stats.disconnected();
+                        crate::warn!(
+                            "lost connection to peer while sending a snapshot",
+                            peer_id = format!("{to:x}"),
+                            error = e
+                        );
+                        (self.deliver)(Event::SnapshotDone(to, false));
+                        (self.deliver)(Event::Unreachable(to));
+                        continue 'outer;
+                    }
+                    stats.snapshot_send_done(start, true);
+                    (self.deliver)(Event::SnapshotDone(to, true));
+                }
             }
         }
+    }
+
+    /// Sends the snapshot in the file `m` names: the message, its data
+    /// replaced by the body's length, then the body in chunks read from the
+    /// file one at a time, with the messages queued meanwhile (heartbeats
+    /// among them) sent between them. The file is removed after.
+    async fn stream_snapshot(
+        &self,
+        s: &mut Stream,
+        to: u64,
+        mut m: Message,
+        rx: &mut mpsc::Receiver<Message>,
+        stats: &crate::metrics::peer::PeerStats,
+    ) -> std::io::Result<()> {
+        let Some(path) = super::snapshot_file::local_path(&m.get_snapshot().data) else {
+            return Err(std::io::Error::other("snapshot names no file"));
+        };
+        let sent = async {
+            let mut f = tokio::fs::File::open(&path).await?;
+            let len = f.metadata().await?.len();
+            m.mut_snapshot().data = super::snapshot_file::streamed(len).into();
+            let mut buf = Vec::with_capacity(CHUNK + 5);
+            push_chunks(&mut buf, &wire::encode(&m).map_err(std::io::Error::other)?);
+            s.write_all(&buf).await?;
+            stats.sent_bytes.add(buf.len() as u64);
+            let mut left = len;
+            loop {
+                let n = left.min(CHUNK as u64) as usize;
+                left -= n as u64;
+                buf.clear();
+                buf.extend_from_slice(&(n as u32).to_be_bytes());
+                buf.push(if left == 0 { BODY_LAST } else { BODY_MORE });
+                buf.resize(5 + n, 0);
+                f.read_exact(&mut buf[5..]).await?;
+                s.write_all(&buf).await?;
+                stats.sent_bytes.add(buf.len() as u64);
+                if left == 0 {
+                    return Ok(());
+                }
+                buf.clear();
+                let mut heartbeat = false;
+                while let Ok(o) = rx.try_recv() {
+                    if is_file_snapshot(&o) {
+                        // One snapshot at a time: Raft asks again.
+                        discard_file(&o);
+                        (self.deliver)(Event::SnapshotDone(to, false));
+                        continue;
+                    }
+                    heartbeat |= o.get_msg_type() == MessageType::MsgHeartbeat;
+                    if let Ok(b) = wire::encode(&o) {
+                        push_chunks(&mut buf, &b);
+                    }
+                }
+                if !buf.is_empty() {
+                    s.write_all(&buf).await?;
+                    stats.sent_bytes.add(buf.len() as u64);
+                }
+                if heartbeat {
+                    stats.heartbeat_sent();
+                }
+            }
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        sent
     }
 
     /// Accepts peer connections until the listener fails.
@@ -707,6 +826,10 @@ impl Transport {
         let mut s = tokio::io::BufReader::with_capacity(256 * 1024, s);
         let mut buf: Vec<u8> = Vec::new();
         let mut limit = self.limits.message;
+        // A snapshot whose body is arriving in chunks, between which other
+        // messages come.
+        let mut incoming: Option<Incoming> = None;
+        let mut body = Vec::new();
         loop {
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await?;
@@ -715,8 +838,39 @@ impl Transport {
                 return Err(PeerError::Chunk(n));
             }
             let last = match head[4] {
-                0 => false,
-                1 => true,
+                MORE => false,
+                LAST => true,
+                BODY_MORE | BODY_LAST => {
+                    let Some(inc) = incoming.as_mut() else {
+                        return Err(PeerError::Snapshot(
+                            "a body chunk with no snapshot announced",
+                        ));
+                    };
+                    if n as u64 > inc.left {
+                        return Err(PeerError::Snapshot("a body longer than announced"));
+                    }
+                    body.resize(n, 0);
+                    s.read_exact(&mut body).await?;
+                    stats.received_bytes.add(5 + n as u64);
+                    inc.file.write_all(&body).await?;
+                    inc.left -= n as u64;
+                    if head[4] == BODY_MORE {
+                        continue;
+                    }
+                    if inc.left != 0 {
+                        return Err(PeerError::Snapshot("a body shorter than announced"));
+                    }
+                    let Some(mut inc) = incoming.take() else {
+                        continue;
+                    };
+                    inc.file.flush().await?;
+                    let m = inc.received();
+                    if let Some(start) = snap.take() {
+                        stats.snapshot_receive_done(start, true);
+                    }
+                    (self.deliver)(Event::Message(m));
+                    continue;
+                }
                 f => return Err(PeerError::Flag(f)),
             };
             if buf.len() + n > limit {
@@ -727,6 +881,11 @@ impl Transport {
             s.read_exact(&mut buf[start..]).await?;
             stats.received_bytes.add(5 + n as u64);
             if start == 0 && wire::leading_msg_type(&buf) == Some(MessageType::MsgSnapshot as u64) {
+                if incoming.is_some() {
+                    return Err(PeerError::Snapshot(
+                        "a snapshot while another one's body arrives",
+                    ));
+                }
                 limit = self.limits.snapshot;
                 *snap = Some(stats.snapshot_receive_started());
             }
@@ -747,6 +906,23 @@ impl Transport {
                 });
             }
             limit = self.limits.message;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let data = &m.get_snapshot().data;
+                if super::snapshot_file::looks_local(data) {
+                    // Only this process names its own files.
+                    return Err(PeerError::Snapshot("data that names a local file"));
+                }
+                if let Some(body_len) = super::snapshot_file::streamed_len(data) {
+                    if body_len > self.limits.snapshot as u64 {
+                        return Err(PeerError::TooLarge(self.limits.snapshot));
+                    }
+                    let Some(dir) = self.snap_dir.lock().clone() else {
+                        return Err(PeerError::Snapshot("no directory to receive snapshots in"));
+                    };
+                    incoming = Some(Incoming::create(&dir, m, body_len).await?);
+                    continue;
+                }
+            }
             if let Some(start) = snap.take() {
                 stats.snapshot_receive_done(start, true);
             }
@@ -754,6 +930,45 @@ impl Transport {
                 stats.heartbeat_answered();
             }
             (self.deliver)(Event::Message(m));
+        }
+    }
+}
+
+/// A snapshot whose body is being written to a file as it arrives; the
+/// file is removed unless the snapshot is handed to the Raft loop.
+struct Incoming {
+    msg: Option<Message>,
+    path: std::path::PathBuf,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    /// Body bytes still to come.
+    left: u64,
+}
+
+impl Incoming {
+    async fn create(dir: &std::path::Path, msg: Message, len: u64) -> std::io::Result<Incoming> {
+        super::snapshot_file::remove_stale(dir, super::snapshot_file::STALE);
+        let path = super::snapshot_file::new_path(dir, false);
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(Incoming {
+            msg: Some(msg),
+            path,
+            file: tokio::io::BufWriter::with_capacity(CHUNK, file),
+            left: len,
+        })
+    }
+
+    /// The snapshot message, its data naming the file (which stays).
+    fn received(mut self) -> Message {
+        let mut m = self.msg.take().unwrap_or_default();
+        m.mut_snapshot().data = super::snapshot_file::local(&self.path).into();
+        m
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.msg.is_some() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -860,6 +1075,21 @@ pub async fn fetch_cluster(
         }
     }
     Err(last)
+}
+
+/// Whether `m` is a snapshot whose data names a file of this process.
+fn is_file_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgSnapshot
+        && super::snapshot_file::local_path(&m.get_snapshot().data).is_some()
+}
+
+/// Removes the file a snapshot message that will not be sent names.
+fn discard_file(m: &Message) {
+    if m.get_msg_type() == MessageType::MsgSnapshot
+        && let Some(p) = super::snapshot_file::local_path(&m.get_snapshot().data)
+    {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Runs `f`, a copy of a whole snapshot when `heavy` (hundreds of MB, a

@@ -261,6 +261,9 @@ impl EtcdServer {
             ),
         );
         transport.set_store(store.clone());
+        if let Some(dir) = backend.path().parent() {
+            transport.set_snapshot_dir(dir.to_path_buf());
+        }
         // As etcd: only a member that already had data is checked, before its
         // Raft loop starts.
         if initialized && cfg.experimental_initial_corrupt_check {

@@ -918,7 +918,9 @@ impl Node {
             crate::info!(
                 "applying snapshot from leader",
                 snapshot_index = index,
-                size = snap.data.len()
+                size = crate::raft::snapshot_file::local_path(&snap.data)
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(snap.data.len() as u64, |m| m.len())
             );
             metrics::SNAPSHOT_APPLY_IN_PROGRESS.set(1);
             let start = Instant::now();

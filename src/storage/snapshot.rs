@@ -84,18 +84,23 @@ pub fn save_own(backend: &Backend, path: &Path) -> Result<u64, StorageError> {
     Ok(len)
 }
 
-/// A snapshot in memory and the applied index it reflects (for Raft snapshots).
-pub fn save_to_vec(backend: &Backend) -> Result<(Vec<u8>, u64), StorageError> {
+/// Writes a snapshot of the committed state to `path` for a Raft follower
+/// (not synced: it is sent, then removed); returns the applied index it
+/// reflects and its size.
+pub fn save_for_raft(backend: &Backend, path: &Path) -> Result<(u64, u64), StorageError> {
     let txn = backend.read()?;
     let applied = {
         let meta = txn.open_table(META)?;
         super::get_u64(&meta, super::meta::APPLIED_INDEX)?.unwrap_or(0)
     };
-    let (buf, _) = write_to(&txn, Vec::new()).map_err(|e| match e {
-        WriteError::Io(e) => StorageError::Db(e.to_string()),
-        WriteError::Db(e) => e,
-    })?;
-    Ok((buf, applied))
+    let file = std::fs::File::create(path).map_err(io(path))?;
+    let (file, len) =
+        write_to(&txn, std::io::BufWriter::with_capacity(1 << 20, file)).map_err(|e| match e {
+            WriteError::Io(e) => io(path)(e),
+            WriteError::Db(e) => e,
+        })?;
+    file.into_inner().map_err(|e| io(path)(e.into_error()))?;
+    Ok((applied, len))
 }
 
 enum WriteError {
@@ -190,73 +195,144 @@ fn take_u32(data: &mut &[u8]) -> Option<usize> {
     take(data, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
 }
 
-/// Replaces the state machine in `txn` with the snapshot `data` (checked first).
+/// Replaces the state machine in `txn` with the snapshot `data`.
 /// Raft log keys and this member's ID are left alone.
 pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageError> {
+    load_from(txn, data, data.len() as u64)
+}
+
+/// Replaces the state machine in `txn` with the snapshot of `len` bytes read
+/// from `r`, a record at a time. The checksum is checked at the end: on any
+/// error the caller drops `txn`, and nothing of the snapshot is kept.
+/// Raft log keys and this member's ID are left alone.
+pub fn load_from(txn: &redb::WriteTransaction, r: impl Read, len: u64) -> Result<(), StorageError> {
     let bad = |d: &str| StorageError::Decode {
         what: "snapshot".into(),
         detail: d.to_string(),
     };
-    if data.len() < MAGIC.len() + 33 || !data.starts_with(MAGIC) {
+    if len < MAGIC.len() as u64 + 33 {
         return Err(bad("not an etcd-rs snapshot"));
     }
-    let (body, sum) = data.split_at(data.len() - 32);
-    if Sha256::digest(body).as_slice() != sum {
+    let mut body = Body {
+        r: std::io::BufReader::with_capacity(256 << 10, r),
+        hash: Sha256::new(),
+        left: len - 32,
+    };
+    let mut magic = [0u8; MAGIC.len()];
+    body.fill(&mut magic)?;
+    if magic != MAGIC {
+        return Err(bad("not an etcd-rs snapshot"));
+    }
+    super::clear_state_machine(txn, SKIPPED_META)?;
+    let mut kv = txn.open_table(KV)?;
+    let mut meta = txn.open_table(META)?;
+    let mut leases = txn.open_table(LEASES)?;
+    let mut members = txn.open_table(MEMBERS)?;
+    let mut alarms = txn.open_table(ALARMS)?;
+    let mut users = txn.open_table(AUTH_USERS)?;
+    let mut roles = txn.open_table(AUTH_ROLES)?;
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    loop {
+        let mut t = [0u8; 1];
+        body.fill(&mut t)?;
+        let t = t[0];
+        if t == END {
+            break;
+        }
+        body.field(&mut k)?;
+        body.field(&mut v)?;
+        let u64_at = |b: &[u8], i: usize| -> Result<u64, StorageError> {
+            b.get(i..i + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| bad("short key"))
+        };
+        match t {
+            1 => {
+                kv.insert((u64_at(&k, 0)?, u64_at(&k, 8)?), v.as_slice())?;
+            }
+            2 => {
+                let key = std::str::from_utf8(&k).map_err(|_| bad("meta key is not UTF-8"))?;
+                if !SKIPPED_META.contains(&key) {
+                    meta.insert(key, v.as_slice())?;
+                }
+            }
+            3 => {
+                leases.insert(u64_at(&k, 0)? as i64, v.as_slice())?;
+            }
+            4 => {
+                members.insert(u64_at(&k, 0)?, v.as_slice())?;
+            }
+            5 => {
+                let a = k.get(8..12).ok_or_else(|| bad("short alarm key"))?;
+                alarms.insert(
+                    (u64_at(&k, 0)?, i32::from_be_bytes([a[0], a[1], a[2], a[3]])),
+                    v.as_slice(),
+                )?;
+            }
+            6 | 7 => {
+                let name = std::str::from_utf8(&k).map_err(|_| bad("auth name is not UTF-8"))?;
+                if t == 6 {
+                    users.insert(name, v.as_slice())?;
+                } else {
+                    roles.insert(name, v.as_slice())?;
+                }
+            }
+            _ => return Err(bad("unknown record type")),
+        }
+    }
+    // Padding, then the checksum of everything before it.
+    let mut pad = [0u8; 512];
+    while body.left > 0 {
+        let n = body.left.min(pad.len() as u64) as usize;
+        body.fill(&mut pad[..n])?;
+    }
+    let mut sum = [0u8; 32];
+    body.r.read_exact(&mut sum).map_err(|_| bad("truncated"))?;
+    if body.hash.finalize().as_slice() != sum {
         return Err(bad("sha256 checksum mismatch"));
     }
-    {
-        super::clear_state_machine(txn, SKIPPED_META)?;
-        let mut kv = txn.open_table(KV)?;
-        let mut meta = txn.open_table(META)?;
-        let mut leases = txn.open_table(LEASES)?;
-        let mut members = txn.open_table(MEMBERS)?;
-        let mut alarms = txn.open_table(ALARMS)?;
-        let mut users = txn.open_table(AUTH_USERS)?;
-        let mut roles = txn.open_table(AUTH_ROLES)?;
-        for_each_record(&body[MAGIC.len()..], |t, k, v| {
-            let u64_at = |b: &[u8], i: usize| -> Result<u64, StorageError> {
-                b.get(i..i + 8)
-                    .and_then(|s| s.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| bad("short key"))
-            };
-            match t {
-                1 => {
-                    kv.insert((u64_at(k, 0)?, u64_at(k, 8)?), v)?;
-                }
-                2 => {
-                    let key = std::str::from_utf8(k).map_err(|_| bad("meta key is not UTF-8"))?;
-                    if !SKIPPED_META.contains(&key) {
-                        meta.insert(key, v)?;
-                    }
-                }
-                3 => {
-                    leases.insert(u64_at(k, 0)? as i64, v)?;
-                }
-                4 => {
-                    members.insert(u64_at(k, 0)?, v)?;
-                }
-                5 => {
-                    let a = k.get(8..12).ok_or_else(|| bad("short alarm key"))?;
-                    alarms.insert(
-                        (u64_at(k, 0)?, i32::from_be_bytes([a[0], a[1], a[2], a[3]])),
-                        v,
-                    )?;
-                }
-                6 | 7 => {
-                    let name = std::str::from_utf8(k).map_err(|_| bad("auth name is not UTF-8"))?;
-                    if t == 6 {
-                        users.insert(name, v)?;
-                    } else {
-                        roles.insert(name, v)?;
-                    }
-                }
-                _ => return Err(bad("unknown record type")),
-            }
-            Ok(())
-        })?;
-    }
     Ok(())
+}
+
+/// The body of a snapshot being loaded: hashed as it is read, and never
+/// read past its end (so no length in it can ask for more than is there).
+struct Body<R: Read> {
+    r: std::io::BufReader<R>,
+    hash: Sha256,
+    left: u64,
+}
+
+impl<R: Read> Body<R> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
+        let truncated = || StorageError::Decode {
+            what: "snapshot".into(),
+            detail: "truncated".into(),
+        };
+        if buf.len() as u64 > self.left {
+            return Err(truncated());
+        }
+        self.r.read_exact(buf).map_err(|_| truncated())?;
+        self.hash.update(&*buf);
+        self.left -= buf.len() as u64;
+        Ok(())
+    }
+
+    /// A length-prefixed key or value, into `out`.
+    fn field(&mut self, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        let mut n = [0u8; 4];
+        self.fill(&mut n)?;
+        let n = u32::from_be_bytes(n) as u64;
+        if n > self.left {
+            return Err(StorageError::Decode {
+                what: "snapshot".into(),
+                detail: "truncated".into(),
+            });
+        }
+        out.clear();
+        out.resize(n as usize, 0);
+        self.fill(out)
+    }
 }
 
 /// Calls `f(table, key, value)` for every record of a snapshot body (after the
@@ -466,12 +542,71 @@ mod tests {
         assert!(marked(&restored)?);
 
         // What a member joining the restored cluster installs carries no mark.
-        let (data, _) = save_to_vec(&restored)?;
+        let raft_file = tmp.path().join("raft.snap");
+        save_for_raft(&restored, &raft_file)?;
+        let data = std::fs::read(&raft_file).map_err(|e| StorageError::Db(e.to_string()))?;
         let joiner = Backend::open(&tmp.path().join("joiner"))?;
         let txn = joiner.write()?;
         load(&txn, &data)?;
         txn.commit()?;
         assert!(!marked(&joiner)?);
+        Ok(())
+    }
+
+    fn keys(b: &Backend) -> Result<Vec<(u64, u64)>, StorageError> {
+        let txn = b.read()?;
+        let kv = txn.open_table(KV)?;
+        let mut out = Vec::new();
+        for item in kv.iter()? {
+            out.push(item?.0.value());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_raft_snapshot_loads_from_its_file_and_a_damaged_one_changes_nothing()
+    -> Result<(), StorageError> {
+        let tmp = tempfile::tempdir().map_err(|e| StorageError::Db(e.to_string()))?;
+        let src = Backend::open(&tmp.path().join("src"))?;
+        let txn = src.write()?;
+        {
+            let mut kv = txn.open_table(KV)?;
+            for main in 1..=3_000u64 {
+                kv.insert((main, 0), vec![main as u8; 700].as_slice())?;
+            }
+        }
+        txn.commit()?;
+        let file = tmp.path().join("raft.snap");
+        let (_, len) = save_for_raft(&src, &file)?;
+        let io = |e: std::io::Error| StorageError::Db(e.to_string());
+        assert_eq!(std::fs::metadata(&file).map_err(io)?.len(), len);
+
+        let dst = Backend::open(&tmp.path().join("dst"))?;
+        let txn = dst.write()?;
+        load_from(&txn, std::fs::File::open(&file).map_err(io)?, len)?;
+        txn.commit()?;
+        assert_eq!(keys(&dst)?, keys(&src)?);
+
+        // Damaged copies: cut short, one byte changed, a length past the end.
+        let bytes = std::fs::read(&file).map_err(io)?;
+        let mut flipped = bytes.clone();
+        flipped[len as usize / 2] ^= 0x40;
+        let mut long_key = bytes.clone();
+        long_key[MAGIC.len() + 1..MAGIC.len() + 5].copy_from_slice(&u32::MAX.to_be_bytes());
+        let other = Backend::open(&tmp.path().join("other"))?;
+        for (what, data) in [
+            ("cut short", &bytes[..bytes.len() - 100]),
+            ("a byte changed", &flipped[..]),
+            ("a key longer than the file", &long_key[..]),
+        ] {
+            let txn = other.write()?;
+            assert!(
+                load_from(&txn, data, data.len() as u64).is_err(),
+                "{what}: loaded"
+            );
+            drop(txn);
+            assert!(keys(&other)?.is_empty(), "{what}: records kept");
+        }
         Ok(())
     }
 }

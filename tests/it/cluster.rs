@@ -1307,6 +1307,8 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
         cl.status().await.expect("status").raft_term()
     });
     c.net.reset_gaps();
+    let leader_pid = c.members[leader].pid().expect("leader's pid");
+    let leader_peak_before = crate::harness::vm(leader_pid, "VmHWM") << 10;
     c.members[down].spawn();
     c.members[down].wait_ready(Duration::from_secs(60 + keys as u64 / 5_000));
     let down_ep = c.members[down].endpoint();
@@ -1345,6 +1347,32 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
     assert!(
         log.contains("applying snapshot from leader"),
         "the member did not catch up by snapshot:\n{log}"
+    );
+    // The snapshot arrives in a file a chunk at a time and is loaded from
+    // it: the follower's peak memory is not its memory now plus a copy of
+    // the snapshot (received whole, it held one copy or two).
+    let size: u64 = made
+        .split("\"size\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the snapshot's size in the leader's log");
+    let pid = c.members[down].pid().expect("follower's pid");
+    let (peak, now) = (
+        crate::harness::vm(pid, "VmHWM") << 10,
+        crate::harness::vm(pid, "VmRSS") << 10,
+    );
+    eprintln!("follower: peak {peak} B, now {now} B, snapshot {size} B");
+    // The leader writes it to a file and sends it from there.
+    let leader_peak = crate::harness::vm(leader_pid, "VmHWM") << 10;
+    eprintln!("leader: peak {leader_peak_before} B before, {leader_peak} B after");
+    assert!(
+        leader_peak < leader_peak_before + size,
+        "the leader peaked at {leader_peak} B (before: {leader_peak_before} B) for a snapshot of {size} B"
+    );
+    assert!(
+        peak < now + size / 4,
+        "the follower peaked at {peak} B, now {now} B, for a snapshot of {size} B"
     );
     // Well under the election timeout (1 s) on a loaded machine; made on the
     // loop, the snapshot stopped them for as long as it took (1.3 s).

@@ -419,6 +419,16 @@ pub fn retry_while_unhealthy(mut run: impl FnMut() -> Output) -> Output {
 }
 
 /// A plain HTTP/1.1 GET on 127.0.0.1:`port`; the whole answer, headers included.
+/// A kernel memory figure of a process, in kB (`VmPeak`, `VmHWM`, ...).
+pub fn vm(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("memory figure")
+}
+
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

@@ -100,16 +100,6 @@ fn wait_closed_logged(c: &Cluster, i: usize, port: u16) -> String {
     line
 }
 
-/// A kernel memory figure of a process, in kB (`VmPeak`, `VmHWM`, ...).
-fn vm(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("memory figure")
-}
-
 /// Starts three members under load; returns them with the load running.
 fn cluster_under_load() -> (Cluster, Load) {
     let c = Cluster::start(3, &[]);
@@ -144,7 +134,7 @@ fn finish(mut c: Cluster, load: Load) {
 fn peer_announcing_3_gib_is_closed_without_allocating() {
     let (c, load) = cluster_under_load();
     let pid = c.members[0].pid().expect("pid");
-    let peak_before = vm(pid, "VmPeak");
+    let peak_before = crate::harness::vm(pid, "VmPeak");
     let mut s = handshake(&c, 0, 1);
     let port = s.local_addr().expect("addr").port();
     // A chunk header announcing 3 GiB, then a little of it.
@@ -155,7 +145,7 @@ fn peer_announcing_3_gib_is_closed_without_allocating() {
     assert!(closed_by_server(&mut s, Duration::from_secs(10)));
     let line = wait_closed_logged(&c, 0, port);
     assert!(line.contains("3221225472"), "{line}");
-    let peak_after = vm(pid, "VmPeak");
+    let peak_after = crate::harness::vm(pid, "VmPeak");
     assert!(
         peak_after < peak_before + (1 << 20),
         "address space grew from {peak_before} kB to {peak_after} kB"
@@ -327,5 +317,88 @@ fn one_peer_connection_per_known_member() {
         "{}",
         c.members[0].log()
     );
+    finish(c, load);
+}
+
+/// A snapshot's body travels after the message that announces its length,
+/// in chunks flagged 2 (more) and 3 (last), written to a file as they come.
+/// A body nobody announced, one longer than announced, a second snapshot
+/// during a body, and data that names a file of the member's own (which
+/// only the member itself may write) each close the connection with a log
+/// line, and leave no file behind.
+#[test]
+fn snapshot_bodies_outside_the_protocol_are_refused() {
+    let (c, load) = cluster_under_load();
+    let (to, from) = (c.members[0].id, c.members[1].id);
+    let snapshot = |data: &[u8]| -> Vec<u8> {
+        let mut snap = vec![0x0A]; // Snapshot.data
+        snap.extend(varint(data.len() as u64));
+        snap.extend_from_slice(data);
+        let mut m = vec![0x08, 0x07, 0x10]; // MsgSnapshot, to:
+        m.extend(varint(to));
+        m.push(0x18); // from:
+        m.extend(varint(from));
+        m.push(0x4A); // snapshot:
+        m.extend(varint(snap.len() as u64));
+        m.extend(snap);
+        m
+    };
+    let announce = |len: u64| {
+        let mut d = b"etcd-rs streamed snapshot\n".to_vec();
+        d.extend_from_slice(&len.to_be_bytes());
+        snapshot(&d)
+    };
+    let body = |bytes: &[u8], last: bool| {
+        let mut b = chunk(bytes, false);
+        b[4] = if last { 3 } else { 2 };
+        b
+    };
+    let snap_dir = c.members[0].data_dir().join("member").join("snap");
+    let leftovers = || {
+        std::fs::read_dir(&snap_dir)
+            .expect("snap dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("raft-"))
+            .collect::<Vec<_>>()
+    };
+    let cases: [(Vec<u8>, &str); 4] = [
+        (
+            body(&[0u8; 100], true),
+            "snapshot: a body chunk with no snapshot announced",
+        ),
+        (
+            [chunk(&announce(100), true), body(&[0u8; 200], true)].concat(),
+            "snapshot: a body longer than announced",
+        ),
+        (
+            [
+                chunk(&announce(100), true),
+                body(&[0u8; 50], false),
+                chunk(&announce(100), true),
+            ]
+            .concat(),
+            "snapshot: a snapshot while another one's body arrives",
+        ),
+        (
+            chunk(
+                &snapshot(b"etcd-rs local snapshot file\n0123456789abcdef/etc/passwd"),
+                true,
+            ),
+            "snapshot: data that names a local file",
+        ),
+    ];
+    for (bytes, refusal) in cases {
+        let mut s = handshake(&c, 0, 1);
+        let port = s.local_addr().expect("addr").port();
+        s.write_all(&bytes).expect("send");
+        assert!(
+            closed_by_server(&mut s, Duration::from_secs(10)),
+            "{refusal}"
+        );
+        let line = wait_closed_logged(&c, 0, port);
+        assert!(line.contains(refusal), "{line}");
+        assert_eq!(leftovers(), Vec::<String>::new(), "after: {refusal}");
+    }
     finish(c, load);
 }
