@@ -166,9 +166,12 @@ pub struct Node {
     compact_restored: bool,
     revoking: HashMap<i64, Instant>,
     last_size_check: Instant,
-    /// The thread counting the bytes in use, while it runs: the count walks
-    /// every page of the tables, which takes seconds on a large database.
-    in_use_thread: Option<std::thread::JoinHandle<()>>,
+    /// The count of the bytes in use, while it runs: it walks every page of
+    /// the tables, which takes seconds on a large database.
+    in_use_count: Option<tokio::task::JoinHandle<()>>,
+    /// The runtime whose blocking threads count the bytes in use (none is
+    /// made for each count).
+    rt: Option<tokio::runtime::Handle>,
     frozen: bool,
     freeze_file: Option<std::path::PathBuf>,
     persisted_term_vote: (u64, u64),
@@ -286,7 +289,8 @@ impl Node {
             compact_restored,
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
-            in_use_thread: None,
+            in_use_count: None,
+            rt: tokio::runtime::Handle::try_current().ok(),
             frozen: false,
             freeze_file: cfg.freeze_file,
             persisted_term_vote: (u64::MAX, u64::MAX),
@@ -525,36 +529,35 @@ impl Node {
         Ok(())
     }
 
-    /// Starts a count of the bytes in use on a thread of its own when one
-    /// is due (see [`Backend::in_use_due`]); the metric follows when it ends.
+    /// Starts a count of the bytes in use on one of the runtime's blocking
+    /// threads when one is due (see [`Backend::in_use_due`]); the metric
+    /// follows when it ends.
     fn measure_in_use(&mut self) {
-        if self
-            .in_use_thread
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        if self.in_use_count.as_ref().is_some_and(|t| !t.is_finished())
             || !self.backend.in_use_due()
         {
             return;
         }
         let b = self.backend.clone();
-        let spawned = std::thread::Builder::new()
-            .name("db-in-use".into())
-            .spawn(move || {
-                let start = Instant::now();
-                let n = b.size_in_use();
-                metrics::DB_SIZE_IN_USE.set(n as i64);
-                crate::debug!(
-                    "counted the database's bytes in use",
-                    bytes = n,
-                    took_ms = start.elapsed().as_millis() as u64
-                );
-            });
-        match spawned {
-            Ok(t) => self.in_use_thread = Some(t),
-            Err(e) => crate::warn!(
-                "cannot start a thread to count the bytes in use",
-                error = e.to_string()
-            ),
+        let count = move || {
+            let start = Instant::now();
+            let n = b.size_in_use();
+            metrics::DB_SIZE_IN_USE.set(n as i64);
+            crate::debug!(
+                "counted the database's bytes in use",
+                bytes = n,
+                took_ms = start.elapsed().as_millis() as u64
+            );
+        };
+        match &self.rt {
+            Some(rt) => self.in_use_count = Some(rt.spawn_blocking(count)),
+            // A node made outside a runtime (none is): a thread of its own
+            // (a count under way makes the next one not due).
+            None => {
+                let _ = std::thread::Builder::new()
+                    .name("db-in-use".into())
+                    .spawn(count);
+            }
         }
     }
 
