@@ -830,6 +830,8 @@ impl Transport {
         // messages come.
         let mut incoming: Option<Incoming> = None;
         let mut body = Vec::new();
+        // Whether the message being received is a snapshot's.
+        let mut snapshot_msg = false;
         loop {
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await?;
@@ -887,6 +889,7 @@ impl Transport {
                     ));
                 }
                 limit = self.limits.snapshot;
+                snapshot_msg = true;
                 *snap = Some(stats.snapshot_receive_started());
             }
             if !last {
@@ -894,7 +897,9 @@ impl Transport {
             }
             let len = buf.len();
             let bytes = Bytes::from(std::mem::take(&mut buf));
-            let m = off_worker(snap.is_some(), || wire::decode(bytes))?;
+            // A snapshot sent whole is a large message; one streamed, and
+            // the messages between its body's chunks, are small.
+            let m = off_worker(std::mem::take(&mut snapshot_msg), || wire::decode(bytes))?;
             if len > self.limits.message && m.get_msg_type() != MessageType::MsgSnapshot {
                 return Err(PeerError::TooLarge(self.limits.message));
             }
@@ -919,12 +924,13 @@ impl Transport {
                     let Some(dir) = self.snap_dir.lock().clone() else {
                         return Err(PeerError::Snapshot("no directory to receive snapshots in"));
                     };
+                    // The receive goes on until the body's last chunk.
                     incoming = Some(Incoming::create(&dir, m, body_len).await?);
                     continue;
                 }
-            }
-            if let Some(start) = snap.take() {
-                stats.snapshot_receive_done(start, true);
+                if let Some(start) = snap.take() {
+                    stats.snapshot_receive_done(start, true);
+                }
             }
             if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
                 stats.heartbeat_answered();
