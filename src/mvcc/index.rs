@@ -54,7 +54,8 @@ impl KeyIndex {
         self.generations.last().is_some_and(|g| !g.revs.is_empty())
     }
 
-    fn put(&mut self, rev: Revision) {
+    /// The current generation, made if the key has none.
+    fn current(&mut self) -> &mut Generation {
         // Most keys have one generation and few revisions: the generations
         // grow from exactly what they hold (a first push would reserve
         // four), and a first revision is held in place.
@@ -62,7 +63,12 @@ impl KeyIndex {
             self.generations.reserve_exact(1);
             self.generations.push(Generation::default());
         }
-        let g = self.generations.last_mut().expect("non-empty");
+        let last = self.generations.len() - 1;
+        &mut self.generations[last]
+    }
+
+    fn put(&mut self, rev: Revision) {
+        let g = self.current();
         if g.revs.is_empty() {
             g.created = rev;
         }
@@ -306,10 +312,7 @@ impl TreeIndex {
         if !ki.is_live() {
             self.live += 1;
         }
-        if ki.generations.is_empty() {
-            ki.generations.push(Generation::default());
-        }
-        let g = ki.generations.last_mut().expect("non-empty");
+        let g = ki.current();
         if g.revs.is_empty() {
             g.created = created;
         }
@@ -321,6 +324,22 @@ impl TreeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_restored_from_storage_holds_what_puts_made() {
+        let (mut put, mut restored) = (TreeIndex::default(), TreeIndex::default());
+        for (i, key) in [b"a", b"b"].iter().enumerate() {
+            let rev = Revision::new(i as i64 + 1, 0);
+            put.put(*key, rev);
+            restored.restore(*key, rev, rev, 1, false);
+        }
+        for t in [&put, &restored] {
+            for ki in t.tree.values() {
+                assert_eq!(ki.generations.capacity(), 1, "{:?}", ki);
+            }
+        }
+        assert_eq!(put.tree, restored.tree);
+    }
 
     fn r(m: i64) -> Revision {
         Revision::new(m, 0)
