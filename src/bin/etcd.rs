@@ -7,6 +7,32 @@ use etcd_rs::config::{self, Command, Config};
 use etcd_rs::server::EtcdServer;
 use etcd_rs::{api, error, info, log, warn};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_arena_eager_commit` (4 in `mi_option_t` of both
+/// its v2 and v3 headers).
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Sets the allocator's options before its first allocation, which reserves
+/// its first arena: Rust's runtime allocates before `main`, so this runs
+/// among the binary's constructors (`.init_array`), before the runtime
+/// starts. Arenas committed on demand are decommitted when purged, so the
+/// resident memory the member reports falls as its load falls; committed
+/// eagerly, purged pages are only marked free and stay resident until the
+/// kernel needs them.
+extern "C" fn allocator_options() {
+    // SAFETY: mi_option_set stores the value in mimalloc's static option
+    // table (a plain store, bounds-checked against the table's length); it
+    // needs no initialised allocator, and constructors run on the only
+    // thread there is, so nothing reads the table meanwhile.
+    unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ALLOCATOR_OPTIONS: extern "C" fn() = allocator_options;
+
 fn level(l: config::LogLevel) -> log::Level {
     match l {
         config::LogLevel::Debug => log::Level::Debug,

@@ -37,7 +37,10 @@ pub struct Generation {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyIndex {
     /// The last generation is the current one; it is empty when the key is deleted.
-    pub generations: Vec<Generation>,
+    /// A boxed slice, not a `Vec`: the index holds one per key, and a key
+    /// rarely gains a generation (a put after a delete), while its entry in
+    /// the tree is 8 bytes smaller.
+    pub generations: Box<[Generation]>,
 }
 
 /// What the index knows about a key at a revision.
@@ -56,15 +59,19 @@ impl KeyIndex {
 
     /// The current generation, made if the key has none.
     fn current(&mut self) -> &mut Generation {
-        // Most keys have one generation and few revisions: the generations
-        // grow from exactly what they hold (a first push would reserve
-        // four), and a first revision is held in place.
         if self.generations.is_empty() {
-            self.generations.reserve_exact(1);
-            self.generations.push(Generation::default());
+            self.new_generation();
         }
         let last = self.generations.len() - 1;
         &mut self.generations[last]
+    }
+
+    /// Opens a generation after the last one (a key's first put, or its
+    /// first put after a delete). The slice is rebuilt at its exact length.
+    fn new_generation(&mut self) {
+        let mut gens = std::mem::take(&mut self.generations).into_vec();
+        gens.push(Generation::default());
+        self.generations = gens.into_boxed_slice();
     }
 
     fn put(&mut self, rev: Revision) {
@@ -80,8 +87,7 @@ impl KeyIndex {
         match self.generations.last_mut() {
             Some(g) if !g.revs.is_empty() => {
                 g.revs.push(rev);
-                self.generations.reserve_exact(1);
-                self.generations.push(Generation::default());
+                self.new_generation();
                 true
             }
             _ => false,
@@ -124,7 +130,11 @@ impl KeyIndex {
     fn compact(&mut self, at: i64, keep: &mut std::collections::HashSet<Revision>) -> bool {
         let n = self.generations.len();
         let mut out = Vec::with_capacity(n);
-        for (i, mut g) in self.generations.drain(..).enumerate() {
+        for (i, mut g) in std::mem::take(&mut self.generations)
+            .into_vec()
+            .into_iter()
+            .enumerate()
+        {
             let closed = i + 1 < n;
             let last = match g.revs.last() {
                 Some(r) => r.main,
@@ -147,7 +157,7 @@ impl KeyIndex {
             }
             out.push(g);
         }
-        self.generations = out;
+        self.generations = out.into_boxed_slice();
         self.generations.iter().any(|g| !g.revs.is_empty())
     }
 }
@@ -155,7 +165,9 @@ impl KeyIndex {
 /// All keys of the store.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    tree: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Keys as boxed slices: 8 bytes less per entry than a `Vec`, and no
+    /// spare capacity.
+    tree: BTreeMap<Box<[u8]>, KeyIndex>,
     /// Keys whose latest generation is open (not deleted).
     live: usize,
 }
@@ -190,7 +202,7 @@ impl TreeIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         let ki = match self.tree.get_mut(key) {
             Some(ki) => ki,
-            None => self.tree.entry(key.to_vec()).or_default(),
+            None => self.tree.entry(key.into()).or_default(),
         };
         if !ki.is_live() {
             self.live += 1;
@@ -302,7 +314,10 @@ impl TreeIndex {
         version: i64,
         tombstone: bool,
     ) {
-        let ki = self.tree.entry(key.to_vec()).or_default();
+        let ki = match self.tree.get_mut(key) {
+            Some(ki) => ki,
+            None => self.tree.entry(key.into()).or_default(),
+        };
         if tombstone {
             if ki.tombstone(rev) {
                 self.live -= 1;
@@ -335,7 +350,8 @@ mod tests {
         }
         for t in [&put, &restored] {
             for ki in t.tree.values() {
-                assert_eq!(ki.generations.capacity(), 1, "{:?}", ki);
+                assert_eq!(ki.generations.len(), 1, "{:?}", ki);
+                assert!(!ki.generations[0].revs.spilled(), "{:?}", ki);
             }
         }
         assert_eq!(put.tree, restored.tree);
