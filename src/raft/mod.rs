@@ -455,16 +455,15 @@ impl LogStore {
         let meta = snap.get_metadata();
         let mut txn = self.backend.write()?;
         txn.set_durability(redb::Durability::Immediate)?;
-        let file = snapshot_file::local_path(&snap.data);
-        match &file {
+        match snapshot_file::local_path(&snap.data) {
             // Received in chunks into a file (see `transport`).
             Some(path) => {
-                let opened = std::fs::File::open(path).and_then(|f| {
+                let opened = std::fs::File::open(&path).and_then(|f| {
                     let len = f.metadata()?.len();
                     Ok((f, len))
                 });
                 let (f, len) = opened.map_err(|e| StorageError::Open {
-                    path: path.clone(),
+                    path,
                     detail: format!("received snapshot: {e}"),
                 })?;
                 crate::storage::snapshot::load_from(&txn, f, len)?;
@@ -485,9 +484,7 @@ impl LogStore {
             storage::put_u64(&mut m, storage::meta::LOG_IN_FILES, 1)?;
         }
         txn.commit()?;
-        if let Some(path) = file {
-            let _ = std::fs::remove_file(path);
-        }
+        snapshot_file::discard(&snap.data);
         self.backend.note_rewrite();
         let mut hs = self.mem.rl().hard_state().clone();
         hs.commit = hs.commit.max(meta.index);

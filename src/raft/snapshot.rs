@@ -58,7 +58,7 @@ impl SnapshotMaker {
                 *st = State::Building;
                 return Err(unavailable());
             }
-            State::Ready(old) => discard(&old),
+            State::Ready(old) => super::snapshot_file::discard(&old.data),
             State::Idle => {}
         }
         *st = State::Building;
@@ -80,7 +80,7 @@ impl SnapshotMaker {
                 if matches!(&*st, State::Ready(s) if s.get_metadata().index == index)
                     && let State::Ready(s) = std::mem::take(&mut *st)
                 {
-                    discard(&s);
+                    super::snapshot_file::discard(&s.data);
                 }
             });
         if let Err(e) = started {
@@ -130,11 +130,4 @@ fn make(mem: &MemStorage, backend: &Backend) -> Option<Snapshot> {
     meta.term = term;
     meta.set_conf_state(state.conf_state);
     Some(snap)
-}
-
-/// Removes the file a snapshot nobody took names.
-fn discard(snap: &Snapshot) {
-    if let Some(p) = super::snapshot_file::local_path(&snap.data) {
-        let _ = std::fs::remove_file(p);
-    }
 }

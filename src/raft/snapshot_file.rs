@@ -71,6 +71,14 @@ pub fn streamed_len(data: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(rest.try_into().ok()?))
 }
 
+/// Removes the file `data` names, when it is a marker made by this process
+/// (a snapshot sent, loaded, or dropped unsent).
+pub fn discard(data: &[u8]) {
+    if let Some(p) = local_path(data) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// A new file name in `dir` for a snapshot going out (`out`) or coming in.
 pub fn new_path(dir: &Path, out: bool) -> PathBuf {
     let kind = if out { "out" } else { "in" };

@@ -1091,10 +1091,8 @@ fn is_file_snapshot(m: &Message) -> bool {
 
 /// Removes the file a snapshot message that will not be sent names.
 fn discard_file(m: &Message) {
-    if m.get_msg_type() == MessageType::MsgSnapshot
-        && let Some(p) = super::snapshot_file::local_path(&m.get_snapshot().data)
-    {
-        let _ = std::fs::remove_file(p);
+    if m.get_msg_type() == MessageType::MsgSnapshot {
+        super::snapshot_file::discard(&m.get_snapshot().data);
     }
 }
 

@@ -288,11 +288,18 @@ pub fn load_from(txn: &redb::WriteTransaction, r: impl Read, len: u64) -> Result
         body.fill(&mut pad[..n])?;
     }
     let mut sum = [0u8; 32];
-    body.r.read_exact(&mut sum).map_err(|_| bad("truncated"))?;
+    body.r.read_exact(&mut sum).map_err(|_| truncated())?;
     if body.hash.finalize().as_slice() != sum {
         return Err(bad("sha256 checksum mismatch"));
     }
     Ok(())
+}
+
+fn truncated() -> StorageError {
+    StorageError::Decode {
+        what: "snapshot".into(),
+        detail: "truncated".into(),
+    }
 }
 
 /// The body of a snapshot being loaded: hashed as it is read, and never
@@ -305,10 +312,6 @@ struct Body<R: Read> {
 
 impl<R: Read> Body<R> {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
-        let truncated = || StorageError::Decode {
-            what: "snapshot".into(),
-            detail: "truncated".into(),
-        };
         if buf.len() as u64 > self.left {
             return Err(truncated());
         }
@@ -324,10 +327,7 @@ impl<R: Read> Body<R> {
         self.fill(&mut n)?;
         let n = u32::from_be_bytes(n) as u64;
         if n > self.left {
-            return Err(StorageError::Decode {
-                what: "snapshot".into(),
-                detail: "truncated".into(),
-            });
+            return Err(truncated());
         }
         out.clear();
         out.resize(n as usize, 0);
