@@ -418,7 +418,6 @@ pub fn retry_while_unhealthy(mut run: impl FnMut() -> Output) -> Output {
     }
 }
 
-/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; the whole answer, headers included.
 /// A kernel memory figure of a process, in kB (`VmPeak`, `VmHWM`, ...).
 pub fn vm(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -429,6 +428,7 @@ pub fn vm(pid: u32, field: &str) -> u64 {
         .expect("memory figure")
 }
 
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; the whole answer, headers included.
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
