@@ -5,6 +5,7 @@ pub mod auth;
 pub(crate) mod authority;
 pub mod authz;
 pub mod cluster;
+mod coalesce;
 pub mod concurrency;
 pub mod conn;
 pub mod election;
@@ -258,12 +259,15 @@ pub async fn serve(
             match tls {
                 None => {
                     let stream = conn::FirstByte::new(stream, conn::FIRST_BYTE_DEADLINE);
-                    let _ = b
-                        .serve_connection_with_upgrades(
+                    let calls = coalesce::InFlight::default();
+                    let _ = coalesce::Coalesced::new(
+                        b.serve_connection_with_upgrades(
                             TokioIo::new(authority::FixAuthority::new(stream)),
-                            TowerToHyperService::new(app),
-                        )
-                        .await;
+                            TowerToHyperService::new(calls.track(app)),
+                        ),
+                        calls,
+                    )
+                    .await;
                 }
                 Some(tls) => {
                     let hs = tokio::time::timeout(
@@ -283,7 +287,7 @@ pub async fn serve(
                                 return;
                             }
                             let cn = leaf.and_then(|c| crate::tls::x509::subject_common_name(c));
-                            let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+                            let svc = tower::ServiceExt::map_request(
                                 app,
                                 move |mut r: ::http::Request<hyper::body::Incoming>| {
                                     if let Some(cn) = &cn {
@@ -291,14 +295,17 @@ pub async fn serve(
                                     }
                                     r
                                 },
-                            ));
+                            );
                             let s = conn::FirstByte::new(s, conn::FIRST_BYTE_DEADLINE);
-                            let _ = b
-                                .serve_connection_with_upgrades(
+                            let calls = coalesce::InFlight::default();
+                            let _ = coalesce::Coalesced::new(
+                                b.serve_connection_with_upgrades(
                                     TokioIo::new(authority::FixAuthority::new(s)),
-                                    svc,
-                                )
-                                .await;
+                                    TowerToHyperService::new(calls.track(svc)),
+                                ),
+                                calls,
+                            )
+                            .await;
                         }
                         Ok(Err((server_name, e))) => {
                             crate::tls::log_handshake_failure(&remote, &server_name, &e);
