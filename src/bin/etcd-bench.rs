@@ -3,7 +3,9 @@
 //!
 //! Closed-loop workloads (`put`, `range`, `txn-put`, `mixed`, `lease`) run
 //! `--clients` tasks spread over `--conns` HTTP/2 connections, each issuing one
-//! request at a time, for `--duration` or until `--total` requests were sent.
+//! request at a time, for `--duration` or until `--total` requests were sent
+//! (or until interrupted: SIGINT ends a run early and it is reported as one
+//! that ran its course).
 //! `watch` runs open-loop: one writer puts at `--rate` while watchers count
 //! events and measure the put-to-event latency from a timestamp in the value.
 //! `wait` polls until a linearizable Range succeeds (restart timing).
@@ -785,8 +787,10 @@ fn spawn_progress(
     }))
 }
 
+/// The counters of a run starting at `start`. An interrupt (SIGINT, Ctrl-C)
+/// ends the run early, reported like one that ran its course.
 fn make_shared(cli: &Cli, start: Instant) -> Arc<Shared> {
-    Arc::new(Shared {
+    let shared = Arc::new(Shared {
         done: AtomicU64::new(0),
         issued: AtomicU64::new(0),
         slots: AtomicU64::new(0),
@@ -801,7 +805,16 @@ fn make_shared(cli: &Cli, start: Instant) -> Arc<Shared> {
         timeout: cli.timeout,
         start,
         max_rate: cli.max_rate,
-    })
+    });
+    let on_interrupt = Arc::downgrade(&shared);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok()
+            && let Some(s) = on_interrupt.upgrade()
+        {
+            s.stop.store(true, Ordering::Relaxed);
+        }
+    });
+    shared
 }
 
 /// Runs closed-loop workers until the deadline or total is reached.
