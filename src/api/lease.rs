@@ -12,8 +12,6 @@ use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use std::time::Instant;
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{fill, unary};
@@ -198,43 +196,38 @@ impl Lease for LeaseService {
         unary(SVC, "LeaseRevoke", self.revoke(req.into_inner()).await)
     }
 
-    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>,
+    >;
 
+    /// Answers each keep-alive as the response stream is polled for it: the
+    /// stream reads the next request itself, with no task or queue between.
     async fn lease_keep_alive(
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let mut input = req.into_inner();
-        let (tx, rx) = mpsc::channel(64);
         let this = LeaseService {
             s: self.s.clone(),
             leader: Mutex::new(None),
         };
-        tokio::spawn(async move {
-            loop {
-                let r = match input.next().await {
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => {
-                        super::count_stream_failure(
-                            &e,
-                            &crate::metrics::KEEPALIVE_STREAM_RECEIVE_FAILURES,
-                        );
-                        let _ = tx.send(Err(e)).await;
-                        break;
-                    }
-                    None => break,
-                };
-                let resp = this
-                    .keep_alive_one(r.id)
-                    .await
-                    .map_err(super::status::to_status);
-                let stop = resp.is_err();
-                if tx.send(resp).await.is_err() || stop {
-                    break;
+        let answers = futures::stream::unfold(Some((req.into_inner(), this)), |state| async move {
+            let (mut input, this) = state?;
+            let r = match input.next().await? {
+                Ok(r) => r,
+                Err(e) => {
+                    super::count_stream_failure(
+                        &e,
+                        &crate::metrics::KEEPALIVE_STREAM_RECEIVE_FAILURES,
+                    );
+                    return Some((Err(e), None));
                 }
+            };
+            match this.keep_alive_one(r.id).await {
+                Ok(resp) => Some((Ok(resp), Some((input, this)))),
+                Err(e) => Some((Err(super::status::to_status(e)), None)),
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn lease_time_to_live(
