@@ -206,10 +206,6 @@ pub fn load(txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), StorageErro
 /// error the caller drops `txn`, and nothing of the snapshot is kept.
 /// Raft log keys and this member's ID are left alone.
 pub fn load_from(txn: &redb::WriteTransaction, r: impl Read, len: u64) -> Result<(), StorageError> {
-    let bad = |d: &str| StorageError::Decode {
-        what: "snapshot".into(),
-        detail: d.to_string(),
-    };
     if len < MAGIC.len() as u64 + 33 {
         return Err(bad("not an etcd-rs snapshot"));
     }
@@ -295,11 +291,16 @@ pub fn load_from(txn: &redb::WriteTransaction, r: impl Read, len: u64) -> Result
     Ok(())
 }
 
-fn truncated() -> StorageError {
+/// A snapshot whose bytes do not read as one, and why.
+fn bad(detail: &str) -> StorageError {
     StorageError::Decode {
         what: "snapshot".into(),
-        detail: "truncated".into(),
+        detail: detail.into(),
     }
+}
+
+fn truncated() -> StorageError {
+    bad("truncated")
 }
 
 /// The body of a snapshot being loaded: hashed as it is read, and never
@@ -341,19 +342,15 @@ fn for_each_record<'a>(
     mut rest: &'a [u8],
     mut f: impl FnMut(u8, &'a [u8], &'a [u8]) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    let bad = || StorageError::Decode {
-        what: "snapshot".into(),
-        detail: "truncated".into(),
-    };
     loop {
-        let t = take(&mut rest, 1).ok_or_else(bad)?[0];
+        let t = take(&mut rest, 1).ok_or_else(truncated)?[0];
         if t == END {
             return Ok(());
         }
-        let kl = take_u32(&mut rest).ok_or_else(bad)?;
-        let k = take(&mut rest, kl).ok_or_else(bad)?;
-        let vl = take_u32(&mut rest).ok_or_else(bad)?;
-        let v = take(&mut rest, vl).ok_or_else(bad)?;
+        let kl = take_u32(&mut rest).ok_or_else(truncated)?;
+        let k = take(&mut rest, kl).ok_or_else(truncated)?;
+        let vl = take_u32(&mut rest).ok_or_else(truncated)?;
+        let v = take(&mut rest, vl).ok_or_else(truncated)?;
         f(t, k, v)?;
     }
 }

@@ -67,15 +67,29 @@ pub fn free_listener() -> TcpListener {
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
+pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, cond: F) {
+    wait_for_value(timeout, what, true, cond);
+}
+
+/// Polls `value` every 20 ms until it gives `want` or `timeout` passes; the
+/// failure says what it gave last.
+pub fn wait_for_value<T: PartialEq + std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    want: T,
+    mut value: impl FnMut() -> T,
+) {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
+    loop {
+        let seen = value();
+        if seen == want {
             return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}: {seen:?}, not {want:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 pub struct Server {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Kind, Server, free_port, wait_until};
+use crate::harness::{Kind, Server, free_port, wait_for_value, wait_until};
 
 /// One family as read from an exposition.
 #[derive(Debug, Default, Clone)]
@@ -891,23 +891,17 @@ fn failed_watch_streams_are_counted_as_etcd_counts_them() {
             );
             drop(tx);
         });
-        // Polled until counted once (or 10 s), then asserted with what was seen.
-        let counted = || {
-            value(
-                &scrape(mport),
-                "etcd_network_server_stream_failures_total",
-                &failures,
-            )
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut seen = counted();
-        while seen != 1.0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            seen = counted();
-        }
-        assert_eq!(
-            seen, 1.0,
-            "{kind:?}: etcd_network_server_stream_failures_total{{Type=receive,API=watch}}"
+        wait_for_value(
+            Duration::from_secs(10),
+            &format!("{kind:?}: the watch stream failure counted once"),
+            1.0,
+            || {
+                value(
+                    &scrape(mport),
+                    "etcd_network_server_stream_failures_total",
+                    &failures,
+                )
+            },
         );
     }
 }
