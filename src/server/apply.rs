@@ -27,10 +27,12 @@ use crate::storage::{self, ALARMS, AUTH_ROLES, AUTH_USERS, LEASES, MEMBERS, Stor
 pub type ConfApplier<'a> = dyn FnMut(&redb::WriteTransaction, &Entry) -> Result<Option<(u64, Result<Applied>)>, StorageError>
     + 'a;
 
-/// What one applied batch produced.
+/// Receives a batch's (request ID, result) pairs, one for every normal entry
+/// with a request and every membership change that answers one.
+pub type Answer<'a> = dyn FnMut(Vec<(u64, Result<Applied>)>) + 'a;
+
+/// What one applied batch produced besides its answers.
 pub struct BatchOutcome {
-    /// (request ID, result) for every normal entry with a request.
-    pub results: Vec<(u64, Result<Applied>)>,
     /// Watch events, in revision order.
     pub events: Vec<Event>,
     pub rev: i64,
@@ -94,12 +96,20 @@ impl Applier {
 
     /// Applies `entries` (skipping any at or below `applied`). Conf-change entries are
     /// handed to `conf`, which applies them to Raft and persists the new conf state.
+    ///
+    /// The results go to `answer` before the batch's transaction commits, so that
+    /// the callers' responses are on their way while it does. No caller can see
+    /// the state before the commit: the key index's write lock is held until the
+    /// transaction has committed, and every read of the keyspace takes its read
+    /// lock first (the entries are durable in the log already; a commit that
+    /// fails ends the member, and a restart applies them again).
     pub fn apply(
         &self,
         entries: &[Entry],
         applied: u64,
         term: u64,
         conf: &mut ConfApplier,
+        answer: &mut Answer,
     ) -> Result<BatchOutcome, StorageError> {
         let mut txn = self.store.backend().write()?;
         txn.set_durability(redb::Durability::None)?;
@@ -156,15 +166,12 @@ impl Applier {
             events = std::mem::take(&mut w.events);
             rev = w.state().rev;
         }
+        answer(results);
         txn.commit()?;
         let compactions = std::mem::take(&mut st.compactions);
         drop(st);
         self.store.schedule(compactions);
-        Ok(BatchOutcome {
-            results,
-            events,
-            rev,
-        })
+        Ok(BatchOutcome { events, rev })
     }
 
     fn apply_op(&self, txn: &redb::WriteTransaction, w: &mut Writer, op: Op) -> Result<Applied> {

@@ -1136,9 +1136,18 @@ impl Node {
                 }),
             )))
         };
+        let waiters = &mut self.waiters;
+        let mut answer = |results: Vec<(u64, Result<Applied>)>| {
+            for (id, res) in results {
+                metrics::PROPOSALS_PENDING.add(-1);
+                if let Some(w) = waiters.remove(&id) {
+                    let _ = w.send(res);
+                }
+            }
+        };
         let out = self
             .applier
-            .apply(&entries, self.applied, term, &mut conf)?;
+            .apply(&entries, self.applied, term, &mut conf, &mut answer)?;
         if members_changed {
             if let Some(t) = &self.transport {
                 t.set_members(&self.cluster.members());
@@ -1164,12 +1173,6 @@ impl Node {
         self.status.applied.store(self.applied, Ordering::Relaxed);
         metrics::PROPOSALS_APPLIED.set(self.applied as i64);
         self.hub.publish(out.events, out.rev);
-        for (id, res) in out.results {
-            metrics::PROPOSALS_PENDING.add(-1);
-            if let Some(w) = self.waiters.remove(&id) {
-                let _ = w.send(res);
-            }
-        }
         if metrics::PROPOSALS_PENDING.get() < 0 {
             metrics::PROPOSALS_PENDING.set(0);
         }
