@@ -25,11 +25,11 @@
 //! refused Observe just ends.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
@@ -378,8 +378,12 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
     s.auth.caller(token, cn)
 }
 
-/// The one authorization layer in front of every gRPC service.
-pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Next) -> Response {
+/// The one authorization step in front of every gRPC service (see `front.rs`).
+pub async fn layer<N, F>(s: &Arc<EtcdServer>, mut req: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let Some((_, need, refusal)) = need(req.uri().path()) else {
         if !is_grpc(&req) {
             // A plain HTTP request for a path nothing serves: Go's answer.
@@ -403,18 +407,18 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
         if let Need::PerMessage = need {
             req.extensions_mut().insert(Resolved(Ok(Caller::Anyone)));
         }
-        return next.run(req).await;
+        return next(req).await;
     }
     let verdict = match need {
         Need::Nothing => Ok(()),
-        Need::Caller => caller(&s, &req).map(|_| ()),
-        Need::Admin => caller(&s, &req).and_then(|c| s.auth.check_admin(&c)),
+        Need::Caller => caller(s, &req).map(|_| ()),
+        Need::Admin => caller(s, &req).and_then(|c| s.auth.check_admin(&c)),
         Need::PerMessage => {
-            let who = caller(&s, &req);
+            let who = caller(s, &req);
             req.extensions_mut().insert(Resolved(who));
             Ok(())
         }
-        Need::Request(chk) => match caller(&s, &req) {
+        Need::Request(chk) => match caller(s, &req) {
             Err(e) => Err(e),
             Ok(c) => {
                 let limit = s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
@@ -425,7 +429,7 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
                     Err(e) => return deny(tonic::Status::from_error(Box::new(e))),
                 };
                 req = Request::from_parts(parts, body);
-                match first.as_deref().and_then(|m| chk(&Authz::of(&s), &c, m)) {
+                match first.as_deref().and_then(|m| chk(&Authz::of(s), &c, m)) {
                     Some(r) => r,
                     // Undecodable: tonic refuses it the same way.
                     None => Ok(()),
@@ -434,7 +438,7 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, mut req: Request, next: Nex
         },
     };
     match (verdict, refusal) {
-        (Ok(()), _) => next.run(req).await,
+        (Ok(()), _) => next(req).await,
         (Err(e), Refusal::Status) => deny(super::status::to_status(e)),
         (Err(e), Refusal::AuthStore) => {
             deny(super::status::to_status(Error::AuthStore(Box::new(e))))

@@ -9,6 +9,7 @@ mod coalesce;
 pub mod concurrency;
 pub mod conn;
 pub mod election;
+mod front;
 pub mod gateway;
 pub mod http;
 pub mod kv;
@@ -176,15 +177,7 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
     // gRPC router in-process, so its calls pass the same layers.
     let grpc = routes
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(
-            s.clone(),
-            range_reply::layer,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            s.clone(),
-            authz::layer,
-        ))
-        .layer(axum::middleware::from_fn_with_state(max, msgsize::layer));
+        .layer(front::Front::new(s.clone(), max));
     grpc.clone()
         .merge(http::router(s.clone()))
         .merge(v2::router(s))

@@ -17,8 +17,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::future::Future;
+
+use axum::extract::Request;
 use axum::response::Response;
 use http_body::Frame;
 
@@ -26,7 +27,11 @@ use crate::metrics::grpc::{self, Kind};
 
 /// Wraps each request body in a [`Limited`] of `max` bytes per message, and
 /// counts the call.
-pub async fn layer(State(max): State<usize>, req: Request, next: Next) -> Response {
+pub async fn layer<N, F>(max: usize, req: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let rpc = if is_grpc(&req) {
         grpc::lookup(req.uri().path())
     } else {
@@ -35,7 +40,7 @@ pub async fn layer(State(max): State<usize>, req: Request, next: Next) -> Respon
     let (parts, body) = req.into_parts();
     let Some(rpc) = rpc else {
         let body = Body::new(Limited::new(body, max, None));
-        return next.run(Request::from_parts(parts, body)).await;
+        return next(Request::from_parts(parts, body)).await;
     };
     let start = rpc.start();
     let version = parts
@@ -50,7 +55,7 @@ pub async fn layer(State(max): State<usize>, req: Request, next: Next) -> Respon
         start,
         answered: false,
     };
-    let resp = next.run(Request::from_parts(parts, body)).await;
+    let resp = next(Request::from_parts(parts, body)).await;
     pending.answered = true;
     // An answer without a message carries its status in its headers.
     if let Some(code) = status_code(resp.headers()) {

@@ -20,14 +20,14 @@
 //! It runs after the authorization and message-size layers.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use http_body::Frame;
 use prost::Message;
@@ -56,9 +56,13 @@ const QUEUED: usize = 4;
 const MAX_SEND: u64 = i32::MAX as u64;
 
 /// Answers the unary Range calls it can, passes on every other request.
-pub async fn layer(State(s): State<Arc<EtcdServer>>, req: Request, next: Next) -> Response {
+pub async fn layer<N, F>(s: &Arc<EtcdServer>, req: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     if req.uri().path() != PATH || !is_plain_grpc(req.headers()) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let limit = s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
     let (parts, body) = req.into_parts();
@@ -68,11 +72,11 @@ pub async fn layer(State(s): State<Arc<EtcdServer>>, req: Request, next: Next) -
         Err(e) => return tonic::Status::from_error(Box::new(e)).into_http(),
     };
     match msg.and_then(|m| RangeRequest::decode(&m[..]).ok()) {
-        Some(r) if in_key_order(&r) => match reply(&s, r).await {
+        Some(r) if in_key_order(&r) => match reply(s, r).await {
             Ok(resp) => resp,
             Err(e) => super::status::to_status(e).into_http(),
         },
-        _ => next.run(Request::from_parts(parts, body)).await,
+        _ => next(Request::from_parts(parts, body)).await,
     }
 }
 

@@ -1,0 +1,84 @@
+//! The steps every gRPC call passes before its service, in one tower layer:
+//! the message limit and call counting ([`super::msgsize`]), authorization
+//! ([`super::authz`]), and unary Range replies built from the stored records
+//! ([`super::range_reply`]), in that order. Each step is an async function
+//! given the request and the rest of the chain as a closure, so a call costs
+//! one boxed future and one clone of the inner service, however many steps
+//! there are.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
+use axum::response::Response;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::server::EtcdServer;
+
+/// Puts the steps in front of a service.
+#[derive(Clone)]
+pub struct Front {
+    s: Arc<EtcdServer>,
+    /// The largest request message, gRPC's allowance included.
+    max: usize,
+}
+
+impl Front {
+    pub fn new(s: Arc<EtcdServer>, max: usize) -> Self {
+        Front { s, max }
+    }
+}
+
+impl<S> Layer<S> for Front {
+    type Service = FrontService<S>;
+
+    fn layer(&self, inner: S) -> FrontService<S> {
+        FrontService {
+            front: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// A service behind the steps.
+#[derive(Clone)]
+pub struct FrontService<S> {
+    front: Front,
+    inner: S,
+}
+
+impl<S> Service<Request> for FrontService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is made ready when the call reaches it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let inner = self.inner.clone();
+        let Front { s, max } = self.front.clone();
+        Box::pin(async move {
+            let service = |req: Request| async move {
+                match inner.oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            };
+            let resp = super::msgsize::layer(max, req, |req| {
+                super::authz::layer(&s, req, |req| super::range_reply::layer(&s, req, service))
+            })
+            .await;
+            Ok(resp)
+        })
+    }
+}
