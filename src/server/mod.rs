@@ -5,6 +5,7 @@
 pub mod alarm;
 pub mod apply;
 pub mod compactor;
+mod handoff;
 mod inflight;
 pub mod node;
 pub mod request;
@@ -274,7 +275,7 @@ impl EtcdServer {
                     &cfg, &store, &cluster, &peer_tls,
                 ))?;
         }
-        let node = Node::new(
+        let mut node = Node::new(
             NodeConfig {
                 id: member_id,
                 heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
@@ -303,6 +304,10 @@ impl EtcdServer {
             Some(transport.clone()),
             disk.clone(),
         )?;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let h = handoff::Handoff::start(&rt).map_err(|e| StartError::Thread(e.to_string()))?;
+            node.set_handoff(h);
+        }
         if !seed.is_empty() {
             transport.seed(seed);
         }

@@ -16,6 +16,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use super::apply::Applier;
+use super::handoff::Handoff;
 use super::request::{Applied, InternalRequest, Op};
 use crate::error::{Error, Result};
 use crate::membership::Cluster;
@@ -201,6 +202,9 @@ pub struct Node {
     disk: Arc<DiskSpace>,
     /// When this member last proposed raising or lifting its NOSPACE alarm.
     last_disk_alarm: Option<Instant>,
+    /// How answers to proposals and read barriers reach the runtime (sent
+    /// directly without one).
+    handoff: Option<Arc<Handoff>>,
 }
 
 fn raft_err(e: raft::Error) -> StorageError {
@@ -306,10 +310,16 @@ impl Node {
             deferred: Vec::new(),
             disk,
             last_disk_alarm: None,
+            handoff: None,
         })
     }
 
     /// Runs until stopped; an error means the member can no longer apply safely.
+    /// Sends the answers to proposals and read barriers through `h`.
+    pub fn set_handoff(&mut self, h: Arc<Handoff>) {
+        self.handoff = Some(h);
+    }
+
     pub fn run(mut self) -> Result<(), StorageError> {
         // Marks the loop stopped even when it panics, so the process notices.
         struct StoppedOnDrop(Arc<RaftStatus>);
@@ -1041,16 +1051,32 @@ impl Node {
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
+        let due: usize = self
+            .ready_reads
+            .iter()
+            .filter(|(index, _)| *index <= applied)
+            .map(|(_, batch)| batch.len())
+            .sum();
+        // As for proposals: one answer through the hand-off, several directly.
+        let handoff = self.handoff.as_deref().filter(|_| due == 1);
         let mut i = 0;
         while i < self.ready_reads.len() {
             if self.ready_reads[i].0 <= applied {
                 let (_, batch) = self.ready_reads.swap_remove(i);
                 for r in batch {
-                    let _ = r.send(Ok(()));
+                    match handoff {
+                        Some(h) => h.read(r, Ok(())),
+                        None => {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
                 }
             } else {
                 i += 1;
             }
+        }
+        if let Some(h) = handoff {
+            h.flush();
         }
     }
 
@@ -1137,12 +1163,24 @@ impl Node {
             )))
         };
         let waiters = &mut self.waiters;
+        let handoff = self.handoff.as_deref();
         let mut answer = |results: Vec<(u64, Result<Applied>)>| {
+            // One answer goes through the hand-off, where its task runs on
+            // the worker that wakes for it; several wake workers to share them.
+            let handoff = handoff.filter(|_| results.len() == 1);
             for (id, res) in results {
                 metrics::PROPOSALS_PENDING.add(-1);
                 if let Some(w) = waiters.remove(&id) {
-                    let _ = w.send(res);
+                    match handoff {
+                        Some(h) => h.applied(w, res),
+                        None => {
+                            let _ = w.send(res);
+                        }
+                    }
                 }
+            }
+            if let Some(h) = handoff {
+                h.flush();
             }
         };
         let out = self

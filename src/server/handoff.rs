@@ -1,0 +1,149 @@
+//! Answers from the Raft loop thread to the requests waiting in the async
+//! runtime, delivered through the runtime's I/O driver.
+//!
+//! A oneshot completed from a thread outside the runtime schedules its task on
+//! the runtime's shared queue and wakes a worker, which, having found that task,
+//! wakes another worker to look for more: with one request at a time, two
+//! workers wake per answer. Here the loop queues its answers and writes one
+//! byte to a socket the runtime polls. The worker that owns the I/O driver
+//! wakes on it and runs [`dispatch`], which completes the oneshots from inside
+//! the runtime, so their tasks run next on that worker and no other worker is
+//! woken for them. A batch of answers costs one byte and one read.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use super::request::Applied;
+use crate::error::Result;
+
+/// One answer: a sender and what it is to receive.
+enum Answer {
+    Applied(oneshot::Sender<Result<Applied>>, Result<Applied>),
+    Read(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Applied(tx, v) => {
+                let _ = tx.send(v);
+            }
+            Answer::Read(tx, v) => {
+                let _ = tx.send(v);
+            }
+        }
+    }
+}
+
+/// The loop's side: answers are queued, then [`Handoff::flush`] wakes the
+/// runtime once for all of them.
+pub struct Handoff {
+    queue: parking_lot::Mutex<Vec<Answer>>,
+    /// Set from a flush that wrote the byte until [`dispatch`] takes the queue.
+    armed: AtomicBool,
+    /// Written by the loop thread (non-blocking); `None` once the runtime's end
+    /// has gone, when answers are sent directly.
+    wake: parking_lot::Mutex<Option<UnixStream>>,
+}
+
+impl Handoff {
+    /// A hand-off whose dispatcher runs on `rt`. Fails when a socket pair
+    /// cannot be made or registered with the runtime.
+    pub fn start(rt: &tokio::runtime::Handle) -> std::io::Result<Arc<Handoff>> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        let rx = {
+            let _guard = rt.enter();
+            // SAFETY: `rx` is a `UnixStream` owned by the `AsyncFd` for its whole
+            // life: its descriptor is open from here until the `AsyncFd` drops
+            // it (after deregistering), nothing else can close or replace it,
+            // and `as_raw_fd` returns that same descriptor every time.
+            unsafe { AsyncFd::register_with_interest(rx, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)?
+        };
+        let h = Arc::new(Handoff {
+            queue: parking_lot::Mutex::new(Vec::new()),
+            armed: AtomicBool::new(false),
+            wake: parking_lot::Mutex::new(Some(tx)),
+        });
+        rt.spawn(dispatch(h.clone(), rx));
+        Ok(h)
+    }
+
+    /// Queues the answer to a proposal.
+    pub fn applied(&self, tx: oneshot::Sender<Result<Applied>>, v: Result<Applied>) {
+        self.queue.lock().push(Answer::Applied(tx, v));
+    }
+
+    /// Queues the answer to a read barrier.
+    pub fn read(&self, tx: oneshot::Sender<Result<()>>, v: Result<()>) {
+        self.queue.lock().push(Answer::Read(tx, v));
+    }
+
+    /// Wakes the dispatcher for what was queued, unless a wake-up is pending.
+    pub fn flush(&self) {
+        let mut wake = self.wake.lock();
+        if let Some(s) = wake.as_mut() {
+            if self.queue.lock().is_empty() || self.armed.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            match s.write(&[1]) {
+                Ok(_) => return,
+                // A byte is unread already: the dispatcher will run.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => *wake = None,
+            }
+        }
+        // The runtime's end is gone: answer from this thread.
+        drop(wake);
+        for a in std::mem::take(&mut *self.queue.lock()) {
+            a.send();
+        }
+    }
+}
+
+/// Completes the queued answers each time the loop writes its byte.
+///
+/// The loop writes one byte per wake-up and no other until this task has reset
+/// `armed`, so after one read of that byte the socket is empty: its readiness
+/// is cleared without a second read to see it so.
+async fn dispatch(h: Arc<Handoff>, rx: AsyncFd<UnixStream>) {
+    let mut buf = [0u8; 64];
+    loop {
+        let Ok(mut ready) = rx.readable().await else {
+            break;
+        };
+        let closed = match ready.get_inner().read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => {
+                ready.clear_ready();
+                false
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                ready.clear_ready();
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => false,
+            Err(_) => true,
+        };
+        h.armed.store(false, Ordering::SeqCst);
+        let answers = std::mem::take(&mut *h.queue.lock());
+        for a in answers {
+            a.send();
+        }
+        if closed {
+            break;
+        }
+    }
+    // Nothing reads the socket any more: later answers go directly.
+    *h.wake.lock() = None;
+    for a in std::mem::take(&mut *h.queue.lock()) {
+        a.send();
+    }
+}
