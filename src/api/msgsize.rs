@@ -13,12 +13,11 @@
 //! answer, OK otherwise), a streaming call when its response body ends (the
 //! code from its trailers); either is Canceled when the client goes away first.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::{Body, Bytes};
-use std::future::Future;
-
 use axum::extract::Request;
 use axum::response::Response;
 use http_body::Frame;

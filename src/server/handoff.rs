@@ -8,12 +8,14 @@
 //! byte to a socket the runtime polls. The worker that owns the I/O driver
 //! wakes on it and runs [`dispatch`], which completes the oneshots from inside
 //! the runtime, so their tasks run next on that worker and no other worker is
-//! woken for them. A batch of answers costs one byte and one read.
+//! woken for them. The loop hands off a batch's answer when it is the only one
+//! (see `node.rs`): several answers are better sent directly, waking workers
+//! that share their tasks.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
@@ -72,7 +74,7 @@ impl Handoff {
             armed: AtomicBool::new(false),
             wake: parking_lot::Mutex::new(Some(tx)),
         });
-        rt.spawn(dispatch(h.clone(), rx));
+        rt.spawn(dispatch(Arc::downgrade(&h), rx));
         Ok(h)
     }
 
@@ -102,18 +104,17 @@ impl Handoff {
         }
         // The runtime's end is gone: answer from this thread.
         drop(wake);
-        for a in std::mem::take(&mut *self.queue.lock()) {
-            a.send();
-        }
+        close(self);
     }
 }
 
-/// Completes the queued answers each time the loop writes its byte.
+/// Completes the queued answers each time the loop writes its byte; ends
+/// when the hand-off has been dropped with the loop.
 ///
 /// The loop writes one byte per wake-up and no other until this task has reset
 /// `armed`, so after one read of that byte the socket is empty: its readiness
 /// is cleared without a second read to see it so.
-async fn dispatch(h: Arc<Handoff>, rx: AsyncFd<UnixStream>) {
+async fn dispatch(h: Weak<Handoff>, rx: AsyncFd<UnixStream>) {
     let mut buf = [0u8; 64];
     loop {
         let Ok(mut ready) = rx.readable().await else {
@@ -132,16 +133,26 @@ async fn dispatch(h: Arc<Handoff>, rx: AsyncFd<UnixStream>) {
             Err(e) if e.kind() == ErrorKind::Interrupted => false,
             Err(_) => true,
         };
+        let Some(h) = h.upgrade() else {
+            return;
+        };
         h.armed.store(false, Ordering::SeqCst);
         let answers = std::mem::take(&mut *h.queue.lock());
         for a in answers {
             a.send();
         }
         if closed {
-            break;
+            return close(&h);
         }
     }
-    // Nothing reads the socket any more: later answers go directly.
+    if let Some(h) = h.upgrade() {
+        close(&h);
+    }
+}
+
+/// Nothing reads the socket any more: what is queued and every later answer
+/// go directly.
+fn close(h: &Handoff) {
     *h.wake.lock() = None;
     for a in std::mem::take(&mut *h.queue.lock()) {
         a.send();
