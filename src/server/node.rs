@@ -314,12 +314,12 @@ impl Node {
         })
     }
 
-    /// Runs until stopped; an error means the member can no longer apply safely.
     /// Sends the answers to proposals and read barriers through `h`.
     pub fn set_handoff(&mut self, h: Arc<Handoff>) {
         self.handoff = Some(h);
     }
 
+    /// Runs until stopped; an error means the member can no longer apply safely.
     pub fn run(mut self) -> Result<(), StorageError> {
         // Marks the loop stopped even when it panics, so the process notices.
         struct StoppedOnDrop(Arc<RaftStatus>);
