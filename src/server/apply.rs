@@ -29,7 +29,7 @@ pub type ConfApplier<'a> = dyn FnMut(&redb::WriteTransaction, &Entry) -> Result<
 
 /// Receives a batch's (request ID, result) pairs, one for every normal entry
 /// with a request and every membership change that answers one.
-pub type Answer<'a> = dyn FnMut(Vec<(u64, Result<Applied>)>) + 'a;
+pub type OnResults<'a> = dyn FnMut(Vec<(u64, Result<Applied>)>) + 'a;
 
 /// What one applied batch produced besides its answers.
 pub struct BatchOutcome {
@@ -109,7 +109,7 @@ impl Applier {
         applied: u64,
         term: u64,
         conf: &mut ConfApplier,
-        answer: &mut Answer,
+        answer: &mut OnResults,
     ) -> Result<BatchOutcome, StorageError> {
         let mut txn = self.store.backend().write()?;
         txn.set_durability(redb::Durability::None)?;

@@ -8,9 +8,9 @@
 //! byte to a socket the runtime polls. The worker that owns the I/O driver
 //! wakes on it and runs [`dispatch`], which completes the oneshots from inside
 //! the runtime, so their tasks run next on that worker and no other worker is
-//! woken for them. The loop hands off a batch's answer when it is the only one
-//! (see `node.rs`): several answers are better sent directly, waking workers
-//! that share their tasks.
+//! woken for them. Only a batch's single answer takes this way
+//! ([`Handoff::deliver`]): several answers are better sent directly, waking
+//! workers that share their tasks.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -24,7 +24,7 @@ use super::request::Applied;
 use crate::error::Result;
 
 /// One answer: a sender and what it is to receive.
-enum Answer {
+pub enum Answer {
     Applied(oneshot::Sender<Result<Applied>>, Result<Applied>),
     Read(oneshot::Sender<Result<()>>, Result<()>),
 }
@@ -42,8 +42,8 @@ impl Answer {
     }
 }
 
-/// The loop's side: answers are queued, then [`Handoff::flush`] wakes the
-/// runtime once for all of them.
+/// The loop's side: an answer is queued, then [`Handoff::flush`] wakes the
+/// runtime for it.
 pub struct Handoff {
     queue: parking_lot::Mutex<Vec<Answer>>,
     /// Set from a flush that wrote the byte until [`dispatch`] takes the queue.
@@ -78,21 +78,27 @@ impl Handoff {
         Ok(h)
     }
 
-    /// Queues the answer to a proposal.
-    pub fn applied(&self, tx: oneshot::Sender<Result<Applied>>, v: Result<Applied>) {
-        self.queue.lock().push(Answer::Applied(tx, v));
-    }
-
-    /// Queues the answer to a read barrier.
-    pub fn read(&self, tx: oneshot::Sender<Result<()>>, v: Result<()>) {
-        self.queue.lock().push(Answer::Read(tx, v));
+    /// Delivers a batch's answers: a single one through `handoff` when there is
+    /// one, several (or any without a hand-off) directly from this thread.
+    pub fn deliver(handoff: Option<&Handoff>, answers: Vec<Answer>) {
+        match handoff {
+            Some(h) if answers.len() == 1 => {
+                h.queue.lock().extend(answers);
+                h.flush();
+            }
+            _ => {
+                for a in answers {
+                    a.send();
+                }
+            }
+        }
     }
 
     /// Wakes the dispatcher for what was queued, unless a wake-up is pending.
-    pub fn flush(&self) {
+    fn flush(&self) {
         let mut wake = self.wake.lock();
         if let Some(s) = wake.as_mut() {
-            if self.queue.lock().is_empty() || self.armed.swap(true, Ordering::SeqCst) {
+            if self.armed.swap(true, Ordering::SeqCst) {
                 return;
             }
             match s.write(&[1]) {
@@ -120,19 +126,16 @@ async fn dispatch(h: Weak<Handoff>, rx: AsyncFd<UnixStream>) {
         let Ok(mut ready) = rx.readable().await else {
             break;
         };
-        let closed = match ready.get_inner().read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => {
-                ready.clear_ready();
-                false
-            }
+        match ready.get_inner().read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => ready.clear_ready(),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 ready.clear_ready();
                 continue;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => false,
-            Err(_) => true,
-        };
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
         let Some(h) = h.upgrade() else {
             return;
         };
@@ -140,9 +143,6 @@ async fn dispatch(h: Weak<Handoff>, rx: AsyncFd<UnixStream>) {
         let answers = std::mem::take(&mut *h.queue.lock());
         for a in answers {
             a.send();
-        }
-        if closed {
-            return close(&h);
         }
     }
     if let Some(h) = h.upgrade() {
@@ -156,5 +156,48 @@ fn close(h: &Handoff) {
     *h.wake.lock() = None;
     for a in std::mem::take(&mut *h.queue.lock()) {
         a.send();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_answer() -> (Answer, oneshot::Receiver<Result<()>>) {
+        let (tx, rx) = oneshot::channel();
+        (Answer::Read(tx, Ok(())), rx)
+    }
+
+    #[test]
+    fn answers_arrive_through_the_runtime_and_directly_once_it_is_gone() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let h = Handoff::start(rt.handle()).expect("hand-off");
+        // One at a time, through the dispatcher.
+        for _ in 0..200 {
+            let (a, rx) = read_answer();
+            Handoff::deliver(Some(&h), vec![a]);
+            let got = rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), rx).await
+            });
+            assert!(got.expect("answered in time").expect("answered").is_ok());
+        }
+        // Several at once, sent directly.
+        let (answers, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| read_answer()).unzip();
+        Handoff::deliver(Some(&h), answers);
+        for mut rx in rxs {
+            assert!(rx.try_recv().expect("answered at once").is_ok());
+        }
+        // The dispatcher ends with its runtime; later answers go directly.
+        drop(rt);
+        let (a, mut rx) = read_answer();
+        Handoff::deliver(Some(&h), vec![a]);
+        assert!(rx.try_recv().expect("answered without the runtime").is_ok());
+        let (a, mut rx) = read_answer();
+        Handoff::deliver(Some(&h), vec![a]);
+        assert!(rx.try_recv().expect("answered without the runtime").is_ok());
     }
 }

@@ -16,7 +16,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use super::apply::Applier;
-use super::handoff::Handoff;
+use super::handoff::{Answer, Handoff};
 use super::request::{Applied, InternalRequest, Op};
 use crate::error::{Error, Result};
 use crate::membership::Cluster;
@@ -1051,33 +1051,17 @@ impl Node {
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
-        let due: usize = self
-            .ready_reads
-            .iter()
-            .filter(|(index, _)| *index <= applied)
-            .map(|(_, batch)| batch.len())
-            .sum();
-        // As for proposals: one answer through the hand-off, several directly.
-        let handoff = self.handoff.as_deref().filter(|_| due == 1);
+        let mut answers = Vec::new();
         let mut i = 0;
         while i < self.ready_reads.len() {
             if self.ready_reads[i].0 <= applied {
                 let (_, batch) = self.ready_reads.swap_remove(i);
-                for r in batch {
-                    match handoff {
-                        Some(h) => h.read(r, Ok(())),
-                        None => {
-                            let _ = r.send(Ok(()));
-                        }
-                    }
-                }
+                answers.extend(batch.into_iter().map(|r| Answer::Read(r, Ok(()))));
             } else {
                 i += 1;
             }
         }
-        if let Some(h) = handoff {
-            h.flush();
-        }
+        Handoff::deliver(self.handoff.as_deref(), answers);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
@@ -1165,23 +1149,14 @@ impl Node {
         let waiters = &mut self.waiters;
         let handoff = self.handoff.as_deref();
         let mut answer = |results: Vec<(u64, Result<Applied>)>| {
-            // One answer goes through the hand-off, where its task runs on
-            // the worker that wakes for it; several wake workers to share them.
-            let handoff = handoff.filter(|_| results.len() == 1);
-            for (id, res) in results {
-                metrics::PROPOSALS_PENDING.add(-1);
-                if let Some(w) = waiters.remove(&id) {
-                    match handoff {
-                        Some(h) => h.applied(w, res),
-                        None => {
-                            let _ = w.send(res);
-                        }
-                    }
-                }
-            }
-            if let Some(h) = handoff {
-                h.flush();
-            }
+            let answers = results
+                .into_iter()
+                .filter_map(|(id, res)| {
+                    metrics::PROPOSALS_PENDING.add(-1);
+                    waiters.remove(&id).map(|w| Answer::Applied(w, res))
+                })
+                .collect();
+            Handoff::deliver(handoff, answers);
         };
         let out = self
             .applier
