@@ -22,6 +22,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+thread_local! {
+    /// Where reads from the connection land before they join `pending`: one
+    /// per thread (a read completes within one call), so a read neither
+    /// clears a buffer of its own nor costs each connection one.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_CONTINUATION: u8 = 0x9;
@@ -50,8 +58,9 @@ enum Mode {
 pub struct FixAuthority<S> {
     inner: S,
     mode: Mode,
-    /// Bytes read from `inner` and not yet processed.
+    /// Bytes read from `inner`; those from `pending_pos` on are not yet processed.
     pending: Vec<u8>,
+    pending_pos: usize,
     /// Processed bytes not yet handed to the reader.
     ready: Vec<u8>,
     ready_pos: usize,
@@ -72,6 +81,7 @@ impl<S> FixAuthority<S> {
             inner,
             mode: Mode::Detect,
             pending: Vec::new(),
+            pending_pos: 0,
             ready: Vec::new(),
             ready_pos: 0,
             pass: 0,
@@ -84,18 +94,42 @@ impl<S> FixAuthority<S> {
 
     /// Moves what can be decided from `pending` to `ready`.
     fn process(&mut self) {
+        self.decide();
+        // What is left (part of a frame) moves to the front once, not once
+        // per frame taken.
+        if self.pending_pos == self.pending.len() {
+            self.pending.clear();
+        } else {
+            self.pending.drain(..self.pending_pos);
+        }
+        self.pending_pos = 0;
+    }
+
+    /// The bytes not yet processed.
+    fn unprocessed(&self) -> &[u8] {
+        &self.pending[self.pending_pos..]
+    }
+
+    /// Hands the next `n` unprocessed bytes to the reader as they are.
+    fn take_ready(&mut self, n: usize) {
+        let at = self.pending_pos;
+        self.ready.extend_from_slice(&self.pending[at..at + n]);
+        self.pending_pos += n;
+    }
+
+    fn decide(&mut self) {
         loop {
             match self.mode {
                 Mode::Passthrough => {
-                    self.ready.append(&mut self.pending);
+                    self.take_ready(self.unprocessed().len());
                     return;
                 }
                 Mode::Detect => {
-                    let n = self.pending.len().min(PREFACE.len());
-                    if self.pending[..n] != PREFACE[..n] {
+                    let n = self.unprocessed().len().min(PREFACE.len());
+                    if self.unprocessed()[..n] != PREFACE[..n] {
                         self.mode = Mode::Passthrough;
                     } else if n == PREFACE.len() {
-                        self.ready.extend(self.pending.drain(..n));
+                        self.take_ready(n);
                         self.mode = Mode::Frames;
                     } else {
                         return;
@@ -103,27 +137,24 @@ impl<S> FixAuthority<S> {
                 }
                 Mode::Frames => {
                     if self.pass > 0 {
-                        let n = self.pass.min(self.pending.len());
-                        self.ready.extend(self.pending.drain(..n));
+                        let n = self.pass.min(self.unprocessed().len());
+                        self.take_ready(n);
                         self.pass -= n;
                         if self.pass > 0 {
                             return;
                         }
                     }
-                    if self.pending.len() < 9 {
+                    let head = self.unprocessed();
+                    if head.len() < 9 {
                         return;
                     }
-                    let len = (usize::from(self.pending[0]) << 16)
-                        | (usize::from(self.pending[1]) << 8)
-                        | usize::from(self.pending[2]);
-                    let kind = self.pending[3];
-                    let flags = self.pending[4];
-                    let stream = u32::from_be_bytes([
-                        self.pending[5],
-                        self.pending[6],
-                        self.pending[7],
-                        self.pending[8],
-                    ]) & 0x7fff_ffff;
+                    let len = (usize::from(head[0]) << 16)
+                        | (usize::from(head[1]) << 8)
+                        | usize::from(head[2]);
+                    let kind = head[3];
+                    let flags = head[4];
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
                     let in_block = self.block_head.is_some();
                     let header_frame = (kind == FRAME_HEADERS && !in_block)
                         || (kind == FRAME_CONTINUATION && in_block);
@@ -131,15 +162,17 @@ impl<S> FixAuthority<S> {
                         // Not ours to change (or a protocol error the HTTP/2
                         // server reports itself): give back what was held.
                         self.flush_block_unchanged();
-                        self.ready.extend(self.pending.drain(..9));
+                        self.take_ready(9);
                         self.pass = len;
                         continue;
                     }
-                    if self.pending.len() < 9 + len {
+                    if self.unprocessed().len() < 9 + len {
                         return;
                     }
-                    let frame: Vec<u8> = self.pending.drain(..9 + len).collect();
-                    self.block_frames.extend_from_slice(&frame);
+                    let at = self.pending_pos;
+                    self.pending_pos += 9 + len;
+                    let frame = &self.pending[at..at + 9 + len];
+                    self.block_frames.extend_from_slice(frame);
                     let payload = &frame[9..];
                     if kind == FRAME_HEADERS {
                         let Some((prio, fragment)) = split_headers_payload(flags, payload) else {
@@ -446,6 +479,17 @@ fn huffman_decode(data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+impl<S: AsyncRead + Unpin> FixAuthority<S> {
+    /// Reads from the connection through `scratch` into `pending`; true at
+    /// its end.
+    fn read_inner(&mut self, scratch: &mut [u8], cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut rb = ReadBuf::new(scratch);
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        self.pending.extend_from_slice(rb.filled());
+        r.map_ok(|()| rb.filled().is_empty())
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -467,25 +511,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
             if this.eof {
                 // Whatever could not be decided goes through as it is.
                 this.flush_block_unchanged();
-                this.ready.append(&mut this.pending);
+                this.take_ready(this.unprocessed().len());
+                this.pending.clear();
+                this.pending_pos = 0;
                 if this.ready.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
                 continue;
             }
-            let mut tmp = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+            let read = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut scratch) => this.read_inner(&mut scratch, cx),
+                // Not reached (a read does not nest), but never a panic.
+                Err(_) => this.read_inner(&mut [0u8; 16 * 1024], cx),
+            });
+            match read {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        this.eof = true;
-                    } else {
-                        this.pending.extend_from_slice(rb.filled());
-                        this.process();
-                    }
-                }
+                Poll::Ready(Ok(true)) => this.eof = true,
+                Poll::Ready(Ok(false)) => this.process(),
             }
         }
     }

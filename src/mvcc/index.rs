@@ -8,6 +8,8 @@ use std::ops::Bound;
 
 use smallvec::SmallVec;
 
+use super::index_key::{IndexKey, Probe, Query};
+
 /// A generation's revisions: most keys have one, held in place (no
 /// allocation of its own), more move to the heap.
 pub type Revisions = SmallVec<[Revision; 1]>;
@@ -165,9 +167,8 @@ impl KeyIndex {
 /// All keys of the store.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    /// Keys as boxed slices: 8 bytes less per entry than a `Vec`, and no
-    /// spare capacity.
-    tree: BTreeMap<Box<[u8]>, KeyIndex>,
+    /// Keys with their first bytes in the tree's nodes (see [`super::index_key`]).
+    tree: BTreeMap<IndexKey, KeyIndex>,
     /// Keys whose latest generation is open (not deleted).
     live: usize,
 }
@@ -200,9 +201,9 @@ impl TreeIndex {
     }
 
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        let ki = match self.tree.get_mut(key) {
+        let ki = match self.tree.get_mut(Query::new(key).probe()) {
             Some(ki) => ki,
-            None => self.tree.entry(key.into()).or_default(),
+            None => self.tree.entry(IndexKey::new(key)).or_default(),
         };
         if !ki.is_live() {
             self.live += 1;
@@ -212,7 +213,7 @@ impl TreeIndex {
 
     /// Marks `key` deleted at `rev`; false when it was not live.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        let closed = match self.tree.get_mut(key) {
+        let closed = match self.tree.get_mut(Query::new(key).probe()) {
             Some(ki) => ki.tombstone(rev),
             None => false,
         };
@@ -223,7 +224,9 @@ impl TreeIndex {
     }
 
     pub fn get(&self, key: &[u8], at: i64) -> Option<Visible> {
-        self.tree.get(key).and_then(|ki| ki.get(at))
+        self.tree
+            .get(Query::new(key).probe())
+            .and_then(|ki| ki.get(at))
     }
 
     /// Visits every key in the range that is live at `at`, in key order, until `f`
@@ -239,9 +242,11 @@ impl TreeIndex {
             return;
         }
         let (lo, hi) = key_bounds(key, end);
-        for (k, ki) in self.tree.range::<[u8], _>((lo, hi)) {
+        let (lo, hi) = (lo.map(Query::new), hi.map(Query::new));
+        let bounds = (lo.as_ref().map(Query::probe), hi.as_ref().map(Query::probe));
+        for (k, ki) in self.tree.range::<dyn Probe, _>(bounds) {
             if let Some(v) = ki.get(at)
-                && !f(k, v)
+                && !f(k.bytes(), v)
             {
                 break;
             }
@@ -260,7 +265,7 @@ impl TreeIndex {
 
     /// The revision of `key` that was live just before `rev` (for an event's prev_kv).
     pub fn before(&self, key: &[u8], rev: Revision) -> Option<Revision> {
-        let ki = self.tree.get(key)?;
+        let ki = self.tree.get(Query::new(key).probe())?;
         for g in ki.generations.iter().rev() {
             let pos = g.revs.partition_point(|r| *r < rev);
             if pos == 0 {
@@ -314,9 +319,9 @@ impl TreeIndex {
         version: i64,
         tombstone: bool,
     ) {
-        let ki = match self.tree.get_mut(key) {
+        let ki = match self.tree.get_mut(Query::new(key).probe()) {
             Some(ki) => ki,
-            None => self.tree.entry(key.into()).or_default(),
+            None => self.tree.entry(IndexKey::new(key)).or_default(),
         };
         if tombstone {
             if ki.tombstone(rev) {

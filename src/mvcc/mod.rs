@@ -9,6 +9,7 @@
 
 pub mod encoded;
 pub mod index;
+mod index_key;
 pub mod watch;
 pub mod writer;
 
