@@ -42,10 +42,6 @@ impl IndexKey {
             bytes: key.into(),
         }
     }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
 }
 
 impl std::fmt::Debug for IndexKey {
@@ -98,7 +94,8 @@ impl Probe for Query<'_> {
     }
 }
 
-fn compare(a: &dyn Probe, b: &dyn Probe) -> Ordering {
+/// The one order of keys: heads first, bytes when they are equal.
+fn compare<A: Probe + ?Sized, B: Probe + ?Sized>(a: &A, b: &B) -> Ordering {
     a.head()
         .cmp(&b.head())
         .then_with(|| a.bytes().cmp(b.bytes()))
@@ -106,9 +103,7 @@ fn compare(a: &dyn Probe, b: &dyn Probe) -> Ordering {
 
 impl Ord for IndexKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.head
-            .cmp(&other.head)
-            .then_with(|| self.bytes.cmp(&other.bytes))
+        compare(self, other)
     }
 }
 
@@ -138,7 +133,7 @@ impl PartialOrd for dyn Probe + '_ {
 
 impl PartialEq for dyn Probe + '_ {
     fn eq(&self, other: &Self) -> bool {
-        self.head() == other.head() && self.bytes() == other.bytes()
+        compare(self, other) == Ordering::Equal
     }
 }
 
