@@ -8,6 +8,7 @@ pub mod compactor;
 mod handoff;
 mod inflight;
 pub mod node;
+mod read_queue;
 pub mod request;
 
 use std::path::Path;
@@ -79,6 +80,7 @@ pub struct EtcdServer {
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
     inflight: inflight::InFlight,
+    reads: Arc<read_queue::ReadQueue>,
     /// Free space on the data directory's filesystem.
     pub disk: Arc<DiskSpace>,
 }
@@ -308,6 +310,7 @@ impl EtcdServer {
             let h = handoff::Handoff::start(&rt).map_err(|e| StartError::Thread(e.to_string()))?;
             node.set_handoff(h);
         }
+        let reads = node.read_queue();
         if !seed.is_empty() {
             transport.seed(seed);
         }
@@ -346,6 +349,7 @@ impl EtcdServer {
             request_timeout,
             transport,
             inflight: inflight::InFlight::default(),
+            reads,
             disk,
         }))
     }
@@ -753,7 +757,9 @@ impl EtcdServer {
     pub async fn read_barrier(&self) -> Result<()> {
         let _slot = self.admit(0)?;
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::ReadIndex(tx))?;
+        if self.reads.push(tx)? {
+            self.send(Msg::Reads)?;
+        }
         let r = match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::Stopped),

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::apply::Applier;
 use super::handoff::{Answer, Handoff};
+use super::read_queue::ReadQueue;
 use super::request::{Applied, InternalRequest, Op};
 use crate::error::{Error, Result};
 use crate::membership::Cluster;
@@ -52,9 +53,9 @@ pub enum Msg {
         data: Vec<u8>,
         reply: Option<Reply>,
     },
-    /// Answered once the local state has applied everything committed at the time
-    /// of the request (a linearizable read barrier).
-    ReadIndex(oneshot::Sender<Result<()>>),
+    /// Reads wait in the read queue (`read_queue.rs`), which the loop is not
+    /// watching: a linearizable read barrier's wake-up.
+    Reads,
     /// Defragments the database: copied on a thread of its own while the
     /// loop goes on applying, then finished as a database job (applies wait
     /// for that step only).
@@ -152,7 +153,9 @@ pub struct Node {
     wake: Sender<Msg>,
     heartbeat: Duration,
     waiters: HashMap<u64, Reply>,
-    pending_reads: Vec<oneshot::Sender<Result<()>>>,
+    reads: Arc<ReadQueue>,
+    /// Reads may be waiting in the queue with no wake-up coming.
+    reads_due: bool,
     read_batches: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<()>>>>,
     ready_reads: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
     read_seq: u64,
@@ -281,7 +284,8 @@ impl Node {
             wake,
             heartbeat: cfg.heartbeat,
             waiters: HashMap::new(),
-            pending_reads: Vec::new(),
+            reads: Arc::new(ReadQueue::default()),
+            reads_due: false,
             read_batches: HashMap::new(),
             ready_reads: Vec::new(),
             read_seq: 0,
@@ -315,6 +319,11 @@ impl Node {
     }
 
     /// Sends the answers to proposals and read barriers through `h`.
+    /// Where linearizable reads wait for the loop.
+    pub fn read_queue(&self) -> Arc<ReadQueue> {
+        self.reads.clone()
+    }
+
     pub fn set_handoff(&mut self, h: Arc<Handoff>) {
         self.handoff = Some(h);
     }
@@ -341,7 +350,7 @@ impl Node {
         for (_, w) in self.waiters.drain() {
             let _ = w.send(Err(Error::Stopped));
         }
-        for r in self.pending_reads.drain(..) {
+        for r in self.reads.close() {
             let _ = r.send(Err(Error::Stopped));
         }
         for (_, rs) in self.read_batches.drain() {
@@ -361,7 +370,11 @@ impl Node {
         let mut next_tick = Instant::now() + self.heartbeat;
         loop {
             self.status.heartbeat.fetch_add(1, Ordering::Relaxed);
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = if self.reads_due {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.rx.recv_timeout(timeout) {
                 Ok(m) => {
                     if !self.handle(m) {
@@ -382,13 +395,7 @@ impl Node {
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
-            if !self.pending_reads.is_empty() {
-                self.read_seq += 1;
-                let ctx = self.read_seq.to_be_bytes().to_vec();
-                self.read_batches
-                    .insert(ctx.clone(), std::mem::take(&mut self.pending_reads));
-                self.raw.read_index(ctx);
-            }
+            self.start_read_round();
             if Instant::now() >= next_tick {
                 self.raw.tick();
                 next_tick += self.heartbeat;
@@ -433,6 +440,18 @@ impl Node {
             self.on_ready()?;
             if self.removed {
                 return Ok(());
+            }
+            // The round that ended in this ready lets the reads that waited
+            // for it go now, not at the next wake-up.
+            self.reads_due = false;
+            if self.start_read_round() {
+                self.on_ready()?;
+                if self.removed {
+                    return Ok(());
+                }
+                // A round that ended at once (a single voter) leaves the queue
+                // watched without a wake-up to come: look again without waiting.
+                self.reads_due = self.read_batches.is_empty();
             }
             self.disk_alarm();
         }
@@ -696,6 +715,25 @@ impl Node {
         }
     }
 
+    /// Starts a read-index round for the reads waiting, unless one is in
+    /// flight: reads that arrive meanwhile wait for it and go together in the
+    /// next, so a busy member sends one heartbeat round per batch, not one per
+    /// wake-up (etcd's read loop does the same). Returns whether it started one.
+    fn start_read_round(&mut self) -> bool {
+        if !self.read_batches.is_empty() {
+            return false;
+        }
+        let batch = self.reads.take();
+        if batch.is_empty() {
+            return false;
+        }
+        self.read_seq += 1;
+        let ctx = self.read_seq.to_be_bytes().to_vec();
+        self.read_batches.insert(ctx.clone(), batch);
+        self.raw.read_index(ctx);
+        true
+    }
+
     /// Sends unanswered read-index requests again: raft-rs drops them while
     /// there is no leader, or the leader has not committed in its term yet, and a
     /// request to a leader that died is lost. Batches whose callers all gave up
@@ -736,7 +774,8 @@ impl Node {
                     }
                 }
             }
-            Msg::ReadIndex(r) => self.pending_reads.push(r),
+            // start_read_round takes the queue.
+            Msg::Reads => {}
             // Started by defrag_step; one in progress answers every caller.
             Msg::Defragment(r) => self.defrag_waiters.push(r),
             // Its thread is joined by defrag_step.
