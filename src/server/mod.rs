@@ -8,7 +8,7 @@ pub mod compactor;
 mod handoff;
 mod inflight;
 pub mod node;
-mod read_queue;
+mod read_index;
 pub mod request;
 
 use std::path::Path;
@@ -80,7 +80,7 @@ pub struct EtcdServer {
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
     inflight: inflight::InFlight,
-    reads: Arc<read_queue::ReadQueue>,
+    reads: Arc<read_index::ReadQueue>,
     /// Free space on the data directory's filesystem.
     pub disk: Arc<DiskSpace>,
 }

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::apply::Applier;
 use super::handoff::{Answer, Handoff};
-use super::read_queue::ReadQueue;
+use super::read_index::{ReadQueue, ReadRounds};
 use super::request::{Applied, InternalRequest, Op};
 use crate::error::{Error, Result};
 use crate::membership::Cluster;
@@ -33,7 +33,6 @@ use crate::storage::{Backend, StorageError};
 pub type Reply = oneshot::Sender<Result<Applied>>;
 
 /// How often unanswered read-index requests are sent again (etcd's interval).
-const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// How often applied state is made durable in the database (etcd's
 /// `--backend-batch-interval` default).
 const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
@@ -153,14 +152,9 @@ pub struct Node {
     wake: Sender<Msg>,
     heartbeat: Duration,
     waiters: HashMap<u64, Reply>,
-    reads: Arc<ReadQueue>,
+    reads: ReadRounds,
     /// Reads may be waiting in the queue with no wake-up coming.
     reads_due: bool,
-    read_batches: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<()>>>>,
-    ready_reads: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
-    read_seq: u64,
-    /// When unanswered read-index requests were last sent again.
-    last_read_retry: Instant,
     applied: u64,
     compact_threshold: u64,
     compact_keep: u64,
@@ -284,12 +278,8 @@ impl Node {
             wake,
             heartbeat: cfg.heartbeat,
             waiters: HashMap::new(),
-            reads: Arc::new(ReadQueue::default()),
+            reads: ReadRounds::default(),
             reads_due: false,
-            read_batches: HashMap::new(),
-            ready_reads: Vec::new(),
-            read_seq: 0,
-            last_read_retry: Instant::now(),
             applied: cfg.applied,
             compact_threshold: threshold,
             compact_keep: (threshold / 2).clamp(1, 5_000),
@@ -321,7 +311,7 @@ impl Node {
     /// Sends the answers to proposals and read barriers through `h`.
     /// Where linearizable reads wait for the loop.
     pub fn read_queue(&self) -> Arc<ReadQueue> {
-        self.reads.clone()
+        self.reads.queue()
     }
 
     pub fn set_handoff(&mut self, h: Arc<Handoff>) {
@@ -352,16 +342,6 @@ impl Node {
         }
         for r in self.reads.close() {
             let _ = r.send(Err(Error::Stopped));
-        }
-        for (_, rs) in self.read_batches.drain() {
-            for r in rs {
-                let _ = r.send(Err(Error::Stopped));
-            }
-        }
-        for (_, rs) in self.ready_reads.drain(..) {
-            for r in rs {
-                let _ = r.send(Err(Error::Stopped));
-            }
         }
         res
     }
@@ -420,9 +400,8 @@ impl Node {
                     crate::warn!("apply loop frozen by the debug switch");
                     self.frozen = true;
                 }
-                if self.last_read_retry.elapsed() >= READ_INDEX_RETRY {
-                    self.last_read_retry = Instant::now();
-                    self.retry_reads();
+                for ctx in self.reads.due_for_retry(Instant::now()) {
+                    self.raw.read_index(ctx);
                 }
                 if self.last_size_check.elapsed() >= Duration::from_secs(1) {
                     self.last_size_check = Instant::now();
@@ -451,7 +430,7 @@ impl Node {
                 }
                 // A round that ended at once (a single voter) leaves the queue
                 // watched without a wake-up to come: look again without waiting.
-                self.reads_due = self.read_batches.is_empty();
+                self.reads_due = !self.reads.in_flight();
             }
             self.disk_alarm();
         }
@@ -715,36 +694,15 @@ impl Node {
         }
     }
 
-    /// Starts a read-index round for the reads waiting, unless one is in
-    /// flight: reads that arrive meanwhile wait for it and go together in the
-    /// next, so a busy member sends one heartbeat round per batch, not one per
-    /// wake-up (etcd's read loop does the same). Returns whether it started one.
+    /// Asks raft-rs for a read index for the reads waiting, unless a round is
+    /// in flight (`read_index.rs`). Returns whether it asked.
     fn start_read_round(&mut self) -> bool {
-        if !self.read_batches.is_empty() {
-            return false;
-        }
-        let batch = self.reads.take();
-        if batch.is_empty() {
-            return false;
-        }
-        self.read_seq += 1;
-        let ctx = self.read_seq.to_be_bytes().to_vec();
-        self.read_batches.insert(ctx.clone(), batch);
-        self.raw.read_index(ctx);
-        true
-    }
-
-    /// Sends unanswered read-index requests again: raft-rs drops them while
-    /// there is no leader, or the leader has not committed in its term yet, and a
-    /// request to a leader that died is lost. Batches whose callers all gave up
-    /// are dropped.
-    fn retry_reads(&mut self) {
-        self.read_batches.retain(|_, b| {
-            b.retain(|r| !r.is_closed());
-            !b.is_empty()
-        });
-        for ctx in self.read_batches.keys() {
-            self.raw.read_index(ctx.clone());
+        match self.reads.start() {
+            Some(ctx) => {
+                self.raw.read_index(ctx);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1001,9 +959,7 @@ impl Node {
             return Ok(());
         }
         for rs in rd.take_read_states() {
-            if let Some(batch) = self.read_batches.remove(&rs.request_ctx) {
-                self.ready_reads.push((rs.index, batch));
-            }
+            self.reads.answered(&rs.request_ctx, rs.index);
         }
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
@@ -1089,17 +1045,12 @@ impl Node {
     }
 
     fn answer_reads(&mut self) {
-        let applied = self.applied;
-        let mut answers = Vec::new();
-        let mut i = 0;
-        while i < self.ready_reads.len() {
-            if self.ready_reads[i].0 <= applied {
-                let (_, batch) = self.ready_reads.swap_remove(i);
-                answers.extend(batch.into_iter().map(|r| Answer::Read(r, Ok(()))));
-            } else {
-                i += 1;
-            }
-        }
+        let answers = self
+            .reads
+            .answerable(self.applied)
+            .into_iter()
+            .map(|r| Answer::Read(r, Ok(())))
+            .collect();
         Handoff::deliver(self.handoff.as_deref(), answers);
     }
 
