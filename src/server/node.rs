@@ -961,6 +961,9 @@ impl Node {
         for rs in rd.take_read_states() {
             self.reads.answered(&rs.request_ctx, rs.index);
         }
+        // Reads whose index is applied go before this ready's entries are
+        // written: they do not wait for a sync of entries committed after them.
+        self.answer_reads();
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
         if !entries.is_empty() || hs.is_some() {
