@@ -32,7 +32,6 @@ use crate::storage::{Backend, StorageError};
 
 pub type Reply = oneshot::Sender<Result<Applied>>;
 
-/// How often unanswered read-index requests are sent again (etcd's interval).
 /// How often applied state is made durable in the database (etcd's
 /// `--backend-batch-interval` default).
 const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
@@ -52,7 +51,7 @@ pub enum Msg {
         data: Vec<u8>,
         reply: Option<Reply>,
     },
-    /// Reads wait in the read queue (`read_queue.rs`), which the loop is not
+    /// Reads wait in the read queue (`read_index.rs`), which the loop is not
     /// watching: a linearizable read barrier's wake-up.
     Reads,
     /// Defragments the database: copied on a thread of its own while the
@@ -308,12 +307,12 @@ impl Node {
         })
     }
 
-    /// Sends the answers to proposals and read barriers through `h`.
     /// Where linearizable reads wait for the loop.
     pub fn read_queue(&self) -> Arc<ReadQueue> {
         self.reads.queue()
     }
 
+    /// Sends the answers to proposals and read barriers through `h`.
     pub fn set_handoff(&mut self, h: Arc<Handoff>) {
         self.handoff = Some(h);
     }

@@ -71,7 +71,7 @@ impl ReadQueue {
     }
 }
 
-/// How often unanswered rounds are asked again.
+/// How often unanswered rounds are asked again (etcd's interval).
 pub const RETRY: Duration = Duration::from_millis(500);
 
 /// The Raft loop's side of linearizable reads.
