@@ -17,12 +17,22 @@
 //! is polled at once (a deferral there cost about a tenth more of the
 //! server's CPU per call: the extra pass through the scheduler took two more
 //! futex calls and a context switch).
+//!
+//! [`Unvectored`] lets the responses that end together share a write at all
+//! when they carry data: h2 copies a DATA frame's payload into its write
+//! buffer only up to 256 bytes on a socket that takes vectored writes (1 KiB
+//! on one that does not), and a larger payload, kept aside, must be written
+//! out before h2 takes the next frame. A Range of one 256-byte value was a
+//! write of its own, however many responses were ready.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The calls of one connection whose responses are not ready yet.
 #[derive(Clone, Default)]
@@ -135,9 +145,66 @@ impl<F: Future> Future for Coalesced<F> {
     }
 }
 
+/// A client connection's socket shown to hyper as taking no vectored writes,
+/// so that h2 copies payloads of up to 1 KiB into one buffer and writes
+/// them together (see the module's text). Reads and writes pass through.
+pub struct Unvectored<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Unvectored<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unvectored_passes_bytes_through_and_says_it_is_not_vectored() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = tokio::io::duplex(64);
+        let mut a = Unvectored(a);
+        let mut b = Unvectored(b);
+        assert!(!a.is_write_vectored());
+        a.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ping");
+        // A vectored write still works: it writes from the first buffer.
+        let bufs = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cd")];
+        let n = a.write_vectored(&bufs).await.expect("write");
+        assert!((1..=2).contains(&n), "wrote {n} bytes");
+        let mut got = vec![0u8; n];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got[..], &b"ab"[..n]);
+    }
 
     #[tokio::test]
     async fn the_inner_future_completes_after_deferrals() {

@@ -255,7 +255,9 @@ pub async fn serve(
                     let calls = coalesce::InFlight::default();
                     let _ = coalesce::Coalesced::new(
                         b.serve_connection_with_upgrades(
-                            TokioIo::new(authority::FixAuthority::new(stream)),
+                            TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
+                                stream,
+                            ))),
                             TowerToHyperService::new(calls.track(app)),
                         ),
                         calls,
@@ -293,7 +295,9 @@ pub async fn serve(
                             let calls = coalesce::InFlight::default();
                             let _ = coalesce::Coalesced::new(
                                 b.serve_connection_with_upgrades(
-                                    TokioIo::new(authority::FixAuthority::new(s)),
+                                    TokioIo::new(coalesce::Unvectored(
+                                        authority::FixAuthority::new(s),
+                                    )),
                                     TowerToHyperService::new(calls.track(svc)),
                                 ),
                                 calls,
