@@ -291,7 +291,7 @@ pub struct Wal {
     /// Bytes of the current segment made ready for appends.
     capacity: u64,
     /// The next segment, being zero-filled.
-    spare: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+    spare: Option<Spare>,
     file: File,
     path: PathBuf,
     seq: u64,
@@ -389,13 +389,56 @@ const FIRST_SEGMENT: u64 = 4 << 20;
 /// The next segment, while it is being prepared.
 const SPARE: &str = "spare.tmp";
 
+/// The thread zero-filling the next segment. Dropping it stops the thread
+/// and waits for it, so no write to the log's directory outlives the log
+/// that asked for it (a log opened again in the same directory would
+/// otherwise share `spare.tmp` with a writer it does not know of).
+struct Spare {
+    thread: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Spare {
+    fn start(path: PathBuf, len: u64) -> Option<Spare> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || zero_filled(&path, len, Some(&flag)))
+            .ok()?;
+        Some(Spare {
+            thread: Some(thread),
+            stop,
+        })
+    }
+
+    /// The finished file, once the thread is done.
+    fn finish(mut self) -> Option<std::io::Result<File>> {
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = t.join();
+        }
+    }
+}
+
 /// A file of `len` zero bytes, durable, at `path`. A spare made beside the
-/// appends (`paced`) is written a mebibyte at a time, each made durable
-/// before the next with a pause between: the log's own fdatasync, on the
-/// same disk, then waits behind one mebibyte at most instead of the whole
-/// segment (64 MiB written at once held appends, and with them a leader's
-/// heartbeats, for hundreds of milliseconds).
-fn zero_filled(path: &Path, len: u64, paced: bool) -> std::io::Result<File> {
+/// appends (`paced` by a stop flag) is written a mebibyte at a time, each
+/// made durable before the next with a pause between: the log's own
+/// fdatasync, on the same disk, then waits behind one mebibyte at most
+/// instead of the whole segment (64 MiB written at once held appends, and
+/// with them a leader's heartbeats, for hundreds of milliseconds). Once the
+/// flag is set the file is removed and the fill ends.
+fn zero_filled(
+    path: &Path,
+    len: u64,
+    paced: Option<&std::sync::atomic::AtomicBool>,
+) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -408,7 +451,15 @@ fn zero_filled(path: &Path, len: u64, paced: bool) -> std::io::Result<File> {
         let n = (len - off).min(chunk.len() as u64) as usize;
         file.write_all_at(&chunk[..n], off)?;
         off += n as u64;
-        if paced {
+        if let Some(stop) = paced {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "the log was closed",
+                ));
+            }
             file.sync_data()?;
             std::thread::sleep(ZERO_FILL_PAUSE);
         }
@@ -595,7 +646,7 @@ impl Wal {
             Fresh::Spare(f) => (dir.join(SPARE), Ok(f)),
             Fresh::Zeroed(len) => {
                 let tmp = named_tmp();
-                let f = zero_filled(&tmp, len.max(need), false);
+                let f = zero_filled(&tmp, len.max(need), None);
                 (tmp, f)
             }
             Fresh::Reserved(len) => {
@@ -658,10 +709,7 @@ impl Wal {
         if self.spare.is_none() && !self.no_rotate && self.offset > self.capacity / 2 {
             let path = self.dir.join(SPARE);
             let len = self.segment_size;
-            self.spare = std::thread::Builder::new()
-                .name("wal-spare".into())
-                .spawn(move || zero_filled(&path, len, true))
-                .ok();
+            self.spare = Spare::start(path, len);
         }
         Ok(())
     }
@@ -678,9 +726,9 @@ impl Wal {
     fn rotate(&mut self) -> Result<()> {
         self.sync()?;
         let seq = self.seq + 1;
-        let fresh = match self.spare.take().map(|h| h.join()) {
-            Some(Ok(Ok(f))) => Fresh::Spare(f),
-            Some(Ok(Err(e))) => {
+        let fresh = match self.spare.take().and_then(Spare::finish) {
+            Some(Ok(f)) => Fresh::Spare(f),
+            Some(Err(e)) => {
                 crate::warn!(
                     "cannot prepare the next log segment; reserving it now",
                     path = self.dir.join(SPARE).display().to_string(),
@@ -756,9 +804,8 @@ impl Wal {
 
     /// Starts the log over after an installed snapshot at `base`.
     pub fn reset(&mut self, base: (u64, u64), hs: &HardState) -> Result<()> {
-        if let Some(h) = self.spare.take() {
-            let _ = h.join();
-        }
+        // Stops the spare's thread before its directory is written anew.
+        self.spare = None;
         *self = Self::create(&self.dir, self.segment_size, base, hs, &[])?;
         Ok(())
     }
@@ -840,6 +887,24 @@ mod tests {
             before < 8,
             "closed segments below the compaction were deleted"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_closed_log_leaves_no_spare_being_written() {
+        let d = tmp();
+        let mut w = Wal::create(&d, 64 << 20, (0, 0), &hs(1, 0), &[]).unwrap();
+        let big = vec![5u8; 1 << 20];
+        for i in 1..=3 {
+            w.append(&[entry(i, 1, &big)], None, true).unwrap();
+        }
+        assert!(w.spare.is_some(), "a spare is being prepared");
+        // Filling 64 MiB paced takes well over a hundred milliseconds: the
+        // file is gone right after the drop only if the drop stopped it.
+        drop(w);
+        assert!(!d.join(SPARE).exists(), "spare.tmp outlived its log");
+        let (_, l) = Wal::open(&d, 64 << 20).unwrap();
+        assert_eq!(l.entries.len(), 3);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
