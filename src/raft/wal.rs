@@ -428,8 +428,8 @@ impl Drop for Spare {
 }
 
 /// A file of `len` zero bytes, durable, at `path`. A spare made beside the
-/// appends (`paced` by a stop flag) is written a mebibyte at a time, each
-/// made durable before the next with a pause between: the log's own
+/// appends (the one given a `stop` flag) is written a mebibyte at a time,
+/// each made durable before the next with a pause between: the log's own
 /// fdatasync, on the same disk, then waits behind one mebibyte at most
 /// instead of the whole segment (64 MiB written at once held appends, and
 /// with them a leader's heartbeats, for hundreds of milliseconds). Once the
@@ -437,7 +437,7 @@ impl Drop for Spare {
 fn zero_filled(
     path: &Path,
     len: u64,
-    paced: Option<&std::sync::atomic::AtomicBool>,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -451,7 +451,7 @@ fn zero_filled(
         let n = (len - off).min(chunk.len() as u64) as usize;
         file.write_all_at(&chunk[..n], off)?;
         off += n as u64;
-        if let Some(stop) = paced {
+        if let Some(stop) = stop {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 drop(file);
                 let _ = std::fs::remove_file(path);
