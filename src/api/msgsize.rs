@@ -106,6 +106,11 @@ struct Prefixes {
 }
 
 impl Prefixes {
+    /// Every message begun has been read whole.
+    fn at_boundary(&self) -> bool {
+        self.head_len == 0 && self.remaining == 0
+    }
+
     /// Calls `each` with the length of every message whose prefix `data`
     /// completes; stops at the first error.
     fn scan<E>(
@@ -212,12 +217,26 @@ impl http_body::Body for Counted {
 }
 
 /// A gRPC request body whose messages may not exceed `max` bytes.
+///
+/// The body of a call that takes one request message (unary or server
+/// streaming) ends with that message. tonic hands such a request to its
+/// service only once the body has ended, and a client that sends its end of
+/// stream in a frame of its own (tonic's and hyper's clients do) would
+/// otherwise hold the call back until that frame is read, often one more
+/// wake-up of the connection later. etcd's server does not wait for it either,
+/// and ignores what a client sends after the message, as tonic does.
 pub struct Limited {
     inner: Body,
     max: usize,
     prefixes: Prefixes,
     /// The method whose request messages are counted.
     rpc: Option<&'static grpc::Rpc>,
+    /// The call takes one request message.
+    single: bool,
+    /// Messages whose prefix has been read.
+    messages: usize,
+    /// The one message of a `single` call has been read whole.
+    ended: bool,
 }
 
 impl Limited {
@@ -227,13 +246,18 @@ impl Limited {
             max,
             prefixes: Prefixes::default(),
             rpc,
+            single: rpc.is_some_and(|r| r.kind != Kind::BidiStream),
+            messages: 0,
+            ended: false,
         }
     }
 
     /// Follows the message boundaries through `data`.
     fn scan(&mut self, data: &[u8]) -> Result<(), tonic::Status> {
         let (max, rpc) = (self.max, self.rpc);
+        let messages = &mut self.messages;
         self.prefixes.scan(data, |len| {
+            *messages += 1;
             if len > max {
                 return Err(tonic::Status::resource_exhausted(format!(
                     "grpc: received message larger than max ({len} vs. {max})"
@@ -255,11 +279,18 @@ impl http_body::Body for Limited {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(f)) => match f.data_ref().cloned() {
                 Some(d) => match self.scan(&d) {
-                    Ok(()) => Some(Ok(f)),
+                    Ok(()) => {
+                        self.ended =
+                            self.single && self.messages == 1 && self.prefixes.at_boundary();
+                        Some(Ok(f))
+                    }
                     Err(st) => Some(Err(Box::new(st))),
                 },
                 None => Some(Ok(f)),
@@ -270,7 +301,7 @@ impl http_body::Body for Limited {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -281,12 +312,64 @@ impl http_body::Body for Limited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
+    use http_body::Body as _;
 
     fn message(len: usize) -> Vec<u8> {
         let mut m = vec![0];
         m.extend_from_slice(&(len as u32).to_be_bytes());
         m.extend(std::iter::repeat_n(b'x', len));
         m
+    }
+
+    /// A body that yields `chunks` and then never ends, as a client that has
+    /// not sent its end of stream yet.
+    fn open_body(chunks: Vec<Vec<u8>>) -> Body {
+        let s = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, axum::Error>(Bytes::from(c))),
+        )
+        .chain(futures::stream::pending());
+        Body::from_stream(s)
+    }
+
+    fn poll(l: &mut Limited) -> Poll<Option<Vec<u8>>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        Pin::new(l)
+            .poll_frame(&mut cx)
+            .map(|f| f.map(|f| f.expect("frame").into_data().expect("data").to_vec()))
+    }
+
+    #[test]
+    fn a_single_message_call_ends_with_its_message() {
+        let put = grpc::lookup("/etcdserverpb.KV/Put").expect("Put");
+        let m = message(7);
+        // The message in two frames, its end of stream not sent.
+        let mut l = Limited::new(
+            open_body(vec![m[..3].to_vec(), m[3..].to_vec()]),
+            100,
+            Some(put),
+        );
+        assert_eq!(poll(&mut l), Poll::Ready(Some(m[..3].to_vec())));
+        assert!(!l.is_end_stream());
+        assert_eq!(poll(&mut l), Poll::Ready(Some(m[3..].to_vec())));
+        assert!(l.is_end_stream());
+        assert_eq!(poll(&mut l), Poll::Ready(None));
+
+        // A second message in the same frame: the body goes on as sent.
+        let mut two = message(2);
+        two.extend(message(1));
+        let mut l = Limited::new(open_body(vec![two.clone()]), 100, Some(put));
+        assert_eq!(poll(&mut l), Poll::Ready(Some(two)));
+        assert!(poll(&mut l).is_pending());
+
+        // A stream's body waits for its end.
+        let watch = grpc::lookup("/etcdserverpb.Watch/Watch").expect("Watch");
+        let mut l = Limited::new(open_body(vec![m.clone()]), 100, Some(watch));
+        assert_eq!(poll(&mut l), Poll::Ready(Some(m)));
+        assert!(poll(&mut l).is_pending());
     }
 
     #[test]

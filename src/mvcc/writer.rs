@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::{Revision, State, encode_record, range_at, read_kv, rev_key};
+use super::{Revision, State, Visible, encode_record, range_at, read_kv, rev_key};
 use crate::error::{Error, Result};
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
 use crate::pb::mvccpb::{Event, KeyValue, event::EventType};
@@ -71,6 +71,12 @@ impl<'t, 's> Writer<'t, 's> {
             req.revision = cur;
         }
         range_at(&self.table, &self.st.index, cur, self.st.compact_rev, &req)
+    }
+
+    /// Visits the index entry of every key live in `[key, end)` (etcd's
+    /// range ends) now, inside the open request, until `f` returns false.
+    pub fn visible(&self, key: &[u8], end: &[u8], mut f: impl FnMut(Visible) -> bool) {
+        self.st.index.range(key, end, self.read_rev(), |_, v| f(v));
     }
 
     /// The live record of `key` now (inside the open request).

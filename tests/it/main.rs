@@ -10,6 +10,7 @@ mod disk;
 mod etcd_import;
 mod etcdctl;
 mod flags;
+mod framing;
 mod gateway;
 mod harness;
 mod jwt;

@@ -1,0 +1,92 @@
+//! How a client frames its gRPC calls over HTTP/2, written frame by frame:
+//! a unary call is answered once its request message is whole, without
+//! waiting for the client to end its side of the stream (tonic's and hyper's
+//! clients end it in a frame of their own; Go's send it with the message).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::Server;
+use crate::limits::{PREFACE, frame};
+
+/// An HPACK header field, a literal not indexed, its name given in full.
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    assert!(name.len() < 127 && value.len() < 127);
+    let mut f = vec![0x00, name.len() as u8];
+    f.extend_from_slice(name.as_bytes());
+    f.push(value.len() as u8);
+    f.extend_from_slice(value.as_bytes());
+    f
+}
+
+/// Reads one frame: (type, flags, stream, payload).
+fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    Ok((head[3], head[4], stream, payload))
+}
+
+#[test]
+fn a_unary_call_is_answered_before_the_client_ends_its_stream() {
+    let srv = Server::start(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("read timeout");
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    // HEADERS (END_HEADERS, not END_STREAM): POST http /etcdserverpb.KV/Put.
+    let path = "/etcdserverpb.KV/Put";
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend(literal(":authority", "127.0.0.1"));
+    block.extend(literal("content-type", "application/grpc"));
+    block.extend(literal("te", "trailers"));
+    out.extend(frame(0x1, 0x4, 1, &block));
+    // DATA without END_STREAM: PutRequest { key: "early", value: "v" }.
+    let msg = [0x0a, 5, b'e', b'a', b'r', b'l', b'y', 0x12, 1, b'v'];
+    let mut data = vec![0u8];
+    data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    data.extend_from_slice(&msg);
+    out.extend(frame(0x0, 0, 1, &data));
+    s.write_all(&out).expect("send the call");
+
+    // The answer ends with trailers (HEADERS with END_STREAM) on stream 1.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got_message = false;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no answer while the request stream stays open"
+        );
+        let (kind, flags, stream, payload) = match read_frame(&mut s) {
+            Ok(f) => f,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => panic!("connection failed before the answer: {e}"),
+        };
+        match (kind, stream) {
+            (0x4, 0) if flags & 0x1 == 0 => {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
+            }
+            (0x0, 1) if !payload.is_empty() => got_message = true,
+            (0x3, 1) => panic!("stream reset: {payload:?}"),
+            (0x7, _) => panic!("connection closed by GOAWAY: {payload:?}"),
+            (0x1, 1) if flags & 0x1 != 0 => break,
+            _ => {}
+        }
+    }
+    assert!(got_message, "trailers without a PutResponse");
+    let get = srv.etcdctl(&["get", "early", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+}
