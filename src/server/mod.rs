@@ -75,7 +75,7 @@ pub struct EtcdServer {
     pub hub: Arc<WatchHub>,
     pub status: Arc<RaftStatus>,
     pub ids: Arc<IdGen>,
-    tx: Mutex<std::sync::mpsc::Sender<Msg>>,
+    tx: std::sync::mpsc::Sender<Msg>,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StorageError>>>>,
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
@@ -344,7 +344,7 @@ impl EtcdServer {
             hub,
             status,
             ids,
-            tx: Mutex::new(tx),
+            tx,
             thread: Mutex::new(Some(thread)),
             request_timeout,
             transport,
@@ -728,7 +728,7 @@ impl EtcdServer {
     }
 
     fn send(&self, m: Msg) -> Result<()> {
-        self.tx.lock().send(m).map_err(|_| Error::Stopped)
+        self.tx.send(m).map_err(|_| Error::Stopped)
     }
 
     /// Proposes `op` and waits until it is applied.
