@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::Server;
 use crate::limits::{PREFACE, frame};
@@ -35,7 +35,8 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
 fn a_unary_call_is_answered_before_the_client_ends_its_stream() {
     let srv = Server::start(&[]);
     let mut s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(2)))
+    // Without the answer, a read ends in this timeout and the test fails.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     let mut out = PREFACE.to_vec();
     out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
@@ -56,25 +57,10 @@ fn a_unary_call_is_answered_before_the_client_ends_its_stream() {
     s.write_all(&out).expect("send the call");
 
     // The answer ends with trailers (HEADERS with END_STREAM) on stream 1.
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut got_message = false;
     loop {
-        assert!(
-            Instant::now() < deadline,
-            "no answer while the request stream stays open"
-        );
-        let (kind, flags, stream, payload) = match read_frame(&mut s) {
-            Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => panic!("connection failed before the answer: {e}"),
-        };
+        let (kind, flags, stream, payload) = read_frame(&mut s)
+            .unwrap_or_else(|e| panic!("no answer while the request stream stays open: {e}"));
         match (kind, stream) {
             (0x4, 0) if flags & 0x1 == 0 => {
                 s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
