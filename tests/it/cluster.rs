@@ -191,9 +191,22 @@ impl Member {
     /// Waits for "ready to serve client requests" and a healthy endpoint.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let mut retries = 0;
         loop {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{} exited early ({st}):\n{}", self.name, self.log());
+                let log = self.log();
+                let holders = crate::harness::port_holders(&[self.client_port, self.peer_port]);
+                if crate::harness::exited_on_taken_port(&log)
+                    && retries < crate::harness::TAKEN_PORT_RETRIES
+                {
+                    retries += 1;
+                    eprintln!("{} found a port taken; starting it again:\n{holders}", self.name);
+                    self.child = None;
+                    std::thread::sleep(Duration::from_millis(200));
+                    self.spawn();
+                    continue;
+                }
+                panic!("{} exited early ({st}):\n{log}\n{holders}", self.name);
             }
             if self.log().contains("ready to serve client requests")
                 && etcdctl_at(&self.endpoint(), &["endpoint", "health"], None)

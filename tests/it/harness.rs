@@ -66,6 +66,31 @@ pub fn free_listener() -> TcpListener {
     panic!("no free loopback port in 20000..32000");
 }
 
+/// Whether a server's log shows that it stopped because one of its ports was
+/// taken when it bound it.
+pub fn exited_on_taken_port(log: &str) -> bool {
+    log.contains("Address already in use") || log.contains("address already in use")
+}
+
+/// What holds loopback `ports` right now (`ss`), for a failure message.
+pub fn port_holders(ports: &[u16]) -> String {
+    let filter = ports
+        .iter()
+        .map(|p| format!("sport = :{p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Command::new("ss")
+        .args(["-tanpe", &filter])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ss: {e}"))
+}
+
+/// How many times a server that found one of its ports taken at start is
+/// started again (a port is checked free, then released for the server to
+/// bind: another process can take it in between).
+pub const TAKEN_PORT_RETRIES: usize = 5;
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, cond: F) {
     wait_for_value(timeout, what, true, cond);
@@ -206,9 +231,24 @@ impl Server {
     /// `etcdctl endpoint health`.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut retries = 0;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("server exited early ({status}):\n{}", self.log());
+                let log = self.log();
+                if exited_on_taken_port(&log) && retries < TAKEN_PORT_RETRIES {
+                    retries += 1;
+                    eprintln!(
+                        "server found a port taken; starting it again:\n{}",
+                        port_holders(&[self.client_port, self.peer_port])
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                    self.spawn();
+                    continue;
+                }
+                panic!(
+                    "server exited early ({status}):\n{log}\n{}",
+                    port_holders(&[self.client_port, self.peer_port])
+                );
             }
             if self.log().contains("ready to serve client requests") {
                 let out = self.etcdctl(&["endpoint", "health"]);
