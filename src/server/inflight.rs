@@ -46,6 +46,11 @@ impl InFlight {
     }
 
     /// Bytes of the requests holding slots.
+    /// Whether the request holding a slot is the only one in flight.
+    pub fn alone(&self) -> bool {
+        self.requests.load(Ordering::Acquire) == 1
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
     }

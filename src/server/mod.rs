@@ -76,6 +76,9 @@ pub struct EtcdServer {
     pub status: Arc<RaftStatus>,
     pub ids: Arc<IdGen>,
     tx: std::sync::mpsc::Sender<Msg>,
+    /// The Raft loop's state, held by its thread while it works; a write
+    /// may run there itself ([`Node::propose_here`]).
+    node: Arc<Mutex<Option<Node>>>,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StorageError>>>>,
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
@@ -302,7 +305,7 @@ impl EtcdServer {
             hub.clone(),
             status.clone(),
             ids.clone(),
-            (tx.clone(), rx),
+            tx.clone(),
             Some(transport.clone()),
             disk.clone(),
         )?;
@@ -311,13 +314,15 @@ impl EtcdServer {
             node.set_handoff(h);
         }
         let reads = node.read_queue();
+        let node = Arc::new(Mutex::new(Some(node)));
+        let shared = node.clone();
         if !seed.is_empty() {
             transport.seed(seed);
         }
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || {
-                let r = node.run();
+                let r = Node::run(shared, rx);
                 if let Err(e) = &r {
                     crate::error!("raft loop stopped", error = e);
                 }
@@ -345,6 +350,7 @@ impl EtcdServer {
             status,
             ids,
             tx,
+            node,
             thread: Mutex::new(Some(thread)),
             request_timeout,
             transport,
@@ -741,11 +747,24 @@ impl EtcdServer {
         }
         let _slot = self.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Propose {
-            id,
-            data,
-            reply: Some(reply),
-        })?;
+        // A write that is alone may be made durable on this thread (see
+        // `Node::propose_here`); with others in flight, the loop takes them
+        // together.
+        let queued = if self.inflight.alone() {
+            match self.node.try_lock().as_deref_mut() {
+                Some(Some(node)) => node.propose_here(id, data, reply).err(),
+                _ => Some((data, reply)),
+            }
+        } else {
+            Some((data, reply))
+        };
+        if let Some((data, reply)) = queued {
+            self.send(Msg::Propose {
+                id,
+                data,
+                reply: Some(reply),
+            })?;
+        }
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::Stopped),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use prost::Message;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
@@ -146,7 +147,6 @@ pub struct Node {
     hub: Arc<WatchHub>,
     status: Arc<RaftStatus>,
     ids: Arc<IdGen>,
-    rx: Receiver<Msg>,
     /// The loop's own channel, for database job threads to wake it.
     wake: Sender<Msg>,
     heartbeat: Duration,
@@ -201,6 +201,20 @@ pub struct Node {
     /// How answers to proposals and read barriers reach the runtime (sent
     /// directly without one).
     handoff: Option<Arc<Handoff>>,
+    /// When the next tick is due.
+    next_tick: Instant,
+    /// Proposals handled so far, and whether the loop's latest pass that
+    /// took any took a single one (writes come one at a time).
+    proposals_seen: u64,
+    writes_alone: bool,
+    /// A `Stop` arrived and a database job it waited for ended cleanly.
+    stop_requested: bool,
+    /// A batch is being run by [`Node::propose_here`] on a runtime thread:
+    /// its answers are sent directly.
+    here: bool,
+    /// An error of a batch run by [`Node::propose_here`], which stops the
+    /// loop at its next pass.
+    failed: Option<StorageError>,
 }
 
 fn raft_err(e: raft::Error) -> StorageError {
@@ -217,7 +231,7 @@ impl Node {
         hub: Arc<WatchHub>,
         status: Arc<RaftStatus>,
         ids: Arc<IdGen>,
-        (wake, rx): (Sender<Msg>, Receiver<Msg>),
+        wake: Sender<Msg>,
         transport: Option<Arc<Transport>>,
         disk: Arc<DiskSpace>,
     ) -> Result<Node, StorageError> {
@@ -273,7 +287,6 @@ impl Node {
             hub,
             status,
             ids,
-            rx,
             wake,
             heartbeat: cfg.heartbeat,
             waiters: HashMap::new(),
@@ -304,6 +317,12 @@ impl Node {
             disk,
             last_disk_alarm: None,
             handoff: None,
+            next_tick: Instant::now() + cfg.heartbeat,
+            proposals_seen: 0,
+            writes_alone: true,
+            stop_requested: false,
+            here: false,
+            failed: None,
         })
     }
 
@@ -317,122 +336,236 @@ impl Node {
         self.handoff = Some(h);
     }
 
-    /// Runs until stopped; an error means the member can no longer apply safely.
-    pub fn run(mut self) -> Result<(), StorageError> {
+    /// Runs the loop on the calling thread until stopped; an error means the
+    /// member can no longer apply safely. The node is shared with
+    /// [`Node::propose_here`]: the loop holds it while it works and lets go
+    /// of it while it waits for messages. When the loop ends it takes the
+    /// node out, so nothing runs it any more.
+    pub fn run(shared: Arc<Mutex<Option<Node>>>, rx: Receiver<Msg>) -> Result<(), StorageError> {
         // Marks the loop stopped even when it panics, so the process notices.
-        struct StoppedOnDrop(Arc<RaftStatus>);
+        struct StoppedOnDrop(Option<Arc<RaftStatus>>);
         impl Drop for StoppedOnDrop {
             fn drop(&mut self) {
-                self.0.stopped.store(true, Ordering::SeqCst);
+                if let Some(s) = &self.0 {
+                    s.stopped.store(true, Ordering::SeqCst);
+                }
             }
         }
-        let _stopped = StoppedOnDrop(self.status.clone());
-        let mut res = self.run_inner();
-        while res.is_ok() && self.busy.is_some() {
-            res = self.finish_job(true);
+        let _stopped = StoppedOnDrop(shared.lock().as_ref().map(|n| n.status.clone()));
+        let mut res = Ok(());
+        let taken = loop {
+            let timeout = match shared.lock().as_ref() {
+                Some(n) => n.wait_for_next(),
+                None => return Ok(()),
+            };
+            let first = rx.recv_timeout(timeout);
+            let mut guard = shared.lock();
+            let Some(node) = guard.as_mut() else {
+                return Ok(());
+            };
+            match node.pass(first, &rx) {
+                Ok(true) => {}
+                // Taken out before the lock goes: no write runs on the
+                // caller's thread after this.
+                Ok(false) => break guard.take(),
+                Err(e) => {
+                    res = Err(e);
+                    break guard.take();
+                }
+            }
+        };
+        let Some(mut node) = taken else {
+            return res;
+        };
+        while res.is_ok() && node.busy.is_some() {
+            res = node.finish_job(true);
         }
-        if res.is_ok() && self.applied > self.durable_applied {
+        if res.is_ok() && node.applied > node.durable_applied {
             // A restart then has nothing to apply again.
-            res = self.commit_backend();
+            res = node.commit_backend();
         }
-        self.status.stopped.store(true, Ordering::SeqCst);
-        for (_, w) in self.waiters.drain() {
+        node.status.stopped.store(true, Ordering::SeqCst);
+        for (_, w) in node.waiters.drain() {
             let _ = w.send(Err(Error::Stopped));
         }
-        for r in self.reads.close() {
+        for r in node.reads.close() {
             let _ = r.send(Err(Error::Stopped));
         }
         res
     }
 
-    fn run_inner(&mut self) -> Result<(), StorageError> {
-        let mut next_tick = Instant::now() + self.heartbeat;
-        loop {
-            self.status.heartbeat.fetch_add(1, Ordering::Relaxed);
-            let timeout = if self.reads_due {
-                Duration::ZERO
-            } else {
-                next_tick.saturating_duration_since(Instant::now())
-            };
-            match self.rx.recv_timeout(timeout) {
-                Ok(m) => {
-                    if !self.handle(m) {
-                        return Ok(());
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            }
-            while let Ok(m) = self.rx.try_recv() {
+    /// How long the loop may wait for its next message.
+    fn wait_for_next(&self) -> Duration {
+        if self.reads_due {
+            Duration::ZERO
+        } else {
+            self.next_tick.saturating_duration_since(Instant::now())
+        }
+    }
+
+    /// One pass of the loop: `first` (what the wait for a message gave), the
+    /// messages queued behind it, the tick when due, then the batch made
+    /// durable, applied and answered. Returns false to stop.
+    fn pass(
+        &mut self,
+        first: std::result::Result<Msg, RecvTimeoutError>,
+        rx: &Receiver<Msg>,
+    ) -> Result<bool, StorageError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        self.status.heartbeat.fetch_add(1, Ordering::Relaxed);
+        let proposals_before = self.proposals_seen;
+        match first {
+            Ok(m) => {
                 if !self.handle(m) {
-                    return Ok(());
+                    self.stop(rx);
+                    return Ok(false);
                 }
             }
-            if self.frozen {
-                // Deliberately stuck: the watchdog must notice and restart us.
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(false),
+        }
+        while let Ok(m) = rx.try_recv() {
+            if !self.handle(m) {
+                self.stop(rx);
+                return Ok(false);
             }
-            self.start_read_round();
-            if Instant::now() >= next_tick {
-                self.raw.tick();
-                next_tick += self.heartbeat;
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + self.heartbeat;
-                }
-                self.expire_leases();
-                if self.applied > self.durable_applied
-                    && self.last_durable.elapsed() >= BACKEND_COMMIT_INTERVAL
-                    && self.busy.is_none()
-                {
-                    self.start_job(DbJob::Commit {
-                        applied: self.applied,
-                        start: Instant::now(),
-                    });
-                }
-                // Waiters whose callers gave up (timed out, or went away)
-                // wait for entries that may never come: a proposal lost with
-                // a leader change is answered by its caller's timeout.
-                self.waiters.retain(|_, w| !w.is_closed());
-                if self.freeze_file.as_ref().is_some_and(|f| f.exists()) {
-                    crate::warn!("apply loop frozen by the debug switch");
-                    self.frozen = true;
-                }
-                for ctx in self.reads.due_for_retry(Instant::now()) {
-                    self.raw.read_index(ctx);
-                }
-                if self.last_size_check.elapsed() >= Duration::from_secs(1) {
-                    self.last_size_check = Instant::now();
-                    self.disk.check();
-                    metrics::DB_SIZE.set(self.backend.size() as i64);
-                    self.measure_in_use();
-                    metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
-                    let me = self.raw.raft.id;
-                    metrics::IS_LEARNER
-                        .set(self.raw.raft.prs().conf().learners().contains(&me) as i64);
-                }
+        }
+        // Writes that arrive together are left to this loop, which makes
+        // them durable together; one at a time may run on the caller's
+        // thread again once a pass of the loop took a single one.
+        match self.proposals_seen - proposals_before {
+            0 => {}
+            1 => self.writes_alone = true,
+            _ => self.writes_alone = false,
+        }
+        if self.frozen {
+            // Deliberately stuck: the watchdog must notice and restart us.
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
             }
-            self.finish_job(false)?;
-            self.defrag_step();
+        }
+        self.start_read_round();
+        if Instant::now() >= self.next_tick {
+            self.raw.tick();
+            self.next_tick += self.heartbeat;
+            if self.next_tick < Instant::now() {
+                self.next_tick = Instant::now() + self.heartbeat;
+            }
+            self.expire_leases();
+            if self.applied > self.durable_applied
+                && self.last_durable.elapsed() >= BACKEND_COMMIT_INTERVAL
+                && self.busy.is_none()
+            {
+                self.start_job(DbJob::Commit {
+                    applied: self.applied,
+                    start: Instant::now(),
+                });
+            }
+            // Waiters whose callers gave up (timed out, or went away)
+            // wait for entries that may never come: a proposal lost with
+            // a leader change is answered by its caller's timeout.
+            self.waiters.retain(|_, w| !w.is_closed());
+            if self.freeze_file.as_ref().is_some_and(|f| f.exists()) {
+                crate::warn!("apply loop frozen by the debug switch");
+                self.frozen = true;
+            }
+            for ctx in self.reads.due_for_retry(Instant::now()) {
+                self.raw.read_index(ctx);
+            }
+            if self.last_size_check.elapsed() >= Duration::from_secs(1) {
+                self.last_size_check = Instant::now();
+                self.disk.check();
+                metrics::DB_SIZE.set(self.backend.size() as i64);
+                self.measure_in_use();
+                metrics::KEYS_TOTAL.set(self.applier.store.key_count() as i64);
+                let me = self.raw.raft.id;
+                metrics::IS_LEARNER.set(self.raw.raft.prs().conf().learners().contains(&me) as i64);
+            }
+        }
+        self.finish_job(false)?;
+        self.defrag_step();
+        self.on_ready()?;
+        if self.removed {
+            return Ok(false);
+        }
+        // The round that ended in this ready lets the reads that waited
+        // for it go now, not at the next wake-up.
+        self.reads_due = false;
+        if self.start_read_round() {
             self.on_ready()?;
             if self.removed {
-                return Ok(());
+                return Ok(false);
             }
-            // The round that ended in this ready lets the reads that waited
-            // for it go now, not at the next wake-up.
-            self.reads_due = false;
-            if self.start_read_round() {
-                self.on_ready()?;
-                if self.removed {
-                    return Ok(());
-                }
-                // A round that ended at once (a single voter) leaves the queue
-                // watched without a wake-up to come: look again without waiting.
-                self.reads_due = !self.reads.in_flight();
-            }
-            self.disk_alarm();
+            // A round that ended at once (a single voter) leaves the queue
+            // watched without a wake-up to come: look again without waiting.
+            self.reads_due = !self.reads.in_flight();
         }
+        self.disk_alarm();
+        Ok(true)
+    }
+
+    /// After a `Stop` was handled: a leader first hands leadership to a
+    /// caught-up voter.
+    fn stop(&mut self, rx: &Receiver<Msg>) {
+        if self.stop_requested {
+            self.hand_off_leadership(rx);
+        }
+    }
+
+    /// Proposes `data` and, when this member is the only one and has nothing
+    /// else in flight, makes it durable, applies it and answers `reply` here,
+    /// on the caller's thread: a single client's write then crosses no
+    /// thread on its way (the loop's thread would be woken to take it, and
+    /// the caller's woken again for the answer). Hands the proposal back
+    /// when it must go through the loop.
+    pub fn propose_here(
+        &mut self,
+        id: u64,
+        data: Vec<u8>,
+        reply: Reply,
+    ) -> std::result::Result<(), (Vec<u8>, Reply)> {
+        if !self.may_run_here() {
+            return Err((data, reply));
+        }
+        self.handle(Msg::Propose {
+            id,
+            data,
+            reply: Some(reply),
+        });
+        self.here = true;
+        let res = self.on_ready();
+        self.here = false;
+        match res {
+            Ok(()) => self.disk_alarm(),
+            // The loop stops with it at its next pass.
+            Err(e) => self.failed = Some(e),
+        }
+        if self.failed.is_some() || self.raw.has_ready() || self.removed {
+            // What is left is the loop's: wake it.
+            let _ = self.wake.send(Msg::Reads);
+        }
+        Ok(())
+    }
+
+    /// Whether a proposal may be made durable and applied on the caller's
+    /// thread: this member is the leader and the only member, no proposal is
+    /// waiting, and no database job or deferred entry holds applies back.
+    fn may_run_here(&self) -> bool {
+        self.writes_alone
+            && self.failed.is_none()
+            && !self.frozen
+            && !self.removed
+            && !self.stop_requested
+            && !self.campaign_pending
+            && self.busy.is_none()
+            && self.deferred.is_empty()
+            && self.waiters.is_empty()
+            && self.pending_compact.is_none()
+            && self.raw.raft.state == StateRole::Leader
+            && self.raw.raft.prs().iter().count() == 1
+            && !self.raw.has_ready()
     }
 
     /// Applies `entries`, or keeps them for later while a job holds the
@@ -716,6 +849,7 @@ impl Node {
                     }
                     return true;
                 }
+                self.proposals_seen += 1;
                 match self.raw.propose(vec![], data) {
                     Ok(()) => {
                         metrics::PROPOSALS_PENDING.add(1);
@@ -805,10 +939,7 @@ impl Node {
                 let _ = reply.send(r);
             }
             Msg::Stop => {
-                if self.finish_job(true).is_err() {
-                    return false;
-                }
-                self.hand_off_leadership();
+                self.stop_requested = self.finish_job(true).is_ok();
                 return false;
             }
         }
@@ -829,7 +960,7 @@ impl Node {
 
     /// On stop, a leader with caught-up followers moves leadership first, so the
     /// cluster does not wait an election timeout.
-    fn hand_off_leadership(&mut self) {
+    fn hand_off_leadership(&mut self, rx: &Receiver<Msg>) {
         if !self.status.is_leader.load(Ordering::Relaxed) || self.transport.is_none() {
             return;
         }
@@ -848,7 +979,7 @@ impl Node {
                 crate::info!("leadership transferred", transferee = format!("{target:x}"));
                 return;
             }
-            if let Ok(Msg::Peer(ev)) = self.rx.recv_timeout(self.heartbeat) {
+            if let Ok(Msg::Peer(ev)) = rx.recv_timeout(self.heartbeat) {
                 let _ = self.handle(Msg::Peer(ev));
             }
             self.raw.tick();
@@ -1046,6 +1177,16 @@ impl Node {
         Ok(())
     }
 
+    /// Where answers go: through the hand-off, or directly when the batch
+    /// runs on a runtime thread.
+    fn answers_via(&self) -> Option<&Handoff> {
+        if self.here {
+            None
+        } else {
+            self.handoff.as_deref()
+        }
+    }
+
     fn answer_reads(&mut self) {
         let answers = self
             .reads
@@ -1053,7 +1194,7 @@ impl Node {
             .into_iter()
             .map(|r| Answer::Read(r, Ok(())))
             .collect();
-        Handoff::deliver(self.handoff.as_deref(), answers);
+        Handoff::deliver(self.answers_via(), answers);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
@@ -1138,8 +1279,12 @@ impl Node {
                 }),
             )))
         };
+        let handoff = if self.here {
+            None
+        } else {
+            self.handoff.as_deref()
+        };
         let waiters = &mut self.waiters;
-        let handoff = self.handoff.as_deref();
         let mut answer = |results: Vec<(u64, Result<Applied>)>| {
             let answers = results
                 .into_iter()

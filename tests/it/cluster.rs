@@ -200,7 +200,10 @@ impl Member {
                     && retries < crate::harness::TAKEN_PORT_RETRIES
                 {
                     retries += 1;
-                    eprintln!("{} found a port taken; starting it again:\n{holders}", self.name);
+                    eprintln!(
+                        "{} found a port taken; starting it again:\n{holders}",
+                        self.name
+                    );
                     self.child = None;
                     std::thread::sleep(Duration::from_millis(200));
                     self.spawn();

@@ -31,3 +31,4 @@ mod restore;
 mod security;
 mod snapshot_compat;
 mod unix;
+mod write_path;

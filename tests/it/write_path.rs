@@ -1,0 +1,116 @@
+//! Where a write is made durable: on a single member, a client's write that
+//! is alone in flight is written, synced, applied and answered on the thread
+//! that received it; writes that arrive together go through the Raft loop's
+//! thread and share one sync. Both ways must answer every write, in
+//! revision order, and keep it across a SIGKILL.
+
+use etcd_client::{Client, GetOptions};
+
+use crate::harness::Server;
+
+/// Voluntary context switches of the server's Raft loop thread (named
+/// "raft"), from /proc.
+fn raft_thread_switches(srv: &Server) -> u64 {
+    let pid = srv.pid().expect("server running");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "raft" {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).expect("thread status");
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                return v.trim().parse().expect("a count");
+            }
+        }
+    }
+    panic!("no thread named raft in the server");
+}
+
+async fn connect(srv: &Server) -> Client {
+    Client::connect([srv.endpoint()], None)
+        .await
+        .expect("connect etcd-client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill() {
+    let mut srv = Server::start(&[]);
+    let mut c = connect(&srv).await;
+    // The first write opens the connection's streams.
+    let first = c
+        .put("w/0", "v0", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    let before = raft_thread_switches(&srv);
+    const N: i64 = 300;
+    for i in 1..=N {
+        let r = c
+            .put(format!("w/{i}"), format!("v{i}"), None)
+            .await
+            .expect("put");
+        assert_eq!(r.header().expect("header").revision(), first + i, "put {i}");
+    }
+    let switches = raft_thread_switches(&srv) - before;
+    // Through the loop's thread, each write wakes it at least once and
+    // sleeps in its sync (three switches or more per write).
+    assert!(
+        switches < (N as u64) / 3,
+        "the Raft thread switched {switches} times for {N} writes made one at a time"
+    );
+
+    // Writes in flight together: all answered, each with its own revision.
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 0..25 {
+                let r = c.put(format!("m/{t}/{i}"), "x", None).await.expect("put");
+                revs.push(r.header().expect("header").revision());
+            }
+            revs
+        }));
+    }
+    let mut revs = Vec::new();
+    for t in tasks {
+        revs.extend(t.await.expect("task"));
+    }
+    revs.sort_unstable();
+    revs.dedup();
+    assert_eq!(
+        revs.len(),
+        500,
+        "every concurrent write has a revision of its own"
+    );
+    assert_eq!(*revs.last().expect("revs"), first + N + 500);
+
+    // Answered writes are durable: a SIGKILL loses none.
+    drop(c);
+    srv.kill9();
+    srv.spawn();
+    srv.wait_ready();
+    let mut c = connect(&srv).await;
+    let w = c
+        .get(
+            "w/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count");
+    assert_eq!(w.count(), N + 1);
+    let m = c
+        .get(
+            "m/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count");
+    assert_eq!(m.count(), 500);
+    let last = c.get(format!("w/{N}"), None).await.expect("get");
+    assert_eq!(last.kvs()[0].value(), format!("v{N}").as_bytes());
+}
