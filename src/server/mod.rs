@@ -740,6 +740,7 @@ impl EtcdServer {
     /// Proposes `op` and waits until it is applied.
     pub async fn propose(&self, op: Op) -> Result<Applied> {
         let id = self.ids.next();
+        let bounded = op.bounded();
         let req = InternalRequest { id, op: Some(op) };
         let data = req.encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
@@ -747,10 +748,10 @@ impl EtcdServer {
         }
         let _slot = self.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
-        // A write that is alone may be made durable on this thread (see
-        // `Node::propose_here`); with others in flight, the loop takes them
-        // together.
-        let queued = if self.inflight.alone() {
+        // A write of bounded work that is alone may be made durable on this
+        // thread (see `Node::propose_here`); with others in flight, the loop
+        // takes them together.
+        let queued = if bounded && self.inflight.alone() {
             match self.node.try_lock().as_deref_mut() {
                 Some(Some(node)) => node.propose_here(id, data, reply).err(),
                 _ => Some((data, reply)),

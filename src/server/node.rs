@@ -1,7 +1,13 @@
-//! The member's Raft and apply loop: one OS thread owns the raft-rs `RawNode`, the
+//! The member's Raft and apply loop: one OS thread runs the raft-rs `RawNode`, the
 //! log storage and the state machine writer. Proposals and read-index requests arrive
 //! on a channel; everything that arrived while the previous batch was being made
 //! durable is appended together, so concurrent writes share one fsync.
+//!
+//! The loop's state sits behind a lock, which the loop's thread holds while it
+//! works and lets go of while it waits for messages. On a one-member cluster, a
+//! write that is alone in flight takes the lock on the runtime thread that
+//! received it and is appended, synced, applied and answered there
+//! ([`Node::propose_here`]): no thread is woken for it, and none for its answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -79,6 +79,36 @@ pub enum Op {
     DiskFullAlarm(AlarmRequest),
 }
 
+impl Op {
+    /// Whether applying this takes a bounded amount of work: a put, a
+    /// single-key delete, a lease grant, or a transaction of single-key
+    /// operations and compares. Such a write may be applied on a runtime
+    /// thread (`Node::propose_here`); a range delete, a lease revoke (which
+    /// deletes the lease's keys) or a compaction goes through the Raft loop.
+    pub fn bounded(&self) -> bool {
+        match self {
+            Op::Put(_) | Op::LeaseGrant(_) => true,
+            Op::DeleteRange(d) => d.range_end.is_empty(),
+            Op::Txn(t) => txn_bounded(t),
+            _ => false,
+        }
+    }
+}
+
+fn txn_bounded(t: &TxnRequest) -> bool {
+    use crate::pb::etcdserverpb::request_op::Request;
+    t.compare.iter().all(|c| c.range_end.is_empty())
+        && t.success
+            .iter()
+            .chain(&t.failure)
+            .all(|op| match &op.request {
+                Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+                Some(Request::RequestPut(_)) | None => true,
+                Some(Request::RequestDeleteRange(d)) => d.range_end.is_empty(),
+                Some(Request::RequestTxn(t)) => txn_bounded(t),
+            })
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AssignToken {
     #[prost(string, tag = "1")]
@@ -103,4 +133,59 @@ pub enum Applied {
         members: Vec<Member>,
     },
     Done,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::{RangeRequest, RequestOp, request_op::Request};
+
+    fn put() -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest::default())),
+        }
+    }
+
+    fn delete(range_end: &[u8]) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: range_end.to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn only_writes_of_bounded_work_are_bounded() {
+        assert!(Op::Put(PutRequest::default()).bounded());
+        assert!(Op::DeleteRange(DeleteRangeRequest::default()).bounded());
+        assert!(
+            !Op::DeleteRange(DeleteRangeRequest {
+                range_end: b"\0".to_vec(),
+                ..Default::default()
+            })
+            .bounded()
+        );
+        assert!(!Op::LeaseRevoke(LeaseRevokeRequest::default()).bounded());
+        assert!(!Op::Compaction(CompactionRequest::default()).bounded());
+        let single = TxnRequest {
+            success: vec![put(), delete(b"")],
+            failure: vec![RequestOp {
+                request: Some(Request::RequestRange(RangeRequest::default())),
+            }],
+            ..Default::default()
+        };
+        assert!(Op::Txn(single.clone()).bounded());
+        let nested = TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    success: vec![delete(b"z")],
+                    ..Default::default()
+                })),
+            }],
+            ..single
+        };
+        assert!(!Op::Txn(nested).bounded());
+    }
 }
