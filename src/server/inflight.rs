@@ -45,12 +45,12 @@ impl InFlight {
         Ok(slot)
     }
 
-    /// Bytes of the requests holding slots.
     /// Whether the request holding a slot is the only one in flight.
     pub fn alone(&self) -> bool {
         self.requests.load(Ordering::Acquire) == 1
     }
 
+    /// Bytes of the requests holding slots.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
     }

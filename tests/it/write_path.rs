@@ -36,7 +36,14 @@ async fn connect(srv: &Server) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill() {
-    let mut srv = Server::start(&[]);
+    // Ticks (and the durable commits they start) wake the loop's thread
+    // once a second, not ten times, so that its switches count the writes.
+    let mut srv = Server::start(&[
+        "--heartbeat-interval",
+        "1000",
+        "--election-timeout",
+        "10000",
+    ]);
     let mut c = connect(&srv).await;
     // The first write opens the connection's streams.
     let first = c
