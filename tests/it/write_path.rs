@@ -4,7 +4,7 @@
 //! thread and share one sync. Both ways must answer every write, in
 //! revision order, and keep it across a SIGKILL.
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 
 use crate::harness::Server;
 
@@ -70,6 +70,45 @@ async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill(
         "the Raft thread switched {switches} times for {N} writes made one at a time"
     );
 
+    // Kubernetes' update, a txn comparing the key's mod revision then
+    // putting it, takes the same path.
+    let before = raft_thread_switches(&srv);
+    const T: i64 = 100;
+    for i in 1..=T {
+        let key = format!("w/{i}");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                first + i,
+            )])
+            .and_then([TxnOp::put(key, "updated", None)]);
+        let r = c.txn(txn).await.expect("txn");
+        assert!(r.succeeded(), "txn {i} compared the key's mod revision");
+        assert_eq!(r.header().expect("header").revision(), first + N + i);
+    }
+    let switches = raft_thread_switches(&srv) - before;
+    assert!(
+        switches < (T as u64) / 3,
+        "the Raft thread switched {switches} times for {T} txns made one at a time"
+    );
+
+    // A range delete (work without a bound) goes through the loop's thread.
+    let before = raft_thread_switches(&srv);
+    for i in 0..20 {
+        c.delete(
+            format!("none/{i}/"),
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .expect("delete");
+    }
+    let switches = raft_thread_switches(&srv) - before;
+    assert!(
+        switches >= 20,
+        "20 range deletes switched the Raft thread {switches} times"
+    );
+
     // Writes in flight together: all answered, each with its own revision.
     let mut tasks = Vec::new();
     for t in 0..20 {
@@ -94,7 +133,7 @@ async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill(
         500,
         "every concurrent write has a revision of its own"
     );
-    assert_eq!(*revs.last().expect("revs"), first + N + 500);
+    assert_eq!(*revs.last().expect("revs"), first + N + T + 500);
 
     // Answered writes are durable: a SIGKILL loses none.
     drop(c);
