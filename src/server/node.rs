@@ -359,18 +359,20 @@ impl Node {
         }
         let _stopped = StoppedOnDrop(shared.lock().as_ref().map(|n| n.status.clone()));
         let mut res = Ok(());
+        // A write run on a caller's thread moves neither the next tick nor
+        // the reads' due mark: the wait is reckoned at the end of a pass.
+        let mut timeout = match shared.lock().as_ref() {
+            Some(n) => n.wait_for_next(),
+            None => return Ok(()),
+        };
         let taken = loop {
-            let timeout = match shared.lock().as_ref() {
-                Some(n) => n.wait_for_next(),
-                None => return Ok(()),
-            };
             let first = rx.recv_timeout(timeout);
             let mut guard = shared.lock();
             let Some(node) = guard.as_mut() else {
                 return Ok(());
             };
             match node.pass(first, &rx) {
-                Ok(true) => {}
+                Ok(true) => timeout = node.wait_for_next(),
                 // Taken out before the lock goes: no write runs on the
                 // caller's thread after this.
                 Ok(false) => break guard.take(),
@@ -1184,13 +1186,9 @@ impl Node {
     }
 
     /// Where answers go: through the hand-off, or directly when the batch
-    /// runs on a runtime thread.
-    fn answers_via(&self) -> Option<&Handoff> {
-        if self.here {
-            None
-        } else {
-            self.handoff.as_deref()
-        }
+    /// runs on a runtime thread (`here`).
+    fn answers_via(here: bool, handoff: &Option<Arc<Handoff>>) -> Option<&Handoff> {
+        if here { None } else { handoff.as_deref() }
     }
 
     fn answer_reads(&mut self) {
@@ -1200,7 +1198,7 @@ impl Node {
             .into_iter()
             .map(|r| Answer::Read(r, Ok(())))
             .collect();
-        Handoff::deliver(self.answers_via(), answers);
+        Handoff::deliver(Self::answers_via(self.here, &self.handoff), answers);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
@@ -1285,11 +1283,7 @@ impl Node {
                 }),
             )))
         };
-        let handoff = if self.here {
-            None
-        } else {
-            self.handoff.as_deref()
-        };
+        let handoff = Self::answers_via(self.here, &self.handoff);
         let waiters = &mut self.waiters;
         let mut answer = |results: Vec<(u64, Result<Applied>)>| {
             let answers = results

@@ -195,21 +195,18 @@ impl Member {
         loop {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 let log = self.log();
-                let holders = crate::harness::port_holders(&[self.client_port, self.peer_port]);
-                if crate::harness::exited_on_taken_port(&log)
-                    && retries < crate::harness::TAKEN_PORT_RETRIES
+                let ports = [self.client_port, self.peer_port];
+                if crate::harness::start_again_on_taken_port(&self.name, &log, &ports, &mut retries)
                 {
-                    retries += 1;
-                    eprintln!(
-                        "{} found a port taken; starting it again:\n{holders}",
-                        self.name
-                    );
                     self.child = None;
-                    std::thread::sleep(Duration::from_millis(200));
                     self.spawn();
                     continue;
                 }
-                panic!("{} exited early ({st}):\n{log}\n{holders}", self.name);
+                panic!(
+                    "{} exited early ({st}):\n{log}\n{}",
+                    self.name,
+                    crate::harness::port_holders(&ports)
+                );
             }
             if self.log().contains("ready to serve client requests")
                 && etcdctl_at(&self.endpoint(), &["endpoint", "health"], None)

@@ -68,7 +68,7 @@ pub fn free_listener() -> TcpListener {
 
 /// Whether a server's log shows that it stopped because one of its ports was
 /// taken when it bound it.
-pub fn exited_on_taken_port(log: &str) -> bool {
+fn exited_on_taken_port(log: &str) -> bool {
     log.contains("Address already in use") || log.contains("address already in use")
 }
 
@@ -89,7 +89,32 @@ pub fn port_holders(ports: &[u16]) -> String {
 /// How many times a server that found one of its ports taken at start is
 /// started again (a port is checked free, then released for the server to
 /// bind: another process can take it in between).
-pub const TAKEN_PORT_RETRIES: usize = 5;
+const TAKEN_PORT_RETRIES: usize = 5;
+
+/// Whether a server that exited with `log` before it was ready is to be
+/// started again: it found one of `ports` taken, and has been started again
+/// fewer than [`TAKEN_PORT_RETRIES`] times (`retries` counts them). Says
+/// what held the ports, then waits until they can be bound.
+pub fn start_again_on_taken_port(who: &str, log: &str, ports: &[u16], retries: &mut usize) -> bool {
+    if !exited_on_taken_port(log) || *retries >= TAKEN_PORT_RETRIES {
+        return false;
+    }
+    *retries += 1;
+    eprintln!(
+        "{who} found a port taken; starting it again:\n{}",
+        port_holders(ports)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the server's ports to be free",
+        || {
+            ports
+                .iter()
+                .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        },
+    );
+    true
+}
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, cond: F) {
@@ -235,13 +260,8 @@ impl Server {
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 let log = self.log();
-                if exited_on_taken_port(&log) && retries < TAKEN_PORT_RETRIES {
-                    retries += 1;
-                    eprintln!(
-                        "server found a port taken; starting it again:\n{}",
-                        port_holders(&[self.client_port, self.peer_port])
-                    );
-                    std::thread::sleep(Duration::from_millis(200));
+                let ports = [self.client_port, self.peer_port];
+                if start_again_on_taken_port("server", &log, &ports, &mut retries) {
                     self.spawn();
                     continue;
                 }

@@ -54,7 +54,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// How many keys are under `pfx`.
-async fn count(c: &mut Client, pfx: &str) -> usize {
+pub async fn count(c: &mut Client, pfx: &str) -> usize {
     c.get(pfx, Some(GetOptions::new().with_prefix()))
         .await
         .expect("get")

@@ -4,9 +4,11 @@
 //! thread and share one sync. Both ways must answer every write, in
 //! revision order, and keep it across a SIGKILL.
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 
+use crate::cluster::connect;
 use crate::harness::Server;
+use crate::lock::count;
 
 /// Voluntary context switches of the server's Raft loop thread (named
 /// "raft"), from /proc.
@@ -28,12 +30,6 @@ fn raft_thread_switches(srv: &Server) -> u64 {
     panic!("no thread named raft in the server");
 }
 
-async fn connect(srv: &Server) -> Client {
-    Client::connect([srv.endpoint()], None)
-        .await
-        .expect("connect etcd-client")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill() {
     // Ticks (and the durable commits they start) wake the loop's thread
@@ -44,7 +40,7 @@ async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill(
         "--election-timeout",
         "10000",
     ]);
-    let mut c = connect(&srv).await;
+    let mut c = connect(&srv.endpoint()).await;
     // The first write opens the connection's streams.
     let first = c
         .put("w/0", "v0", None)
@@ -140,23 +136,9 @@ async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill(
     srv.kill9();
     srv.spawn();
     srv.wait_ready();
-    let mut c = connect(&srv).await;
-    let w = c
-        .get(
-            "w/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("count");
-    assert_eq!(w.count(), N + 1);
-    let m = c
-        .get(
-            "m/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("count");
-    assert_eq!(m.count(), 500);
+    let mut c = connect(&srv.endpoint()).await;
+    assert_eq!(count(&mut c, "w/").await, N as usize + 1);
+    assert_eq!(count(&mut c, "m/").await, 500);
     let last = c.get(format!("w/{N}"), None).await.expect("get");
     assert_eq!(last.kvs()[0].value(), format!("v{N}").as_bytes());
 }
