@@ -753,6 +753,7 @@ impl Node {
             let run = std::thread::Builder::new()
                 .name("defrag-copy".into())
                 .spawn(move || {
+                    crate::storage::defrag::lower_thread_priority();
                     let res = backend.defrag_copy();
                     let _ = wake.send(Msg::DefragCopied);
                     res

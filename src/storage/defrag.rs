@@ -5,9 +5,10 @@
 //!
 //! 1. [`Backend::defrag_copy`]: the `kv` records, read from one read
 //!    transaction, are written into a new file beside the database
-//!    (`db.redb.defrag`), in order and in paced batches, while the member
-//!    goes on reading, writing and applying; then those written meanwhile,
-//!    from newer read transactions. Compaction's removals wait, so that the
+//!    (`db.redb.defrag`), in order and in paced batches, on a thread of the
+//!    lowest CPU and I/O priority, while the member goes on reading,
+//!    writing and applying; then those written meanwhile, from newer read
+//!    transactions. Compaction's removals wait, so that the
 //!    `kv` records only grow: a revision is written once.
 //! 2. [`Backend::defrag_finish`], while the Raft loop holds its applies:
 //!    the `kv` records written since the copy's read transaction (the
@@ -148,6 +149,24 @@ impl Backend {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// Lowers the calling thread to the lowest CPU priority (nice 19) and the
+/// lowest best-effort I/O priority, for the copy: when the CPUs or the disk
+/// are contended, the member's own requests, its Raft loop and its log's
+/// syncs go first, and the copy takes what they leave (nice 19 still gets a
+/// share, so a copy under full load slows down but ends). A refusal (a
+/// sandbox without the calls) leaves the thread as it was.
+pub fn lower_thread_priority() {
+    // SAFETY: gettid(2), setpriority(2) and ioprio_set(2) take plain integers
+    // and touch no memory of ours; on Linux a thread id names the one thread,
+    // so only the calling thread changes.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        // IOPRIO_WHO_PROCESS = 1; IOPRIO_CLASS_BE (2) << 13, level 7.
+        let _ = libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
     }
 }
 
@@ -329,6 +348,28 @@ mod tests {
         drop(b);
         let b = Backend::open(dir.path()).expect("reopen");
         assert_eq!(records(&b.read().expect("read")), want);
+    }
+
+    #[test]
+    fn the_copys_thread_yields_the_cpu_and_the_disk_and_no_other_thread_does() {
+        fn priorities() -> (i32, i64) {
+            // SAFETY: as in lower_thread_priority: integer arguments only.
+            unsafe {
+                let tid = libc::gettid();
+                let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                let io = libc::syscall(libc::SYS_ioprio_get, 1, tid);
+                (nice, io)
+            }
+        }
+        let before = priorities();
+        let lowered = std::thread::spawn(|| {
+            lower_thread_priority();
+            priorities()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(lowered, (19, (2 << 13) | 7), "nice 19, best-effort level 7");
+        assert_eq!(priorities(), before, "the calling thread only");
     }
 
     #[test]
