@@ -8,6 +8,12 @@
 //! write that is alone in flight takes the lock on the runtime thread that
 //! received it and is appended, synced, applied and answered there
 //! ([`Node::propose_here`]): no thread is woken for it, and none for its answer.
+//!
+//! The loop's other concerns each have a file here: `jobs.rs` the work that
+//! holds the database beside the loop (durable commits, defragmentation),
+//! `here.rs` the one-member write path, `leadership.rs` the transfer of
+//! leadership on stop, `lease_expiry.rs` the revocation of expired leases,
+//! `disk_alarm.rs` the NOSPACE alarm a member raises for its own disk.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,32 +31,30 @@ use tokio::sync::oneshot;
 use super::apply::Applier;
 use super::handoff::{Answer, Handoff};
 use super::read_index::{ReadQueue, ReadRounds};
-use super::request::{Applied, InternalRequest, Op};
+use super::request::Applied;
 use crate::error::{Error, Result};
 use crate::membership::Cluster;
 use crate::metrics;
 use crate::mvcc::watch::WatchHub;
 use crate::pb::etcdserverpb::Member;
-use crate::pb::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest, alarm_request};
 use crate::raft::transport::{self, Transport};
 use crate::raft::{LogStore, PeerStorage};
 use crate::storage::space::DiskSpace;
 use crate::storage::{Backend, StorageError};
+
+mod disk_alarm;
+mod here;
+mod jobs;
+mod leadership;
+mod lease_expiry;
+
+use jobs::DbJob;
 
 pub type Reply = oneshot::Sender<Result<Applied>>;
 
 /// How often applied state is made durable in the database (etcd's
 /// `--backend-batch-interval` default).
 const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Work that holds the database, run on a thread of its own.
-enum DbJob {
-    /// A durable commit covering batches applied up to `applied`.
-    Commit { applied: u64, start: Instant },
-    /// The end of a defragmentation: the copy brought up to date and put in
-    /// the database's place (`storage::defrag`).
-    Defragment,
-}
 
 pub enum Msg {
     Propose {
@@ -522,319 +526,6 @@ impl Node {
         }
     }
 
-    /// Proposes `data` and, when this member is the only one and has nothing
-    /// else in flight, makes it durable, applies it and answers `reply` here,
-    /// on the caller's thread: a single client's write then crosses no
-    /// thread on its way (the loop's thread would be woken to take it, and
-    /// the caller's woken again for the answer). Hands the proposal back
-    /// when it must go through the loop.
-    pub fn propose_here(
-        &mut self,
-        id: u64,
-        data: Vec<u8>,
-        reply: Reply,
-    ) -> std::result::Result<(), (Vec<u8>, Reply)> {
-        if !self.may_run_here() {
-            return Err((data, reply));
-        }
-        self.handle(Msg::Propose {
-            id,
-            data,
-            reply: Some(reply),
-        });
-        self.here = true;
-        let res = self.on_ready();
-        self.here = false;
-        match res {
-            Ok(()) => self.disk_alarm(),
-            // The loop stops with it at its next pass.
-            Err(e) => self.failed = Some(e),
-        }
-        if self.failed.is_some() || self.raw.has_ready() || self.removed {
-            // What is left is the loop's: wake it.
-            let _ = self.wake.send(Msg::Reads);
-        }
-        Ok(())
-    }
-
-    /// Whether a proposal may be made durable and applied on the caller's
-    /// thread: this member is the leader and the only member, no proposal is
-    /// waiting, and no database job or deferred entry holds applies back.
-    fn may_run_here(&self) -> bool {
-        self.writes_alone
-            && self.failed.is_none()
-            && !self.frozen
-            && !self.removed
-            && !self.stop_requested
-            && !self.campaign_pending
-            && self.busy.is_none()
-            && self.deferred.is_empty()
-            && self.waiters.is_empty()
-            && self.pending_compact.is_none()
-            && self.raw.raft.state == StateRole::Leader
-            && self.raw.raft.prs().iter().count() == 1
-            && !self.raw.has_ready()
-    }
-
-    /// Applies `entries`, or keeps them for later while a job holds the
-    /// database (the apply gap then grows, and past etcd's 5,000 entries new
-    /// requests are refused with "too many requests").
-    fn apply_or_defer(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        if self.busy.is_none() {
-            return self.apply(entries);
-        }
-        if let Some(last) = entries.last().map(|e| e.index) {
-            let commit = self.status.commit.load(Ordering::Relaxed).max(last);
-            self.status.commit.store(commit, Ordering::Relaxed);
-        }
-        self.deferred.extend(entries);
-        Ok(())
-    }
-
-    /// Starts `job` on a thread of its own; the Raft loop goes on with
-    /// heartbeats and appends, and defers applying until it ends.
-    fn start_job(&mut self, job: DbJob) {
-        let backend = self.backend.clone();
-        let wake = self.wake.clone();
-        self.job_seq += 1;
-        self.job_ending = false;
-        self.job_started = Instant::now();
-        let seq = self.job_seq;
-        let run = match job {
-            DbJob::Commit { .. } => std::thread::Builder::new()
-                .name("backend-commit".into())
-                .spawn(move || {
-                    let res = backend.sync();
-                    let _ = wake.send(Msg::JobDone(seq));
-                    res
-                }),
-            DbJob::Defragment => {
-                let Some(copy) = self.defrag_copied.take() else {
-                    return;
-                };
-                std::thread::Builder::new()
-                    .name("defrag-finish".into())
-                    .spawn(move || {
-                        let res = backend.defrag_finish(copy);
-                        let _ = wake.send(Msg::JobDone(seq));
-                        res
-                    })
-            }
-        };
-        match run {
-            Ok(h) => self.busy = Some((job, h)),
-            Err(e) => {
-                crate::warn!("cannot start a thread for the database", error = e);
-                if let DbJob::Defragment = job {
-                    for w in self.defrag_waiters.drain(..) {
-                        let _ = w.send(Err(Error::Storage(e.to_string())));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Once the database job is done (or at once with `wait`): records what
-    /// it did, answers its callers, applies what was committed meanwhile, and
-    /// starts a defragmentation asked for during a commit.
-    fn finish_job(&mut self, wait: bool) -> Result<(), StorageError> {
-        match &self.busy {
-            Some((_, h)) if wait || self.job_ending || h.is_finished() => {}
-            _ => return Ok(()),
-        }
-        let Some((job, h)) = self.busy.take() else {
-            return Ok(());
-        };
-        let res = h
-            .join()
-            .unwrap_or_else(|_| Err(StorageError::Db("database job: the thread panicked".into())));
-        match job {
-            DbJob::Commit { applied, start } => {
-                // A failed durable commit leaves the member unable to
-                // persist what it applies: the loop stops.
-                res?;
-                self.made_durable(applied, start)?;
-            }
-            DbJob::Defragment => {
-                metrics::DB_SIZE.set(self.backend.size() as i64);
-                match &res {
-                    Ok(()) => crate::info!(
-                        "defragment: the new file is in place",
-                        applies_held = format!("{:?}", self.job_started.elapsed()),
-                        db_size = self.backend.size()
-                    ),
-                    Err(e) => crate::warn!("defragment failed", error = e),
-                }
-                for w in self.defrag_waiters.drain(..) {
-                    let _ = w.send(res.clone().map_err(Error::from));
-                }
-            }
-        }
-        let entries = std::mem::take(&mut self.deferred);
-        self.apply(entries)?;
-        self.raw.advance_apply_to(self.applied);
-        self.answer_reads();
-        Ok(())
-    }
-
-    /// Starts a count of the bytes in use on one of the runtime's blocking
-    /// threads when one is due (see [`Backend::in_use_due`]); the metric
-    /// follows when it ends.
-    fn measure_in_use(&mut self) {
-        if self.in_use_count.as_ref().is_some_and(|t| !t.is_finished())
-            || !self.backend.in_use_due()
-        {
-            return;
-        }
-        let b = self.backend.clone();
-        let count = move || {
-            let start = Instant::now();
-            let n = b.size_in_use();
-            metrics::DB_SIZE_IN_USE.set(n as i64);
-            crate::debug!(
-                "counted the database's bytes in use",
-                bytes = n,
-                took_ms = start.elapsed().as_millis() as u64
-            );
-        };
-        match &self.rt {
-            Some(rt) => self.in_use_count = Some(rt.spawn_blocking(count)),
-            // A node made outside a runtime (none is): a thread of its own
-            // (a count under way makes the next one not due).
-            None => {
-                let _ = std::thread::Builder::new()
-                    .name("db-in-use".into())
-                    .spawn(count);
-            }
-        }
-    }
-
-    /// Moves a defragmentation on: starts its copy when one is asked for,
-    /// takes the copy once made, and finishes it as a database job when the
-    /// database is free.
-    fn defrag_step(&mut self) {
-        if self
-            .defrag_copying
-            .as_ref()
-            .is_some_and(|h| h.is_finished())
-            && let Some(h) = self.defrag_copying.take()
-        {
-            let res = h.join().unwrap_or_else(|_| {
-                Err(StorageError::Db(
-                    "defragment: the copy's thread panicked".into(),
-                ))
-            });
-            match res {
-                Ok(copy) => {
-                    crate::info!(
-                        "defragment: copied the database, finishing",
-                        records = copy.records
-                    );
-                    self.defrag_copied = Some(copy);
-                }
-                Err(e) => {
-                    crate::warn!("defragment failed", error = e);
-                    for w in self.defrag_waiters.drain(..) {
-                        let _ = w.send(Err(Error::from(e.clone())));
-                    }
-                }
-            }
-        }
-        if self.defrag_copied.is_some() && self.busy.is_none() {
-            self.start_job(DbJob::Defragment);
-            return;
-        }
-        let idle = self.defrag_copying.is_none()
-            && self.defrag_copied.is_none()
-            && !matches!(self.busy, Some((DbJob::Defragment, _)));
-        if idle && !self.defrag_waiters.is_empty() {
-            let backend = self.backend.clone();
-            let wake = self.wake.clone();
-            let run = std::thread::Builder::new()
-                .name("defrag-copy".into())
-                .spawn(move || {
-                    crate::storage::defrag::lower_thread_priority();
-                    let res = backend.defrag_copy();
-                    let _ = wake.send(Msg::DefragCopied);
-                    res
-                });
-            match run {
-                Ok(h) => self.defrag_copying = Some(h),
-                Err(e) => {
-                    crate::warn!("cannot start a thread for the database", error = e);
-                    for w in self.defrag_waiters.drain(..) {
-                        let _ = w.send(Err(Error::Storage(e.to_string())));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Makes every applied batch durable in the database, then lets the log
-    /// delete the segments it no longer needs.
-    fn commit_backend(&mut self) -> Result<(), StorageError> {
-        let start = Instant::now();
-        self.backend.sync()?;
-        self.made_durable(self.applied, start)
-    }
-
-    /// Records a durable commit (begun at `start`) covering the batches
-    /// applied up to `applied`.
-    fn made_durable(&mut self, applied: u64, start: Instant) -> Result<(), StorageError> {
-        metrics::BACKEND_COMMIT.observe(start.elapsed());
-        self.durable_applied = applied;
-        self.last_durable = Instant::now();
-        self.log.release(applied)
-    }
-
-    /// Raises NOSPACE for this member while its disk is full, and lifts the
-    /// alarm it raised for its disk once there is room again (at most one
-    /// proposal a second; one lost with a leader change is made again).
-    fn disk_alarm(&mut self) {
-        let alarms = &self.applier.alarms;
-        let action = if self.disk.is_full() {
-            if alarms.has_member(self.local_id, AlarmType::Nospace) {
-                return;
-            }
-            alarm_request::AlarmAction::Activate
-        } else {
-            if !alarms.disk_full(self.local_id) {
-                return;
-            }
-            alarm_request::AlarmAction::Deactivate
-        };
-        if self.status.leader.load(Ordering::Relaxed) == 0
-            || self
-                .last_disk_alarm
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.last_disk_alarm = Some(Instant::now());
-        let a = AlarmRequest {
-            action: action as i32,
-            member_id: self.local_id,
-            alarm: AlarmType::Nospace as i32,
-        };
-        let op = if action == alarm_request::AlarmAction::Activate {
-            crate::warn!(
-                "raising NOSPACE alarm: the disk is full",
-                available_bytes = self.disk.available()
-            );
-            Op::DiskFullAlarm(a)
-        } else {
-            crate::info!("lifting NOSPACE alarm: disk space was freed");
-            Op::Alarm(a)
-        };
-        let req = InternalRequest {
-            id: self.ids.next(),
-            op: Some(op),
-        };
-        if self.raw.propose(vec![], req.encode_to_vec()).is_ok() {
-            metrics::PROPOSALS_PENDING.add(1);
-        }
-    }
-
     /// Asks raft-rs for a read index for the reads waiting, unless a round is
     /// in flight (`read_index.rs`). Returns whether it asked.
     fn start_read_round(&mut self) -> bool {
@@ -955,73 +646,9 @@ impl Node {
         true
     }
 
-    /// The voter (not us) whose log matches ours the furthest.
-    fn best_transferee(&self) -> Option<u64> {
-        let voters = self.raw.raft.prs().conf().voters().ids();
-        self.raw
-            .raft
-            .prs()
-            .iter()
-            .filter(|(id, _)| **id != self.local_id && voters.contains(**id))
-            .max_by_key(|(_, pr)| pr.matched)
-            .map(|(id, _)| *id)
-    }
-
-    /// On stop, a leader with caught-up followers moves leadership first, so the
-    /// cluster does not wait an election timeout.
-    fn hand_off_leadership(&mut self, rx: &Receiver<Msg>) {
-        if !self.status.is_leader.load(Ordering::Relaxed) || self.transport.is_none() {
-            return;
-        }
-        let Some(target) = self.best_transferee() else {
-            return;
-        };
-        crate::info!(
-            "leader is stopping; transferring leadership",
-            transferee = format!("{target:x}")
-        );
-        self.raw.transfer_leader(target);
-        let deadline = Instant::now() + self.election_timeout * 2;
-        while Instant::now() < deadline {
-            let _ = self.on_ready();
-            if self.raw.raft.state != StateRole::Leader {
-                crate::info!("leadership transferred", transferee = format!("{target:x}"));
-                return;
-            }
-            if let Ok(Msg::Peer(ev)) = rx.recv_timeout(self.heartbeat) {
-                let _ = self.handle(Msg::Peer(ev));
-            }
-            self.raw.tick();
-        }
-        crate::warn!("leadership transfer did not complete before stopping");
-    }
-
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
         if let Some(t) = &self.transport {
             t.send(msgs);
-        }
-    }
-
-    fn expire_leases(&mut self) {
-        if !self.status.is_leader.load(Ordering::Relaxed) {
-            return;
-        }
-        let now = Instant::now();
-        self.revoking
-            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
-        for id in self.applier.lessor.expired(now) {
-            if self.revoking.contains_key(&id) {
-                continue;
-            }
-            self.revoking.insert(id, now);
-            let req = InternalRequest {
-                id: self.ids.next(),
-                op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
-            };
-            if self.raw.propose(vec![], req.encode_to_vec()).is_ok() {
-                metrics::PROPOSALS_PENDING.add(1);
-                metrics::LEASE_EXPIRED.inc();
-            }
         }
     }
 

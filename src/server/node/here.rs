@@ -1,0 +1,64 @@
+//! The one-member write path: on a one-member cluster, a write of bounded
+//! work that is alone in flight is appended, synced, applied and answered on
+//! the runtime thread that received it, which takes the loop's lock with a
+//! `try_lock` (`EtcdServer::propose`); no thread is woken for it.
+
+use raft::StateRole;
+
+use super::{Msg, Node, Reply};
+
+impl Node {
+    /// Proposes `data` and, when this member is the only one and has nothing
+    /// else in flight, makes it durable, applies it and answers `reply` here,
+    /// on the caller's thread: a single client's write then crosses no
+    /// thread on its way (the loop's thread would be woken to take it, and
+    /// the caller's woken again for the answer). Hands the proposal back
+    /// when it must go through the loop.
+    pub fn propose_here(
+        &mut self,
+        id: u64,
+        data: Vec<u8>,
+        reply: Reply,
+    ) -> std::result::Result<(), (Vec<u8>, Reply)> {
+        if !self.may_run_here() {
+            return Err((data, reply));
+        }
+        self.handle(Msg::Propose {
+            id,
+            data,
+            reply: Some(reply),
+        });
+        self.here = true;
+        let res = self.on_ready();
+        self.here = false;
+        match res {
+            Ok(()) => self.disk_alarm(),
+            // The loop stops with it at its next pass.
+            Err(e) => self.failed = Some(e),
+        }
+        if self.failed.is_some() || self.raw.has_ready() || self.removed {
+            // What is left is the loop's: wake it.
+            let _ = self.wake.send(Msg::Reads);
+        }
+        Ok(())
+    }
+
+    /// Whether a proposal may be made durable and applied on the caller's
+    /// thread: this member is the leader and the only member, no proposal is
+    /// waiting, and no database job or deferred entry holds applies back.
+    fn may_run_here(&self) -> bool {
+        self.writes_alone
+            && self.failed.is_none()
+            && !self.frozen
+            && !self.removed
+            && !self.stop_requested
+            && !self.campaign_pending
+            && self.busy.is_none()
+            && self.deferred.is_empty()
+            && self.waiters.is_empty()
+            && self.pending_compact.is_none()
+            && self.raw.raft.state == StateRole::Leader
+            && self.raw.raft.prs().iter().count() == 1
+            && !self.raw.has_ready()
+    }
+}
