@@ -12,6 +12,10 @@
 //! connection is re-dialled with backoff; messages sent meanwhile are dropped, which
 //! Raft tolerates, and the peer is reported unreachable.
 //!
+//! Small messages for a plain connection whose sender task is idle are
+//! written by the Raft loop's thread itself (`direct.rs`), saving the hop
+//! to a runtime worker on every step of a write's path.
+//!
 //! The same port answers a cluster-info request, which a member joining an
 //! existing cluster (`--initial-cluster-state existing`) uses to learn the cluster
 //! ID and members, and a HashKV request, which a restarting member asks its
@@ -42,7 +46,10 @@ use super::wire::{self, WireError};
 use crate::net::{Conn, Listener, Remote};
 use crate::pb::etcdserverpb::Member;
 
+mod direct;
 mod requests;
+
+use direct::{Direct, Sock};
 
 pub use requests::{PeerHashError, fetch_cluster, fetch_hash_kv};
 
@@ -171,7 +178,60 @@ pub struct PeerTls {
 
 struct Peer {
     urls: Vec<String>,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Out>,
+    /// What the Raft loop's thread shares with the peer's sender task.
+    direct: Arc<Direct>,
+}
+
+/// What the sender task is given to write, in order.
+enum Out {
+    Msg(Message),
+    /// The framed rest of `count` messages the Raft loop's thread began to
+    /// write itself (see `direct.rs`).
+    Raw {
+        bytes: Vec<u8>,
+        heartbeat: bool,
+        count: u64,
+    },
+}
+
+impl Out {
+    fn is_heartbeat(&self) -> bool {
+        match self {
+            Out::Msg(m) => m.get_msg_type() == MessageType::MsgHeartbeat,
+            Out::Raw { heartbeat, .. } => *heartbeat,
+        }
+    }
+
+    fn is_snapshot(&self) -> bool {
+        matches!(self, Out::Msg(m) if m.get_msg_type() == MessageType::MsgSnapshot)
+    }
+
+    fn messages(&self) -> u64 {
+        match self {
+            Out::Msg(_) => 1,
+            Out::Raw { count, .. } => *count,
+        }
+    }
+
+    /// Appends what goes on the wire.
+    fn frame(&self, buf: &mut Vec<u8>) {
+        match self {
+            Out::Msg(m) => {
+                if let Ok(bytes) = wire::encode(m) {
+                    push_chunks(buf, &bytes);
+                }
+            }
+            Out::Raw { bytes, .. } => buf.extend_from_slice(bytes),
+        }
+    }
+
+    /// Drops it unsent: a snapshot's file goes too.
+    fn discard(self) {
+        if let Out::Msg(m) = self {
+            discard_file(&m);
+        }
+    }
 }
 
 pub struct Transport {
@@ -294,18 +354,20 @@ impl Transport {
                 }
             }
             let (tx, rx) = mpsc::channel(QUEUE);
+            let direct = Arc::new(Direct::default());
             peers.insert(
                 m.id,
                 Peer {
                     urls: m.peer_ur_ls.clone(),
                     tx,
+                    direct: direct.clone(),
                 },
             );
             let this = self.clone();
             let urls = m.peer_ur_ls.clone();
             let id = m.id;
             self.rt
-                .spawn(async move { this.sender(id, urls, rx).await });
+                .spawn(async move { this.sender(id, urls, rx, direct).await });
         }
     }
 
@@ -314,47 +376,61 @@ impl Transport {
         if msgs.is_empty() {
             return;
         }
-        let peers = self.peers.lock();
+        // Each peer's messages, in order.
+        let mut groups: Vec<(u64, Vec<Message>)> = Vec::new();
         for m in msgs {
-            let to = m.to;
-            match peers.get(&to) {
-                Some(p) => {
-                    let heartbeat = m.get_msg_type() == MessageType::MsgHeartbeat;
-                    if let Err(e) = p.tx.try_send(m) {
-                        // Dropped: the peer's queue is full.
-                        let m = e.into_inner();
-                        if m.get_msg_type() == MessageType::MsgSnapshot {
-                            discard_file(&m);
-                            (self.deliver)(Event::SnapshotDone(to, false));
-                        }
-                        crate::metrics::peer::of(to).sent_failures.inc();
-                        if heartbeat {
-                            crate::metrics::HEARTBEAT_SEND_FAILURES.inc();
-                        }
-                        (self.deliver)(Event::Unreachable(to));
-                    }
+            match groups.iter_mut().find(|(to, _)| *to == m.to) {
+                Some((_, g)) => g.push(m),
+                None => groups.push((m.to, vec![m])),
+            }
+        }
+        let peers = self.peers.lock();
+        for (to, group) in groups {
+            let Some(p) = peers.get(&to) else {
+                (self.deliver)(Event::Unreachable(to));
+                continue;
+            };
+            let stats = crate::metrics::peer::of(to);
+            let full = p.direct.send(group, &p.tx, &stats);
+            if full.is_empty() {
+                continue;
+            }
+            // Dropped: the peer's queue is full.
+            for m in full {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    discard_file(&m);
+                    (self.deliver)(Event::SnapshotDone(to, false));
                 }
-                None => (self.deliver)(Event::Unreachable(to)),
+                stats.sent_failures.inc();
+                if m.get_msg_type() == MessageType::MsgHeartbeat {
+                    crate::metrics::HEARTBEAT_SEND_FAILURES.inc();
+                }
+            }
+            (self.deliver)(Event::Unreachable(to));
+        }
+    }
+
+    /// A connection to `url`, and for a plain one, a duplicate of its
+    /// descriptor for the Raft loop's own writes.
+    async fn connect(&self, url: &str) -> std::io::Result<(Stream, Option<Sock>)> {
+        let s = crate::net::connect(url).await?;
+        match (&self.tls, crate::net::is_tls(url)) {
+            (Some(tls), true) => Ok((tls_connect(tls, url, s).await?, None)),
+            (None, true) => Err(std::io::Error::other(
+                "peer URL is https but no peer TLS is configured",
+            )),
+            _ => {
+                let sock = Sock::of(&s);
+                Ok((Box::new(s), sock))
             }
         }
     }
 
-    async fn connect(&self, url: &str) -> std::io::Result<Stream> {
-        let s = crate::net::connect(url).await?;
-        match (&self.tls, crate::net::is_tls(url)) {
-            (Some(tls), true) => tls_connect(tls, url, s).await,
-            (None, true) => Err(std::io::Error::other(
-                "peer URL is https but no peer TLS is configured",
-            )),
-            _ => Ok(Box::new(s)),
-        }
-    }
-
-    async fn dial(&self, to: u64, urls: &[String]) -> std::io::Result<Stream> {
+    async fn dial(&self, to: u64, urls: &[String]) -> std::io::Result<(Stream, Option<Sock>)> {
         let mut last = std::io::Error::other("no peer URL");
         for u in urls {
             match self.connect(u).await {
-                Ok(mut s) => {
+                Ok((mut s, sock)) => {
                     let mut hello = Vec::with_capacity(33);
                     hello.extend_from_slice(MAGIC);
                     hello.push(KIND_RAFT);
@@ -365,7 +441,7 @@ impl Transport {
                     let mut ans = [0u8; 1];
                     s.read_exact(&mut ans).await?;
                     match ans[0] {
-                        OK => return Ok(s),
+                        OK => return Ok((s, sock)),
                         WRONG_CLUSTER => {
                             last = std::io::Error::other(format!(
                                 "peer {u} belongs to another cluster"
@@ -391,13 +467,30 @@ impl Transport {
         self.active.lock().get(&id).copied()
     }
 
-    async fn sender(self: Arc<Self>, to: u64, urls: Vec<String>, mut rx: mpsc::Receiver<Message>) {
+    async fn sender(
+        self: Arc<Self>,
+        to: u64,
+        urls: Vec<String>,
+        mut rx: mpsc::Receiver<Out>,
+        direct: Arc<Direct>,
+    ) {
+        // The Raft loop's thread writes no more into a connection this task
+        // has let go of, whatever way it ends.
+        struct Disconnect(Arc<Direct>);
+        impl Drop for Disconnect {
+            fn drop(&mut self) {
+                self.0.disconnected();
+            }
+        }
+        let _disconnect = Disconnect(direct.clone());
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         let stats = crate::metrics::peer::of(to);
         'outer: loop {
+            direct.disconnected();
             let mut stream = match self.dial(to, &urls).await {
-                Ok(s) => {
+                Ok((s, sock)) => {
+                    direct.connected(sock);
                     stats.connected();
                     self.active.lock().entry(to).or_insert_with(Instant::now);
                     backoff = Duration::from_millis(50);
@@ -420,13 +513,14 @@ impl Transport {
                     stats.disconnected();
                     // Drop what queued up meanwhile; Raft resends.
                     let mut snap_failed = false;
-                    while let Ok(m) = rx.try_recv() {
-                        stats.sent_failures.inc();
-                        discard_file(&m);
-                        if m.get_msg_type() == MessageType::MsgSnapshot {
+                    while let Ok(o) = rx.try_recv() {
+                        stats.sent_failures.add(o.messages());
+                        if o.is_snapshot() {
                             stats.snapshot_send_dropped();
                             snap_failed = true;
                         }
+                        o.discard();
+                        direct.done(1);
                     }
                     if snap_failed {
                         (self.deliver)(Event::SnapshotDone(to, false));
@@ -451,24 +545,37 @@ impl Transport {
                         Err(_) => break,
                     }
                 }
+                let taken = batch.len();
                 // Snapshots in files go after the rest, streamed.
-                let (files, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(is_file_snapshot);
+                let (files, rest): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .partition(|o| matches!(o, Out::Msg(m) if is_file_snapshot(m)));
                 batch = rest;
-                let is_snap = batch
-                    .iter()
-                    .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+                let is_snap = batch.iter().any(Out::is_snapshot);
                 let snap_start = is_snap.then(|| stats.snapshot_send_started());
                 let encode = |buf: &mut Vec<u8>| {
-                    for m in &batch {
-                        let Ok(bytes) = wire::encode(m) else {
-                            continue;
-                        };
-                        push_chunks(buf, &bytes);
+                    for o in &batch {
+                        o.frame(buf);
                     }
                 };
                 off_worker(is_snap, || encode(&mut buf));
-                if let Err(e) = stream.write_all(&buf).await {
-                    stats.sent_failures.add(batch.len() as u64);
+                let written = stream.write_all(&buf).await;
+                if written.is_err() {
+                    direct.disconnected();
+                }
+                // The snapshots in files still count as queued: the loop's
+                // thread writes nothing until they are streamed.
+                direct.done(taken - files.len());
+                if let Err(e) = written {
+                    direct.done(files.len());
+                    if !files.is_empty() {
+                        stats.sent_failures.add(files.len() as u64);
+                        files.into_iter().for_each(Out::discard);
+                        (self.deliver)(Event::SnapshotDone(to, false));
+                    }
+                    stats
+                        .sent_failures
+                        .add(batch.iter().map(Out::messages).sum());
                     stats.disconnected();
                     crate::warn!(
                         "lost connection to peer",
@@ -483,25 +590,32 @@ impl Transport {
                     continue 'outer;
                 }
                 stats.sent_bytes.add(buf.len() as u64);
-                if batch
-                    .iter()
-                    .any(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
-                {
+                if batch.iter().any(Out::is_heartbeat) {
                     stats.heartbeat_sent();
                 }
                 if let Some(start) = snap_start {
                     stats.snapshot_send_done(start, true);
                     (self.deliver)(Event::SnapshotDone(to, true));
                 }
-                let mut files = files.into_iter();
+                let mut files = files.into_iter().filter_map(|o| match o {
+                    Out::Msg(m) => Some(m),
+                    Out::Raw { .. } => None,
+                });
                 while let Some(m) = files.next() {
                     let start = stats.snapshot_send_started();
-                    if let Err(e) = self
-                        .stream_snapshot(&mut stream, to, m, &mut rx, &stats)
-                        .await
-                    {
+                    let streamed = self
+                        .stream_snapshot(&mut stream, to, m, &mut rx, &stats, &direct)
+                        .await;
+                    if streamed.is_err() {
+                        direct.disconnected();
+                    }
+                    direct.done(1);
+                    if let Err(e) = streamed {
                         stats.snapshot_send_done(start, false);
-                        files.for_each(|m| discard_file(&m));
+                        files.for_each(|m| {
+                            direct.done(1);
+                            discard_file(&m);
+                        });
                         stats.sent_failures.inc();
                         stats.disconnected();
                         crate::warn!(
@@ -529,8 +643,9 @@ impl Transport {
         s: &mut Stream,
         to: u64,
         mut m: Message,
-        rx: &mut mpsc::Receiver<Message>,
+        rx: &mut mpsc::Receiver<Out>,
         stats: &crate::metrics::peer::PeerStats,
+        direct: &Direct,
     ) -> std::io::Result<()> {
         let Some(path) = super::snapshot_file::local_path(&m.get_snapshot().data) else {
             return Err(std::io::Error::other("snapshot names no file"));
@@ -559,20 +674,29 @@ impl Transport {
                 }
                 buf.clear();
                 let mut heartbeat = false;
+                let mut taken = 0;
                 while let Ok(o) = rx.try_recv() {
-                    if is_file_snapshot(&o) {
+                    taken += 1;
+                    if matches!(&o, Out::Msg(m) if is_file_snapshot(m)) {
                         // One snapshot at a time: Raft asks again.
-                        discard_file(&o);
+                        o.discard();
                         (self.deliver)(Event::SnapshotDone(to, false));
                         continue;
                     }
-                    heartbeat |= o.get_msg_type() == MessageType::MsgHeartbeat;
-                    if let Ok(b) = wire::encode(&o) {
-                        push_chunks(&mut buf, &b);
-                    }
+                    heartbeat |= o.is_heartbeat();
+                    o.frame(&mut buf);
                 }
+                let written = if buf.is_empty() {
+                    Ok(())
+                } else {
+                    s.write_all(&buf).await
+                };
+                if written.is_err() {
+                    direct.disconnected();
+                }
+                direct.done(taken);
+                written?;
                 if !buf.is_empty() {
-                    s.write_all(&buf).await?;
                     stats.sent_bytes.add(buf.len() as u64);
                 }
                 if heartbeat {
