@@ -52,6 +52,11 @@ const OTHER_ETCD_VARIABLES: &[&str] = &["ETCD_UNSUPPORTED_ARCH"];
 
 const DEFAULT_COMPACTION_BATCH_LIMIT: i64 = 1000;
 const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest time between two durable commits of the database when
+/// `--backend-batch-interval` is not set (etcd: 100ms). Applies wait while
+/// one runs; the log holds everything after the last one, so a longer
+/// interval only lengthens what a restart after a crash applies again.
+pub const DEFAULT_BACKEND_BATCH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_WATCH_PROGRESS_NOTIFY_MS: u64 = 10 * 60 * 1000;
 const DEFAULT_BCRYPT_COST: u32 = 10;
 
@@ -221,6 +226,9 @@ pub struct Config {
     pub experimental_compaction_batch_limit: i64,
     /// Pause between two compaction batches (a configured 0 becomes 10ms).
     pub experimental_compaction_sleep_interval: Duration,
+    /// Longest time between two durable commits of the database
+    /// (`--backend-batch-interval`; unset or 0: [`DEFAULT_BACKEND_BATCH_INTERVAL`]).
+    pub backend_batch_interval: Duration,
     pub socket_reuse_address: bool,
     pub socket_reuse_port: bool,
     pub debug_freeze_apply: bool,
@@ -278,6 +286,7 @@ impl Default for Config {
             experimental_watch_progress_notify_interval_ms: DEFAULT_WATCH_PROGRESS_NOTIFY_MS,
             experimental_compaction_batch_limit: DEFAULT_COMPACTION_BATCH_LIMIT,
             experimental_compaction_sleep_interval: DEFAULT_COMPACTION_SLEEP_INTERVAL,
+            backend_batch_interval: DEFAULT_BACKEND_BATCH_INTERVAL,
             socket_reuse_address: false,
             socket_reuse_port: false,
             debug_freeze_apply: false,
@@ -1042,6 +1051,9 @@ fn finalize(mut d: Draft) -> Result<Config, ConfigError> {
     }
     if cfg.experimental_compaction_sleep_interval.is_zero() {
         cfg.experimental_compaction_sleep_interval = DEFAULT_COMPACTION_SLEEP_INTERVAL;
+    }
+    if cfg.backend_batch_interval.is_zero() {
+        cfg.backend_batch_interval = DEFAULT_BACKEND_BATCH_INTERVAL;
     }
     if cfg.experimental_watch_progress_notify_interval_ms == 0 {
         cfg.experimental_watch_progress_notify_interval_ms = DEFAULT_WATCH_PROGRESS_NOTIFY_MS;

@@ -796,3 +796,19 @@ fn yaml_errors() {
     let e = error(&["--config-file", "/nonexistent/etcd.yaml"], &[]);
     assert!(e.starts_with("cannot read /nonexistent/etcd.yaml: "), "{e}");
 }
+
+#[test]
+fn backend_batch_interval_is_honoured_and_defaults_to_a_second() {
+    assert_eq!(
+        config(&[], &[]).backend_batch_interval,
+        Duration::from_secs(1)
+    );
+    let c = config(&["--backend-batch-interval=250ms"], &[]);
+    assert_eq!(c.backend_batch_interval, Duration::from_millis(250));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = config(&[], &[("ETCD_BACKEND_BATCH_INTERVAL", "2s")]);
+    assert_eq!(c.backend_batch_interval, Duration::from_secs(2));
+    let c = config(&["--backend-batch-interval=0"], &[]);
+    assert_eq!(c.backend_batch_interval, Duration::from_secs(1));
+    assert!(error(&["--backend-batch-interval=soon"], &[]).contains("backend-batch-interval"));
+}

@@ -284,6 +284,7 @@ impl EtcdServer {
             NodeConfig {
                 id: member_id,
                 heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
+                backend_commit_interval: cfg.backend_batch_interval,
                 election_ticks: election_ticks as usize,
                 applied,
                 snapshot_count: cfg.snapshot_count,

@@ -52,10 +52,6 @@ use jobs::DbJob;
 
 pub type Reply = oneshot::Sender<Result<Applied>>;
 
-/// How often applied state is made durable in the database (etcd's
-/// `--backend-batch-interval` default).
-const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-
 pub enum Msg {
     Propose {
         id: u64,
@@ -131,6 +127,8 @@ impl IdGen {
 pub struct NodeConfig {
     pub id: u64,
     pub heartbeat: Duration,
+    /// The longest time between two durable commits of the database.
+    pub backend_commit_interval: Duration,
     pub election_ticks: usize,
     pub applied: u64,
     pub snapshot_count: u64,
@@ -184,10 +182,12 @@ pub struct Node {
     persisted_term_vote: (u64, u64),
     /// The applied index the database has made durable, and when: apply
     /// transactions commit without a sync, and every
-    /// [`BACKEND_COMMIT_INTERVAL`] one durable commit covers them (the log
+    /// `backend_commit_interval` one durable commit covers them (the log
     /// keeps every entry above it, which a restart applies again).
     durable_applied: u64,
     last_durable: Instant,
+    /// `--backend-batch-interval`.
+    backend_commit_interval: Duration,
     /// Work that holds the database on a thread of its own (a durable
     /// commit, a defragmentation), the callers of a defragmentation, and the
     /// committed entries waiting for the database.
@@ -299,6 +299,7 @@ impl Node {
             ids,
             wake,
             heartbeat: cfg.heartbeat,
+            backend_commit_interval: cfg.backend_commit_interval,
             waiters: HashMap::new(),
             reads: ReadRounds::default(),
             reads_due: false,
@@ -467,7 +468,7 @@ impl Node {
             }
             self.expire_leases();
             if self.applied > self.durable_applied
-                && self.last_durable.elapsed() >= BACKEND_COMMIT_INTERVAL
+                && self.last_durable.elapsed() >= self.backend_commit_interval
                 && self.busy.is_none()
             {
                 self.start_job(DbJob::Commit {
