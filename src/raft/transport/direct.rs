@@ -105,32 +105,33 @@ impl Direct {
         stats: &PeerStats,
     ) -> Vec<Message> {
         let mut sock = self.sock.lock();
-        if sock.is_some() && self.queued.load(Ordering::Acquire) == 0 && may_write_here(&msgs) {
-            if let Some(s) = sock.as_mut() {
-                match write_here(s, &msgs, stats) {
-                    Written::All => return Vec::new(),
-                    Written::Part(rest) => {
-                        let heartbeat = has_heartbeat(&msgs);
-                        self.queued.fetch_add(1, Ordering::AcqRel);
-                        let queued = tx.try_send(Out::Raw {
-                            bytes: rest,
-                            heartbeat,
-                            count: msgs.len() as u64,
-                        });
-                        if queued.is_err() {
-                            // The task is gone (an empty queue is never
-                            // full): so is the connection.
-                            self.queued.fetch_sub(1, Ordering::AcqRel);
-                            stats.sent_failures.add(msgs.len() as u64);
-                            *sock = None;
-                        }
-                        return Vec::new();
-                    }
-                    Written::Failed => {
+        if self.queued.load(Ordering::Acquire) == 0
+            && may_write_here(&msgs)
+            && let Some(s) = sock.as_mut()
+        {
+            match write_here(s, &msgs, stats) {
+                Written::All => return Vec::new(),
+                Written::Part(rest) => {
+                    let heartbeat = has_heartbeat(&msgs);
+                    self.queued.fetch_add(1, Ordering::AcqRel);
+                    let queued = tx.try_send(Out::Raw {
+                        bytes: rest,
+                        heartbeat,
+                        count: msgs.len() as u64,
+                    });
+                    if queued.is_err() {
+                        // The task is gone (an empty queue is never
+                        // full): so is the connection.
+                        self.queued.fetch_sub(1, Ordering::AcqRel);
                         stats.sent_failures.add(msgs.len() as u64);
                         *sock = None;
-                        return Vec::new();
                     }
+                    return Vec::new();
+                }
+                Written::Failed => {
+                    stats.sent_failures.add(msgs.len() as u64);
+                    *sock = None;
+                    return Vec::new();
                 }
             }
         }
@@ -213,9 +214,10 @@ mod tests {
         m.to = 2;
         m.from = 1;
         if entry_bytes > 0 {
-            let mut e = raft::eraftpb::Entry::default();
-            e.data = vec![7u8; entry_bytes].into();
-            m.entries.push(e);
+            m.entries.push(raft::eraftpb::Entry {
+                data: vec![7u8; entry_bytes].into(),
+                ..Default::default()
+            });
         }
         m
     }
