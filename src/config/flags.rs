@@ -148,9 +148,6 @@ fn accept_bool(_: &mut Draft, v: &str) -> Result<(), String> {
 fn accept_uint(_: &mut Draft, v: &str) -> Result<(), String> {
     parse_uint::<u64>(v, "").map(|_| ())
 }
-fn accept_int(_: &mut Draft, v: &str) -> Result<(), String> {
-    parse_i64(v, "").map(|_| ())
-}
 fn accept_ms(_: &mut Draft, v: &str) -> Result<(), String> {
     parse_uint::<u64>(v, MS).map(|_| ())
 }
@@ -282,9 +279,16 @@ pub(super) static FLAGS: &[FlagSpec] = &[
     flag!("backend-batch-interval", Member, Duration, Yes, "1s",
         "Longest time between two durable commits of the backend (0 means 1s).",
         |d, v| { d.cfg.backend_batch_interval = parse_go_duration(v)?; Ok(()) }),
-    flag!("backend-batch-limit", Member, Value, No, "0",
-        "Most operations before the backend commits a batch.",
-        accept_int),
+    flag!("backend-batch-limit", Member, Value, Yes, "0",
+        "Most writes applied between two durable commits of the backend (0 means 10000).",
+        |d, v| {
+            d.cfg.backend_batch_limit = match parse_i64(v, "")? {
+                0 => crate::config::DEFAULT_BACKEND_BATCH_LIMIT,
+                n if n < 0 => 1,
+                n => n as u64,
+            };
+            Ok(())
+        }),
     flag!("max-txn-ops", Member, Value, Yes, "128",
         "Most operations allowed in one transaction.",
         |d, v| { d.cfg.max_txn_ops = parse_uint(v, "")?; Ok(()) }),

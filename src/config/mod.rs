@@ -57,6 +57,11 @@ const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// one runs; the log holds everything after the last one, so a longer
 /// interval only lengthens what a restart after a crash applies again.
 pub const DEFAULT_BACKEND_BATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// The most writes applied between two durable commits of the database when
+/// `--backend-batch-limit` is not set or 0 (etcd's default). The Raft log
+/// keeps the entries above the last durable commit in memory, so this bounds
+/// that memory under a load the interval alone would let grow.
+pub const DEFAULT_BACKEND_BATCH_LIMIT: u64 = 10_000;
 const DEFAULT_WATCH_PROGRESS_NOTIFY_MS: u64 = 10 * 60 * 1000;
 const DEFAULT_BCRYPT_COST: u32 = 10;
 
@@ -229,6 +234,10 @@ pub struct Config {
     /// Longest time between two durable commits of the database
     /// (`--backend-batch-interval`; unset or 0: [`DEFAULT_BACKEND_BATCH_INTERVAL`]).
     pub backend_batch_interval: Duration,
+    /// Most writes applied between two durable commits of the database
+    /// (`--backend-batch-limit`; unset or 0: [`DEFAULT_BACKEND_BATCH_LIMIT`];
+    /// negative: 1, as etcd commits after every write then).
+    pub backend_batch_limit: u64,
     pub socket_reuse_address: bool,
     pub socket_reuse_port: bool,
     pub debug_freeze_apply: bool,
@@ -287,6 +296,7 @@ impl Default for Config {
             experimental_compaction_batch_limit: DEFAULT_COMPACTION_BATCH_LIMIT,
             experimental_compaction_sleep_interval: DEFAULT_COMPACTION_SLEEP_INTERVAL,
             backend_batch_interval: DEFAULT_BACKEND_BATCH_INTERVAL,
+            backend_batch_limit: DEFAULT_BACKEND_BATCH_LIMIT,
             socket_reuse_address: false,
             socket_reuse_port: false,
             debug_freeze_apply: false,

@@ -812,3 +812,22 @@ fn backend_batch_interval_is_honoured_and_defaults_to_a_second() {
     assert_eq!(c.backend_batch_interval, Duration::from_secs(1));
     assert!(error(&["--backend-batch-interval=soon"], &[]).contains("backend-batch-interval"));
 }
+
+#[test]
+fn backend_batch_limit_is_honoured_and_defaults_to_etcds() {
+    assert_eq!(config(&[], &[]).backend_batch_limit, 10_000);
+    let c = config(&["--backend-batch-limit=250"], &[]);
+    assert_eq!(c.backend_batch_limit, 250);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = config(&[], &[("ETCD_BACKEND_BATCH_LIMIT", "40")]);
+    assert_eq!(c.backend_batch_limit, 40);
+    assert_eq!(
+        config(&["--backend-batch-limit=0"], &[]).backend_batch_limit,
+        10_000
+    );
+    assert_eq!(
+        config(&["--backend-batch-limit=-5"], &[]).backend_batch_limit,
+        1
+    );
+    assert!(error(&["--backend-batch-limit=many"], &[]).contains("backend-batch-limit"));
+}

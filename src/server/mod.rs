@@ -285,6 +285,7 @@ impl EtcdServer {
                 id: member_id,
                 heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
                 backend_commit_interval: cfg.backend_batch_interval,
+                backend_commit_limit: cfg.backend_batch_limit,
                 election_ticks: election_ticks as usize,
                 applied,
                 snapshot_count: cfg.snapshot_count,

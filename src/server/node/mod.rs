@@ -129,6 +129,8 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// The longest time between two durable commits of the database.
     pub backend_commit_interval: Duration,
+    /// The most entries applied between two durable commits of the database.
+    pub backend_commit_limit: u64,
     pub election_ticks: usize,
     pub applied: u64,
     pub snapshot_count: u64,
@@ -188,6 +190,11 @@ pub struct Node {
     last_durable: Instant,
     /// `--backend-batch-interval`.
     backend_commit_interval: Duration,
+    /// `--backend-batch-limit`: a durable commit starts at the first tick
+    /// after this many entries were applied since the last one, whatever the
+    /// interval. The in-memory log window keeps every entry above the last
+    /// durable commit, so this bounds it.
+    backend_commit_limit: u64,
     /// Work that holds the database on a thread of its own (a durable
     /// commit, a defragmentation), the callers of a defragmentation, and the
     /// committed entries waiting for the database.
@@ -300,6 +307,7 @@ impl Node {
             wake,
             heartbeat: cfg.heartbeat,
             backend_commit_interval: cfg.backend_commit_interval,
+            backend_commit_limit: cfg.backend_commit_limit.max(1),
             waiters: HashMap::new(),
             reads: ReadRounds::default(),
             reads_due: false,
@@ -468,7 +476,8 @@ impl Node {
             }
             self.expire_leases();
             if self.applied > self.durable_applied
-                && self.last_durable.elapsed() >= self.backend_commit_interval
+                && (self.last_durable.elapsed() >= self.backend_commit_interval
+                    || self.applied - self.durable_applied >= self.backend_commit_limit)
                 && self.busy.is_none()
             {
                 self.start_job(DbJob::Commit {
