@@ -896,15 +896,23 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
-    #[test]
-    fn a_closed_log_leaves_no_spare_being_written() {
-        let d = tmp();
-        let mut w = Wal::create(&d, 64 << 20, (0, 0), &hs(1, 0), &[]).unwrap();
+    /// A log in `d` of `segment`-byte segments whose first segment
+    /// ([`FIRST_SEGMENT`]) holds three 1-MiB entries, with its spare being
+    /// filled.
+    fn with_a_spare_being_filled(d: &Path, segment: u64) -> Wal {
+        let mut w = Wal::create(d, segment, (0, 0), &hs(1, 0), &[]).unwrap();
         let big = vec![5u8; 1 << 20];
         for i in 1..=3 {
             w.append(&[entry(i, 1, &big)], None, true).unwrap();
         }
         assert!(w.spare.is_some(), "a spare is being prepared");
+        w
+    }
+
+    #[test]
+    fn a_closed_log_leaves_no_spare_being_written() {
+        let d = tmp();
+        let w = with_a_spare_being_filled(&d, 64 << 20);
         // Filling 64 MiB paced takes well over a hundred milliseconds: the
         // file is gone right after the drop only if the drop stopped it.
         drop(w);
@@ -919,12 +927,8 @@ mod tests {
         let d = tmp();
         // The first segment is 4 MiB; its 256 MiB spare, paced, takes
         // seconds to fill.
-        let mut w = Wal::create(&d, 256 << 20, (0, 0), &hs(1, 0), &[]).unwrap();
+        let mut w = with_a_spare_being_filled(&d, 256 << 20);
         let big = vec![5u8; 1 << 20];
-        for i in 1..=3 {
-            w.append(&[entry(i, 1, &big)], None, true).unwrap();
-        }
-        assert!(w.spare.is_some(), "a spare is being prepared");
         let first = w.path().to_path_buf();
         // The segment is full: the next append rotates, and the spare being
         // filled is given up (its file removed) rather than waited for.

@@ -245,6 +245,26 @@ mod tests {
         (Sock::Unix(a), b)
     }
 
+    /// A `Direct` connected to one end of a socket pair (the other end
+    /// returned to read), the peer's counters under `id`, and the sender
+    /// task's queue of `cap` items.
+    fn connected(
+        id: u64,
+        cap: usize,
+    ) -> (
+        Direct,
+        std::os::unix::net::UnixStream,
+        std::sync::Arc<crate::metrics::peer::PeerStats>,
+        mpsc::Sender<Out>,
+        mpsc::Receiver<Out>,
+    ) {
+        let (sock, peer) = pair();
+        let d = Direct::default();
+        d.connected(Some(sock));
+        let (tx, rx) = mpsc::channel(cap);
+        (d, peer, crate::metrics::peer::of(id), tx, rx)
+    }
+
     fn read_all(r: &mut std::os::unix::net::UnixStream, n: usize) -> Vec<u8> {
         use std::io::Read;
         let mut out = vec![0u8; n];
@@ -262,11 +282,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_is_written_at_once_and_a_busy_one_queues() {
-        let (sock, mut peer) = pair();
-        let d = Direct::default();
-        d.connected(Some(sock));
-        let stats = crate::metrics::peer::of(0xd1ec7001);
-        let (tx, mut rx) = mpsc::channel(16);
+        let (d, mut peer, stats, tx, mut rx) = connected(0xd1ec7001, 16);
         let batch = vec![
             msg(MessageType::MsgAppend, 300),
             msg(MessageType::MsgHeartbeat, 0),
@@ -301,11 +317,7 @@ mod tests {
 
     #[test]
     fn what_the_socket_does_not_take_is_queued_whole_and_first() {
-        let (sock, mut peer) = pair();
-        let d = Direct::default();
-        d.connected(Some(sock));
-        let stats = crate::metrics::peer::of(0xd1ec7002);
-        let (tx, mut rx) = mpsc::channel(64);
+        let (d, mut peer, stats, tx, mut rx) = connected(0xd1ec7002, 64);
         // More than a Unix socket's buffer takes without a reader.
         let batch: Vec<_> = (0..40)
             .map(|_| msg(MessageType::MsgAppend, 60 << 10))
