@@ -253,7 +253,7 @@ pub async fn serve(
                 None => {
                     let stream = conn::FirstByte::new(stream, conn::FIRST_BYTE_DEADLINE);
                     let calls = coalesce::InFlight::default();
-                    let _ = coalesce::Coalesced::new(
+                    let end = coalesce::Coalesced::new(
                         b.serve_connection_with_upgrades(
                             TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
                                 stream,
@@ -263,6 +263,7 @@ pub async fn serve(
                         calls,
                     )
                     .await;
+                    log_connection_end(&remote, end);
                 }
                 Some(tls) => {
                     let hs = tokio::time::timeout(
@@ -293,7 +294,7 @@ pub async fn serve(
                             );
                             let s = conn::FirstByte::new(s, conn::FIRST_BYTE_DEADLINE);
                             let calls = coalesce::InFlight::default();
-                            let _ = coalesce::Coalesced::new(
+                            let end = coalesce::Coalesced::new(
                                 b.serve_connection_with_upgrades(
                                     TokioIo::new(coalesce::Unvectored(
                                         authority::FixAuthority::new(s),
@@ -303,6 +304,7 @@ pub async fn serve(
                                 calls,
                             )
                             .await;
+                            log_connection_end(&remote, end);
                         }
                         Ok(Err((server_name, e))) => {
                             crate::tls::log_handshake_failure(&remote, &server_name, &e);
@@ -321,5 +323,30 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Logs, at debug level, a client connection that ended with an error (a
+/// protocol error, a reset, a ping the client left unanswered): the calls
+/// still open on it fail on the client's side, as cancelled, and this line
+/// says why. Clients that close their connections cleanly are not logged.
+fn log_connection_end(
+    remote: &impl std::fmt::Display,
+    end: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) {
+    if let Err(e) = end {
+        // hyper's error names its kind; its sources say what happened.
+        let mut error = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            error.push_str(": ");
+            error.push_str(&s.to_string());
+            source = s.source();
+        }
+        crate::log::emit(
+            crate::log::Level::Debug,
+            "client connection ended with an error",
+            &[("remote-addr", remote.to_string()), ("error", error)],
+        );
     }
 }

@@ -76,3 +76,33 @@ fn a_unary_call_is_answered_before_the_client_ends_its_stream() {
     let get = srv.etcdctl(&["get", "early", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
 }
+
+/// A connection the server ends on a protocol error is logged at debug
+/// level with the error: a client whose calls were cancelled with it can be
+/// matched to a cause in the member's log.
+#[test]
+fn a_connection_ended_by_a_protocol_error_is_logged_at_debug_level() {
+    let srv = Server::start(&["--log-level=debug"]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
+    let ours = format!(
+        "\"remote-addr\":\"{}\"",
+        s.local_addr().expect("local address")
+    );
+    let ended = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("client connection ended with an error")
+                && l.contains(&ours)
+                && l.contains("protocol error")
+        })
+    };
+    assert!(!ended(&srv.log()), "logged before the bad frame");
+    let mut out = PREFACE.to_vec();
+    // A SETTINGS frame of 5 bytes (not a multiple of 6): a connection error.
+    out.extend(frame(0x4, 0, 0, &[0u8; 5]));
+    s.write_all(&out).expect("send");
+    crate::harness::wait_until(
+        Duration::from_secs(10),
+        "the connection's end, with its cause, in the log",
+        || ended(&srv.log()),
+    );
+}
