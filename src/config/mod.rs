@@ -236,7 +236,8 @@ pub struct Config {
     pub backend_batch_interval: Duration,
     /// Most writes applied between two durable commits of the database
     /// (`--backend-batch-limit`; unset or 0: [`DEFAULT_BACKEND_BATCH_LIMIT`];
-    /// negative: 1, as etcd commits after every write then).
+    /// negative: 1, a durable commit at every tick that follows a write,
+    /// where etcd commits after every write).
     pub backend_batch_limit: u64,
     pub socket_reuse_address: bool,
     pub socket_reuse_port: bool,

@@ -413,12 +413,18 @@ impl Spare {
     }
 
     /// The finished file, if the thread is done; else None, and the fill
-    /// stops (after the part being written) and leaves no file.
+    /// stops (after the part being written) and leaves no file. A fill that
+    /// ends between the look and the stop is not lost: its file is returned.
     fn finish(mut self) -> Option<std::io::Result<File>> {
-        if !self.thread.as_ref()?.is_finished() {
-            return None;
+        let thread = self.thread.take()?;
+        if thread.is_finished() {
+            return thread.join().ok();
         }
-        self.thread.take()?.join().ok()
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match thread.join() {
+            Ok(Ok(f)) => Some(Ok(f)),
+            _ => None,
+        }
     }
 }
 
