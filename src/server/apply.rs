@@ -97,12 +97,15 @@ impl Applier {
     /// Applies `entries` (skipping any at or below `applied`). Conf-change entries are
     /// handed to `conf`, which applies them to Raft and persists the new conf state.
     ///
-    /// The results go to `answer` before the batch's transaction commits, so that
-    /// the callers' responses are on their way while it does. No caller can see
-    /// the state before the commit: the key index's write lock is held until the
-    /// transaction has committed, and every read of the keyspace takes its read
-    /// lock first (the entries are durable in the log already; a commit that
-    /// fails ends the member, and a restart applies them again).
+    /// The batch is written into the transaction applied batches share
+    /// (`storage::held`), committed when a read transaction or another
+    /// writer begins, or when it has taken its share of entries. No caller
+    /// can see the key index ahead of the database: the index's write lock
+    /// is held while the batch is written, and every read of the keyspace
+    /// takes its read lock, then commits the shared transaction as its read
+    /// transaction begins (the entries are durable in the log already; a
+    /// commit that fails ends the member, and a restart applies them
+    /// again).
     pub fn apply(
         &self,
         entries: &[Entry],
@@ -111,11 +114,15 @@ impl Applier {
         conf: &mut ConfApplier,
         answer: &mut OnResults,
     ) -> Result<BatchOutcome, StorageError> {
-        let mut txn = self.store.backend().write()?;
-        txn.set_durability(redb::Durability::None)?;
-        let mut results = Vec::new();
+        // The key index's lock first, then the shared transaction's (the
+        // order readers take them in); the transaction is opened before, so
+        // that another writer's is not waited for under the index's lock.
+        self.store.backend().ready_apply_txn()?;
         let mut st = self.store.lock_for_apply();
+        let txn = self.store.backend().apply_txn()?;
+        let mut results = Vec::new();
         let mut last = applied;
+        let (mut taken, mut bytes) = (0, 0);
         let events;
         let rev;
         {
@@ -125,6 +132,8 @@ impl Applier {
                     continue;
                 }
                 last = e.index;
+                taken += 1;
+                bytes += e.data.len();
                 match e.get_entry_type() {
                     EntryType::EntryNormal => {
                         if e.data.is_empty() {
@@ -167,7 +176,7 @@ impl Applier {
             rev = w.state().rev;
         }
         answer(results);
-        txn.commit()?;
+        txn.done(taken, bytes)?;
         let compactions = std::mem::take(&mut st.compactions);
         drop(st);
         self.store.schedule(compactions);

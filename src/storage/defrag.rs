@@ -120,7 +120,11 @@ impl Backend {
         let Some(db) = &copy.db else {
             return Err(StorageError::Db("defragment: the copy is gone".into()));
         };
-        let from = self.read()?;
+        // Held until the new file is in place: no applied batch may open a
+        // transaction on the old one meanwhile (the caller holds them off
+        // too).
+        let _held = self.held_committed()?;
+        let from = self.begin_read()?;
         let mut records = 0;
         copy_kv(&from, db, copy.kv_last, &mut records, false)?;
         copy.records += records;

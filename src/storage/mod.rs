@@ -26,7 +26,10 @@ pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("authU
 /// Auth roles: name -> encoded `authpb.Role`.
 pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("authRoles");
 
+mod held;
 mod in_use;
+
+pub use held::ApplyTxn;
 
 pub mod meta {
     pub const APPLIED_INDEX: &str = "applied_index";
@@ -104,6 +107,11 @@ pub struct Backend {
     admitted: std::sync::atomic::AtomicU64,
     /// The last measure of `in_use`; held while one is taken.
     measure: parking_lot::Mutex<in_use::Measure>,
+    /// The write transaction applied batches share (`held.rs`).
+    held: parking_lot::Mutex<held::Held>,
+    /// Set while `held` has a transaction open (or a failure to report):
+    /// read transactions commit it first.
+    held_open: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -142,6 +150,8 @@ impl Backend {
             in_use: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
             measure: Default::default(),
+            held: Default::default(),
+            held_open: Default::default(),
         };
         // A defragmentation's copy that a crash left behind.
         let _ = std::fs::remove_file(backend.defrag_path());
@@ -166,15 +176,26 @@ impl Backend {
         &self.path
     }
 
-    /// A consistent read-only view of the last commit.
+    /// A consistent read-only view of every batch applied so far (the
+    /// transaction applied batches share is committed first).
     pub fn read(&self) -> Result<Reader> {
+        self.commit_held()?;
+        self.begin_read()
+    }
+
+    /// A read transaction of the last commit, the shared transaction of
+    /// applied batches left as it is.
+    fn begin_read(&self) -> Result<Reader> {
         let db = self.db.read().clone();
         let txn = db.begin_read()?;
         Ok(Reader { txn, _db: db })
     }
 
-    /// A write transaction; only the member's Raft/apply thread writes.
+    /// A write transaction of its own, begun after the transaction applied
+    /// batches share is committed (the lock is held until it has begun, so
+    /// that no batch opens another in between).
     pub fn write(&self) -> Result<WriteTransaction> {
+        let _held = self.held_committed()?;
         Ok(self.db.read().begin_write()?)
     }
 
