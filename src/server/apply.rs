@@ -169,14 +169,11 @@ impl Applier {
                     }
                 }
             }
-            let mut meta = meta_table(&txn)?;
-            storage::put_u64(&mut meta, storage::meta::APPLIED_INDEX, last)?;
-            storage::put_u64(&mut meta, storage::meta::CONSISTENT_TERM, term)?;
             events = std::mem::take(&mut w.events);
             rev = w.state().rev;
         }
         answer(results);
-        txn.done(taken, bytes)?;
+        txn.done(taken, bytes, (last, term))?;
         let compactions = std::mem::take(&mut st.compactions);
         drop(st);
         self.store.schedule(compactions);

@@ -35,6 +35,9 @@ pub(super) struct Held {
     txn: Option<WriteTransaction>,
     entries: usize,
     bytes: usize,
+    /// The last applied entry's index and the term it was applied in,
+    /// written to `meta` by the commit (once per commit, not per batch).
+    applied: Option<(u64, u64)>,
     /// Why a commit of applied batches failed.
     failed: Option<String>,
 }
@@ -59,13 +62,15 @@ impl std::ops::Deref for ApplyTxn<'_> {
 }
 
 impl ApplyTxn<'_> {
-    /// Ends the batch: it took `entries` entries of `bytes` bytes. The
-    /// transaction is committed when it has taken its share, else kept for
-    /// the next batch.
-    pub fn done(mut self, entries: usize, bytes: usize) -> Result<()> {
+    /// Ends the batch: it took `entries` entries of `bytes` bytes, the last
+    /// of them `applied` = (index, term). The transaction is committed when
+    /// it has taken its share, else kept for the next batch; whenever it
+    /// commits, the last batch's `applied` goes into `meta` with it.
+    pub fn done(mut self, entries: usize, bytes: usize, applied: (u64, u64)) -> Result<()> {
         self.done = true;
         self.held.entries += entries;
         self.held.bytes += bytes;
+        self.held.applied = Some(applied);
         if self.held.entries >= MAX_ENTRIES || self.held.bytes >= MAX_BYTES {
             return self.backend.commit_locked(&mut self.held);
         }
@@ -141,14 +146,25 @@ impl Backend {
         };
         held.entries = 0;
         held.bytes = 0;
-        if let Err(e) = txn.commit() {
-            let e = StorageError::from(e);
+        let applied = held.applied.take();
+        if let Err(e) = Self::mark_applied(&txn, applied).and_then(|()| Ok(txn.commit()?)) {
             held.failed = Some(format!("a commit of applied entries failed: {e}"));
             return Err(e);
         }
         // Cleared once the commit is done, never before: a reader that finds
         // it clear begins its read transaction after the commit.
         self.held_open.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the applied index and term into `meta`, the state they
+    /// describe being in the same transaction.
+    fn mark_applied(txn: &WriteTransaction, applied: Option<(u64, u64)>) -> Result<()> {
+        if let Some((index, term)) = applied {
+            let mut meta = txn.open_table(super::META)?;
+            super::put_u64(&mut meta, super::meta::APPLIED_INDEX, index)?;
+            super::put_u64(&mut meta, super::meta::CONSISTENT_TERM, term)?;
+        }
         Ok(())
     }
 
@@ -185,7 +201,8 @@ mod tests {
                 kv.insert((main, 0), b"v".as_slice()).expect("insert");
             }
         }
-        txn.done(n as usize, n as usize).expect("done");
+        txn.done(n as usize, n as usize, (from + n, 1))
+            .expect("done");
     }
 
     fn count(b: &Backend) -> u64 {
