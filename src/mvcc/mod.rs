@@ -4,8 +4,9 @@
 //! Every change is a record in the `kv` table keyed by its revision; the in-memory
 //! [`index::TreeIndex`] maps keys to revisions. Reads lock the index for reading and
 //! read values from a redb read transaction opened under that lock; the apply loop
-//! holds the write lock from the first change of a batch until its commit, so a reader
-//! never sees an index entry whose record is not committed.
+//! holds the write lock while it writes a batch, and a read transaction begins by
+//! committing the batches applied before it (`storage::held`), so a reader never sees
+//! an index entry whose record it cannot read.
 
 pub mod encoded;
 pub mod index;
@@ -71,7 +72,8 @@ pub struct State {
     /// The revision of the last compaction (0 when none).
     pub compact_rev: i64,
     /// Compactions applied to the index whose records are still to be removed
-    /// from storage; handed to the compactor once their batch has committed.
+    /// from storage; handed to the compactor after their batch (whose write
+    /// transaction commits the batches applied before it first).
     pub compactions: Vec<CompactJob>,
     /// The last compaction known complete in storage when the store was opened.
     pub finished_compact_rev: i64,

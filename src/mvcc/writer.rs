@@ -156,8 +156,9 @@ impl<'t, 's> Writer<'t, 's> {
     }
 
     /// Compacts history at `rev`: the index forgets superseded revisions at
-    /// once; their records leave the `kv` table in the background once this
-    /// batch has committed (see [`super::CompactJob`]). The caller has
+    /// once; their records leave the `kv` table in the background, in write
+    /// transactions that commit this batch first (see [`super::CompactJob`]
+    /// and `storage::held`). The caller has
     /// validated `rev`.
     pub fn compact(&mut self, meta: &mut redb::Table<&str, &[u8]>, rev: i64) -> Result<()> {
         let start = std::time::Instant::now();
