@@ -121,8 +121,6 @@ impl Backend {
             let mut txn = self.db.read().begin_write()?;
             txn.set_durability(redb::Durability::None)?;
             held.txn = Some(txn);
-            held.entries = 0;
-            held.bytes = 0;
         }
         Ok(())
     }
