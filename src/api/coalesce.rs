@@ -13,6 +13,11 @@
 //! `tokio::task::yield_now` uses, run once the thread has nothing else to
 //! run) while other calls of the connection are still running
 //! ([`InFlight`]): the responses that end together are written together.
+//! A call counts from when the connection's task accepts its stream, so the
+//! calls read from the socket together, which hyper then runs one task
+//! each, are all waited for: a client keeping ten reads in flight on one
+//! connection had each answer written on its own, since each read ran
+//! whole in its task's first poll and was the only call counted.
 //! With one call at a time there is nothing to wait for, and the connection
 //! is polled at once (a deferral there cost about a tenth more of the
 //! server's CPU per call: the extra pass through the scheduler took two more
@@ -39,25 +44,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    /// Counts `svc`'s calls from when each starts until its response is ready
-    /// (or the call is dropped).
-    pub fn track<S, R>(
-        &self,
-        svc: S,
-    ) -> impl tower::Service<R, Response = S::Response, Error = S::Error, Future: Send> + Clone + use<S, R>
-    where
-        S: tower::Service<R> + Clone,
-        S::Future: Send,
-    {
-        let n = self.clone();
-        tower::ServiceExt::map_future(svc, move |fut| {
-            let call = Call::start(&n);
-            async move {
-                let r = fut.await;
-                drop(call);
-                r
-            }
-        })
+    /// Counts `svc`'s calls from when the connection accepts each one until
+    /// its response is ready (or the call is dropped).
+    ///
+    /// The count must start in the connection's task, as hyper accepts the
+    /// stream: a tower service wrapped for hyper is only called when the
+    /// call's own task first runs, and a read answered in that same poll
+    /// was counted and uncounted at once, so the connection never saw the
+    /// calls it had accepted and still had to run, and wrote each answer
+    /// on its own.
+    pub fn track<S>(&self, svc: S) -> Tracked<S> {
+        Tracked {
+            svc,
+            calls: self.clone(),
+        }
     }
 
     fn busy(&self) -> bool {
@@ -78,6 +78,50 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A hyper service whose calls are counted in an [`InFlight`].
+#[derive(Clone)]
+pub struct Tracked<S> {
+    svc: S,
+    calls: InFlight,
+}
+
+impl<S, R> hyper::service::Service<R> for Tracked<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Counted<S::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let call = Call::start(&self.calls);
+        Counted {
+            fut: self.svc.call(req),
+            call: Some(call),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's future, counted until it resolves or is dropped.
+    pub struct Counted<F> {
+        #[pin]
+        fut: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        this.call.take();
+        Poll::Ready(out)
     }
 }
 
@@ -233,6 +277,36 @@ mod tests {
         assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Ready(7));
         drop(call);
         assert!(!calls.busy());
+    }
+
+    /// A service answering 7 at the first poll.
+    struct Seven;
+
+    impl hyper::service::Service<()> for Seven {
+        type Response = u32;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<u32, Self::Error>>;
+
+        fn call(&self, _: ()) -> Self::Future {
+            std::future::ready(Ok(7))
+        }
+    }
+
+    #[test]
+    fn a_call_is_counted_from_when_the_connection_accepts_it() {
+        use hyper::service::Service;
+        let calls = InFlight::default();
+        let svc = calls.track(Seven);
+        let fut = svc.call(());
+        assert!(calls.busy(), "counted before its future first runs");
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+        assert!(!calls.busy(), "uncounted once its response is ready");
+        let dropped = svc.call(());
+        assert!(calls.busy());
+        drop(dropped);
+        assert!(!calls.busy(), "uncounted when dropped unfinished");
     }
 
     #[test]

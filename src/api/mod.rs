@@ -258,7 +258,7 @@ pub async fn serve(
                             TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
                                 stream,
                             ))),
-                            TowerToHyperService::new(calls.track(app)),
+                            calls.track(TowerToHyperService::new(app)),
                         ),
                         calls,
                     )
@@ -299,7 +299,7 @@ pub async fn serve(
                                     TokioIo::new(coalesce::Unvectored(
                                         authority::FixAuthority::new(s),
                                     )),
-                                    TowerToHyperService::new(calls.track(svc)),
+                                    calls.track(TowerToHyperService::new(svc)),
                                 ),
                                 calls,
                             )

@@ -1,7 +1,9 @@
 //! How a client frames its gRPC calls over HTTP/2, written frame by frame:
 //! a unary call is answered once its request message is whole, without
 //! waiting for the client to end its side of the stream (tonic's and hyper's
-//! clients end it in a frame of their own; Go's send it with the message).
+//! clients end it in a frame of their own; Go's send it with the message);
+//! and how the answers are written: calls that arrive together on one
+//! connection are answered in a few writes, not one each.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,6 +20,44 @@ fn literal(name: &str, value: &str) -> Vec<u8> {
     f.push(value.len() as u8);
     f.extend_from_slice(value.as_bytes());
     f
+}
+
+/// HEADERS (END_HEADERS) of a unary call to `path`, then its one message in
+/// a DATA frame that ends the stream.
+fn unary_call(stream: u32, path: &str, msg: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend(literal(":authority", "127.0.0.1"));
+    block.extend(literal("content-type", "application/grpc"));
+    block.extend(literal("te", "trailers"));
+    let mut out = frame(0x1, 0x4, stream, &block);
+    let mut data = vec![0u8];
+    data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    data.extend_from_slice(msg);
+    out.extend(frame(0x0, 0x1, stream, &data));
+    out
+}
+
+/// The data segments this socket has received so far (the kernel's
+/// `tcpi_data_segs_in`).
+fn data_segments_in(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data, valid when zeroed; getsockopt writes at
+    // most `len` bytes into it and the descriptor stays open while `s` is
+    // borrowed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_data_segs_in
 }
 
 /// Reads one frame: (type, flags, stream, payload).
@@ -104,5 +144,60 @@ fn a_connection_ended_by_a_protocol_error_is_logged_at_debug_level() {
         Duration::from_secs(10),
         "the connection's end, with its cause, in the log",
         || ended(&srv.log()),
+    );
+}
+
+/// Reads sent together on one connection are answered together: the
+/// connection counts a call from when it accepts it, so it waits for the
+/// calls it has accepted and still has to run, and writes their answers in
+/// a few writes instead of one write (one TCP segment, one wake-up of the
+/// client) each.
+#[test]
+fn calls_that_arrive_together_are_answered_in_a_few_writes() {
+    const CALLS: u32 = 40;
+    let srv = Server::start(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    s.write_all(&out).expect("send the preface");
+    // The server's SETTINGS and its acknowledgement of ours.
+    let (mut theirs, mut acked) = (false, false);
+    while !(theirs && acked) {
+        let (kind, flags, _, _) = read_frame(&mut s).expect("settings");
+        match (kind, flags & 0x1) {
+            (0x4, 0) => {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
+                theirs = true;
+            }
+            (0x4, _) => acked = true,
+            _ => {}
+        }
+    }
+    let before = data_segments_in(&s);
+    // CALLS serializable Ranges of key "k", in one write.
+    let range = [0x0a, 1, b'k', 0x38, 1]; // key "k", serializable
+    let mut calls = Vec::new();
+    for i in 0..CALLS {
+        calls.extend(unary_call(1 + 2 * i, "/etcdserverpb.KV/Range", &range));
+    }
+    s.write_all(&calls).expect("send the calls");
+    let mut ended = 0;
+    while ended < CALLS {
+        let (kind, flags, stream, payload) = read_frame(&mut s).expect("answers");
+        match kind {
+            0x1 if flags & 0x1 != 0 && stream % 2 == 1 => ended += 1,
+            0x3 => panic!("stream {stream} reset: {payload:?}"),
+            0x7 => panic!("connection closed by GOAWAY: {payload:?}"),
+            _ => {}
+        }
+    }
+    let segments = data_segments_in(&s) - before;
+    // One write per answer made CALLS segments; the answers of calls that
+    // run on the member's two worker threads leave in a few.
+    assert!(
+        segments <= CALLS / 4,
+        "{CALLS} answers came in {segments} TCP segments"
     );
 }
