@@ -1684,6 +1684,44 @@ fn membership_changes_under_load() {
     c.final_checks(&now, &report, 4);
 }
 
+/// A one-member cluster answers linearizable reads without a read-index
+/// round while it is the only voter: its histories stay linearizable, and
+/// once a second voter is added (and is down) it has no quorum and serves no
+/// linearizable read, as etcd does.
+#[test]
+fn one_member_reads_without_a_round_only_while_it_is_the_only_voter() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(&[0], Duration::from_secs(10));
+    let load = Load::start(&c, &[0, 0, 0, 0, 0, 0], 3);
+    wait_progress(&load, 300, Duration::from_secs(30));
+    let report = load.stop(&c);
+    assert!(
+        report.errors.is_empty(),
+        "errors on a healthy member: {:?}",
+        summarize_errors(&report.errors)
+    );
+    c.final_checks(&[0], &report, 3);
+
+    // A second voter that never starts: no quorum from now on.
+    let net = c.net.clone();
+    let absent = Member::new(1, &net);
+    let peer = format!("--peer-urls={}", absent.peer_url());
+    c.members[0].ctl_ok(&["member", "add", "m1", &peer]);
+    let ep = c.members[0].endpoint();
+    c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        let get = tokio::time::timeout(Duration::from_secs(4), cl.get("lin/0", None)).await;
+        match get {
+            Ok(Ok(r)) => panic!("a member without quorum served a linearizable read: {r:?}"),
+            Ok(Err(e)) => eprintln!("linearizable get without quorum failed: {e}"),
+            Err(_) => eprintln!("linearizable get without quorum timed out"),
+        }
+        cl.get("lin/0", Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable read without quorum");
+    });
+}
+
 #[test]
 fn name_missing_from_initial_cluster_is_refused() {
     let dir = tempfile::tempdir().unwrap();

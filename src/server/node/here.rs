@@ -1,7 +1,16 @@
-//! The one-member write path: on a one-member cluster, a write of bounded
-//! work that is alone in flight is appended, synced, applied and answered on
-//! the runtime thread that received it, which takes the loop's lock with a
-//! `try_lock` (`EtcdServer::propose`); no thread is woken for it.
+//! The one-member paths, where the Raft loop's thread is not woken:
+//! - writes: on a one-member cluster, a write of bounded work that is alone
+//!   in flight is appended, synced, applied and answered on the runtime
+//!   thread that received it, which takes the loop's lock with a `try_lock`
+//!   (`EtcdServer::propose`);
+//! - linearizable reads: a leader that is the only voter answers a read once
+//!   everything committed is applied, without a read-index round
+//!   (`EtcdServer::read_barrier`). No other member can commit an entry or
+//!   become leader without this one's vote, and this one stops answering
+//!   reads so before its vote leaves; a round on a single voter would
+//!   return the commit index at once all the same.
+
+use std::sync::atomic::Ordering;
 
 use raft::StateRole;
 
@@ -60,5 +69,32 @@ impl Node {
             && self.raw.raft.state == StateRole::Leader
             && self.raw.raft.prs().iter().count() == 1
             && !self.raw.has_ready()
+    }
+}
+
+impl Node {
+    /// Publishes whether [`Node::may_read_here`] holds, for the request path.
+    pub(super) fn publish_reads_here(&self) {
+        self.status
+            .reads_here
+            .store(self.may_read_here(), Ordering::SeqCst);
+    }
+
+    /// Whether a linearizable read may be answered from what is applied, with
+    /// no read-index round: this member is the leader and the only voter
+    /// (learners do not vote), it has committed an entry of its term (etcd's
+    /// and raft-rs's condition for a read index), no membership change waits
+    /// to be applied, and the loop is neither frozen nor stopping.
+    fn may_read_here(&self) -> bool {
+        let raft = &self.raw.raft;
+        self.failed.is_none()
+            && !self.frozen
+            && !self.removed
+            && !self.stop_requested
+            && raft.state == StateRole::Leader
+            && raft.prs().is_singleton()
+            && raft.prs().conf().voters().contains(self.local_id)
+            && raft.commit_to_current_term()
+            && raft.pending_conf_index <= self.applied
     }
 }

@@ -93,6 +93,9 @@ pub struct RaftStatus {
     pub commit: AtomicU64,
     pub applied: AtomicU64,
     pub is_leader: AtomicBool,
+    /// This member may answer a linearizable read from what it has applied,
+    /// without a read-index round (`here.rs`, [`Node::may_read_here`]).
+    pub reads_here: AtomicBool,
     /// Bumped by the loop on every pass; the watchdog checks that it moves.
     pub heartbeat: AtomicU64,
     pub stopped: AtomicBool,
@@ -366,6 +369,7 @@ impl Node {
         impl Drop for StoppedOnDrop {
             fn drop(&mut self) {
                 if let Some(s) = &self.0 {
+                    s.reads_here.store(false, Ordering::SeqCst);
                     s.stopped.store(true, Ordering::SeqCst);
                 }
             }
@@ -405,6 +409,7 @@ impl Node {
             // A restart then has nothing to apply again.
             res = node.commit_backend();
         }
+        node.status.reads_here.store(false, Ordering::SeqCst);
         node.status.stopped.store(true, Ordering::SeqCst);
         for (_, w) in node.waiters.drain() {
             let _ = w.send(Err(Error::Stopped));
@@ -492,6 +497,7 @@ impl Node {
             if self.freeze_file.as_ref().is_some_and(|f| f.exists()) {
                 crate::warn!("apply loop frozen by the debug switch");
                 self.frozen = true;
+                self.status.reads_here.store(false, Ordering::SeqCst);
             }
             for ctx in self.reads.due_for_retry(Instant::now()) {
                 self.raw.read_index(ctx);
@@ -581,7 +587,10 @@ impl Node {
             Msg::Defragment(r) => self.defrag_waiters.push(r),
             // Its thread is joined by defrag_step.
             Msg::DefragCopied => {}
-            Msg::Freeze => self.frozen = true,
+            Msg::Freeze => {
+                self.frozen = true;
+                self.status.reads_here.store(false, Ordering::SeqCst);
+            }
             // A late word from a job already joined is ignored.
             Msg::JobDone(seq) => self.job_ending = self.busy.is_some() && seq == self.job_seq,
             Msg::ConfChange { mut cc, reply } => {
@@ -671,6 +680,11 @@ impl Node {
             let was_leader = self.status.is_leader.load(Ordering::Relaxed);
             let prev_leader = self.status.leader.swap(ss.leader_id, Ordering::Relaxed);
             let is_leader = ss.raft_state == StateRole::Leader;
+            if !is_leader {
+                // Before any message of this ready goes (a vote granted to
+                // another member among them).
+                self.status.reads_here.store(false, Ordering::SeqCst);
+            }
             self.status.is_leader.store(is_leader, Ordering::Relaxed);
             metrics::HAS_LEADER.set((ss.leader_id != 0) as i64);
             metrics::IS_LEADER.set(is_leader as i64);
@@ -722,7 +736,7 @@ impl Node {
             self.hub.resync(self.applier.store.current_rev());
             self.applied = index;
             self.durable_applied = index;
-            self.status.applied.store(index, Ordering::Relaxed);
+            self.status.applied.store(index, Ordering::Release);
             if let Some(t) = &self.transport {
                 t.set_members(&self.cluster.members());
             }
@@ -820,6 +834,7 @@ impl Node {
             let _ = self.raw.campaign();
         }
         self.answer_reads();
+        self.publish_reads_here();
         Ok(())
     }
 
@@ -952,13 +967,16 @@ impl Node {
         if removed {
             crate::warn!("the member has been permanently removed from the cluster");
             self.removed = true;
+            self.status.reads_here.store(false, Ordering::SeqCst);
         }
         metrics::BACKEND_COMMIT.observe(start.elapsed());
         if start.elapsed() > Duration::from_millis(100) {
             metrics::SLOW_APPLY.inc();
         }
         self.applied = self.applied.max(last);
-        self.status.applied.store(self.applied, Ordering::Relaxed);
+        // Release: a read that sees this index sees the key index it names
+        // (`EtcdServer::read_barrier`).
+        self.status.applied.store(self.applied, Ordering::Release);
         metrics::PROPOSALS_APPLIED.set(self.applied as i64);
         self.hub.publish(out.events, out.rev);
         if metrics::PROPOSALS_PENDING.get() < 0 {
