@@ -14,6 +14,15 @@
 //! there is no leader or the leader has not committed in its term yet, and a
 //! request to a leader that died is lost: rounds unanswered are asked again
 //! every [`RETRY`], and rounds whose callers all gave up are dropped.
+//!
+//! On a leader, the followers' read-index requests join its own rounds
+//! ([`ReadRounds::push_remote`]): raft-rs would send a heartbeat to every
+//! follower for each request, so each member's rounds would cost all the
+//! others a wake-up; joined, one heartbeat round confirms the leadership for
+//! the leader's reads and the followers' together. The index a follower gets
+//! is the leader's commit index when the round began, after its request came
+//! (what raft-rs would answer, or later), confirmed by a quorum after it came.
+//! A leader that steps down forgets them: the followers ask again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -74,12 +83,32 @@ impl ReadQueue {
 /// How often unanswered rounds are asked again (etcd's interval).
 pub const RETRY: Duration = Duration::from_millis(500);
 
+/// A follower's read-index request that a leader's round answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRead {
+    /// The follower that asked.
+    pub from: u64,
+    /// The follower's context, returned with the index.
+    pub ctx: Vec<u8>,
+    /// The leader's term when the request came: the answer goes only in it.
+    pub term: u64,
+}
+
+/// The reads one round answers.
+#[derive(Default)]
+struct Round {
+    local: Vec<ReadWaiter>,
+    remote: Vec<RemoteRead>,
+}
+
 /// The Raft loop's side of linearizable reads.
 pub struct ReadRounds {
     queue: std::sync::Arc<ReadQueue>,
+    /// Followers' requests waiting for the next round (leader only).
+    remote: Vec<RemoteRead>,
     /// Rounds asked of raft-rs, by their context; one at a time, but a round
     /// asked again stays here until answered or abandoned.
-    in_flight: HashMap<Vec<u8>, Vec<ReadWaiter>>,
+    in_flight: HashMap<Vec<u8>, Round>,
     /// Rounds answered: their reads wait for the index to be applied.
     ready: Vec<(u64, Vec<ReadWaiter>)>,
     seq: u64,
@@ -90,6 +119,7 @@ impl Default for ReadRounds {
     fn default() -> Self {
         ReadRounds {
             queue: Default::default(),
+            remote: Vec::new(),
             in_flight: HashMap::new(),
             ready: Vec::new(),
             seq: 0,
@@ -109,27 +139,49 @@ impl ReadRounds {
         !self.in_flight.is_empty()
     }
 
+    /// A follower's read-index request, for the next round (leader only).
+    pub fn push_remote(&mut self, r: RemoteRead) {
+        self.remote.push(r);
+    }
+
+    /// Forgets the followers' requests (the member is no longer leader).
+    pub fn drop_remote(&mut self) {
+        self.remote.clear();
+        self.in_flight.retain(|_, r| {
+            r.remote.clear();
+            !r.local.is_empty()
+        });
+    }
+
     /// Starts a round for the reads waiting, unless one is in flight: returns
     /// the context to ask raft-rs's read index with.
     pub fn start(&mut self) -> Option<Vec<u8>> {
         if self.in_flight() {
             return None;
         }
-        let batch = self.queue.take();
-        if batch.is_empty() {
+        let local = self.queue.take();
+        if local.is_empty() && self.remote.is_empty() {
             return None;
         }
+        let remote = std::mem::take(&mut self.remote);
         self.seq += 1;
         let ctx = self.seq.to_be_bytes().to_vec();
-        self.in_flight.insert(ctx.clone(), batch);
+        self.in_flight.insert(ctx.clone(), Round { local, remote });
         Some(ctx)
     }
 
     /// raft-rs's answer to the round `ctx`: its reads may go once `index` is
-    /// applied.
-    pub fn answered(&mut self, ctx: &[u8], index: u64) {
-        if let Some(batch) = self.in_flight.remove(ctx) {
-            self.ready.push((index, batch));
+    /// applied; the followers' requests it took are returned, to be answered
+    /// with `index` now.
+    pub fn answered(&mut self, ctx: &[u8], index: u64) -> Vec<RemoteRead> {
+        match self.in_flight.remove(ctx) {
+            Some(r) => {
+                if !r.local.is_empty() {
+                    self.ready.push((index, r.local));
+                }
+                r.remote
+            }
+            None => Vec::new(),
         }
     }
 
@@ -154,9 +206,9 @@ impl ReadRounds {
             return Vec::new();
         }
         self.last_retry = now;
-        self.in_flight.retain(|_, b| {
-            b.retain(|r| !r.is_closed());
-            !b.is_empty()
+        self.in_flight.retain(|_, r| {
+            r.local.retain(|w| !w.is_closed());
+            !r.local.is_empty() || !r.remote.is_empty()
         });
         self.in_flight.keys().cloned().collect()
     }
@@ -164,7 +216,8 @@ impl ReadRounds {
     /// Closes the queue (the loop stops) and returns every read not answered.
     pub fn close(&mut self) -> Vec<ReadWaiter> {
         let mut out = self.queue.close();
-        out.extend(self.in_flight.drain().flat_map(|(_, b)| b));
+        self.remote.clear();
+        out.extend(self.in_flight.drain().flat_map(|(_, r)| r.local));
         out.extend(self.ready.drain(..).flat_map(|(_, b)| b));
         out
     }
@@ -223,6 +276,56 @@ mod tests {
         r.answered(&second, 7);
         assert_eq!(r.answerable(9).len(), 1);
         assert!(r.answerable(9).is_empty());
+    }
+
+    fn remote(from: u64, ctx: &[u8]) -> RemoteRead {
+        RemoteRead {
+            from,
+            ctx: ctx.to_vec(),
+            term: 3,
+        }
+    }
+
+    #[test]
+    fn followers_requests_join_the_next_round_and_are_answered_with_it() {
+        let mut r = ReadRounds::default();
+        let q = r.queue();
+        r.push_remote(remote(2, b"a"));
+        let first = r
+            .start()
+            .expect("a follower's request alone starts a round");
+        let _local = read(&q);
+        r.push_remote(remote(3, b"b"));
+        assert!(r.start().is_none(), "a round is in flight");
+        assert_eq!(r.answered(&first, 5), vec![remote(2, b"a")]);
+        assert!(r.answerable(9).is_empty(), "the round had no read here");
+        let second = r.start().expect("the requests that came during the first");
+        assert_eq!(r.answered(&second, 6), vec![remote(3, b"b")]);
+        assert_eq!(r.answerable(6).len(), 1);
+        assert!(r.answered(&second, 6).is_empty(), "answered once");
+    }
+
+    #[test]
+    fn a_leader_that_steps_down_forgets_followers_requests() {
+        let mut r = ReadRounds::default();
+        let q = r.queue();
+        r.push_remote(remote(2, b"a"));
+        let only_remote = r.start().unwrap();
+        r.drop_remote();
+        assert!(
+            !r.in_flight(),
+            "a round of followers' requests only is gone"
+        );
+        assert!(r.answered(&only_remote, 4).is_empty());
+        let _local = read(&q);
+        r.push_remote(remote(2, b"b"));
+        let mixed = r.start().unwrap();
+        r.push_remote(remote(3, b"c"));
+        r.drop_remote();
+        assert!(r.in_flight(), "this member's reads still wait");
+        assert!(r.answered(&mixed, 4).is_empty());
+        assert_eq!(r.answerable(4).len(), 1);
+        assert!(r.start().is_none(), "the waiting request went too");
     }
 
     #[test]

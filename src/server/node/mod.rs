@@ -47,6 +47,7 @@ mod here;
 mod jobs;
 mod leadership;
 mod lease_expiry;
+mod reads;
 
 use jobs::DbJob;
 
@@ -542,18 +543,6 @@ impl Node {
         }
     }
 
-    /// Asks raft-rs for a read index for the reads waiting, unless a round is
-    /// in flight (`read_index.rs`). Returns whether it asked.
-    fn start_read_round(&mut self) -> bool {
-        match self.reads.start() {
-            Some(ctx) => {
-                self.raw.read_index(ctx);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Returns false to stop.
     fn handle(&mut self, m: Msg) -> bool {
         match m {
@@ -613,7 +602,9 @@ impl Node {
             }
             Msg::Peer(ev) => match ev {
                 transport::Event::Message(m) => {
-                    let _ = self.raw.step(m);
+                    if let Some(m) = self.join_read_round(m) {
+                        let _ = self.raw.step(m);
+                    }
                 }
                 transport::Event::Unreachable(id) => self.raw.report_unreachable(id),
                 transport::Event::SnapshotDone(id, ok) => self.raw.report_snapshot(
@@ -684,6 +675,7 @@ impl Node {
                 // Before any message of this ready goes (a vote granted to
                 // another member among them).
                 self.status.reads_here.store(false, Ordering::SeqCst);
+                self.reads.drop_remote();
             }
             self.status.is_leader.store(is_leader, Ordering::Relaxed);
             metrics::HAS_LEADER.set((ss.leader_id != 0) as i64);
@@ -749,7 +741,7 @@ impl Node {
             return Ok(());
         }
         for rs in rd.take_read_states() {
-            self.reads.answered(&rs.request_ctx, rs.index);
+            self.read_round_answered(&rs.request_ctx, rs.index);
         }
         // Reads whose index is applied go before this ready's entries are
         // written: they do not wait for a sync of entries committed after them.
@@ -842,16 +834,6 @@ impl Node {
     /// runs on a runtime thread (`here`).
     fn answers_via(here: bool, handoff: &Option<Arc<Handoff>>) -> Option<&Handoff> {
         if here { None } else { handoff.as_deref() }
-    }
-
-    fn answer_reads(&mut self) {
-        let answers = self
-            .reads
-            .answerable(self.applied)
-            .into_iter()
-            .map(|r| Answer::Read(r, Ok(())))
-            .collect();
-        Handoff::deliver(Self::answers_via(self.here, &self.handoff), answers);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
