@@ -60,6 +60,18 @@ fn data_segments_in(s: &TcpStream) -> u32 {
     info.tcpi_data_segs_in
 }
 
+/// A connection to `srv`'s client port whose reads time out after 10 s, and
+/// the bytes that open HTTP/2 on it (the preface and an empty SETTINGS), to
+/// send with what follows them.
+fn open(srv: &Server) -> (TcpStream, Vec<u8>) {
+    let s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    (s, out)
+}
+
 /// Reads one frame: (type, flags, stream, payload).
 fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
     let mut head = [0u8; 9];
@@ -74,12 +86,8 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
 #[test]
 fn a_unary_call_is_answered_before_the_client_ends_its_stream() {
     let srv = Server::start(&[]);
-    let mut s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
-    // Without the answer, a read ends in this timeout and the test fails.
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    // Without the answer, a read ends in the stream's timeout and the test fails.
+    let (mut s, mut out) = open(&srv);
     // HEADERS (END_HEADERS, not END_STREAM): POST http /etcdserverpb.KV/Put.
     let path = "/etcdserverpb.KV/Put";
     let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
@@ -156,11 +164,7 @@ fn a_connection_ended_by_a_protocol_error_is_logged_at_debug_level() {
 fn calls_that_arrive_together_are_answered_in_a_few_writes() {
     const CALLS: u32 = 40;
     let srv = Server::start(&[]);
-    let mut s = TcpStream::connect(("127.0.0.1", srv.client_port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    let (mut s, out) = open(&srv);
     s.write_all(&out).expect("send the preface");
     // The server's SETTINGS and its acknowledgement of ours.
     let (mut theirs, mut acked) = (false, false);
