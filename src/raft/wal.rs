@@ -21,7 +21,8 @@
 //! overwrites blocks the filesystem already has and its `fdatasync` writes no
 //! metadata: the first segment of a new log is small (4 MiB) and filled at
 //! once; the next one is filled by a thread of its own while the current one
-//! fills up, and renamed into place when it is needed.
+//! fills up, and renamed into place when it is needed (a spare not finished
+//! by then is cut to the part it has filled, a shorter segment).
 //!
 //! Reading is strict: a record that does not check out in any segment but the
 //! newest, or in the newest one where it is not torn, stops the member with
@@ -395,32 +396,50 @@ const SPARE: &str = "spare.tmp";
 /// otherwise share `spare.tmp` with a writer it does not know of).
 struct Spare {
     thread: Option<std::thread::JoinHandle<std::io::Result<File>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    state: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
+
+/// What the thread filling a spare is told ([`Spare::state`]).
+const FILL: u8 = 0;
+/// Stop, and remove the file.
+const FILL_STOP: u8 = 1;
+/// Stop, and keep the part filled so far.
+const FILL_CUT: u8 = 2;
+
+/// The least of a spare, filled, that a rotation takes before it is
+/// finished; with less, the next segment is reserved instead.
+const MIN_CUT_SPARE: u64 = 1 << 20;
 
 impl Spare {
     fn start(path: PathBuf, len: u64) -> Option<Spare> {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(FILL));
+        let flag = state.clone();
         let thread = std::thread::Builder::new()
             .name("wal-spare".into())
             .spawn(move || zero_filled(&path, len, Some(&flag)))
             .ok()?;
         Some(Spare {
             thread: Some(thread),
-            stop,
+            state,
         })
     }
 
-    /// The finished file, if the thread is done; else None, and the fill
-    /// stops (after the part being written) and leaves no file. A fill that
-    /// ends between the look and the stop is not lost: its file is returned.
+    /// The spare's file: whole when the thread is done; else the fill stops
+    /// (after the part being written) and what it has filled is the file,
+    /// shorter than asked, when it holds at least [`MIN_CUT_SPARE`] bytes.
+    /// None when it holds less (its file removed), so that the segment is
+    /// reserved. Appends to a file already filled overwrite blocks the
+    /// filesystem has, where appends to reserved space make every sync
+    /// write metadata too (ext4 converts the extent written to, and the
+    /// inode with it); a member under load fills its first segment before
+    /// the spare for the next is whole.
     fn finish(mut self) -> Option<std::io::Result<File>> {
         let thread = self.thread.take()?;
         if thread.is_finished() {
             return thread.join().ok();
         }
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .store(FILL_CUT, std::sync::atomic::Ordering::Relaxed);
         match thread.join() {
             Ok(Ok(f)) => Some(Ok(f)),
             _ => None,
@@ -431,25 +450,27 @@ impl Spare {
 impl Drop for Spare {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.state
+                .store(FILL_STOP, std::sync::atomic::Ordering::Relaxed);
             let _ = t.join();
         }
     }
 }
 
 /// A file of `len` zero bytes, durable, at `path`. A spare made beside the
-/// appends (the one given a `stop` flag) is written 128 KiB at a time,
+/// appends (the one given a `state`) is written 128 KiB at a time,
 /// each made durable before the next with a pause between: the log's own
 /// fdatasync, on the same disk, then waits behind 128 KiB at most instead
 /// of the whole segment (64 MiB written at once held appends, and with them
 /// a leader's heartbeats, for hundreds of milliseconds; a mebibyte at a time
 /// still showed in the p99 of single-client puts on three members, whose
-/// three logs fill their spares at once). Once the flag is set the file is
-/// removed and the fill ends.
+/// three logs fill their spares at once). Told [`FILL_STOP`], the fill ends
+/// and the file is removed; told [`FILL_CUT`], it ends and the file holds
+/// what was filled (the caller syncs it).
 fn zero_filled(
     path: &Path,
     len: u64,
-    stop: Option<&std::sync::atomic::AtomicBool>,
+    state: Option<&std::sync::atomic::AtomicU8>,
 ) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -463,14 +484,26 @@ fn zero_filled(
         let n = (len - off).min(chunk.len() as u64) as usize;
         file.write_all_at(&chunk[..n], off)?;
         off += n as u64;
-        if let Some(stop) = stop {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                drop(file);
-                let _ = std::fs::remove_file(path);
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Interrupted,
-                    "the log was closed",
-                ));
+        if let Some(state) = state {
+            match state.load(std::sync::atomic::Ordering::Relaxed) {
+                FILL_STOP => {
+                    drop(file);
+                    let _ = std::fs::remove_file(path);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the log was closed",
+                    ));
+                }
+                FILL_CUT if off >= MIN_CUT_SPARE => return Ok(file),
+                FILL_CUT => {
+                    drop(file);
+                    let _ = std::fs::remove_file(path);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "too little of the spare was filled",
+                    ));
+                }
+                _ => {}
             }
             file.sync_data()?;
             std::thread::sleep(ZERO_FILL_PAUSE);
@@ -937,17 +970,57 @@ mod tests {
         let big = vec![5u8; 1 << 20];
         let first = w.path().to_path_buf();
         // The segment is full: the next append rotates, and the spare being
-        // filled is given up (its file removed) rather than waited for.
+        // filled is not waited for (what it has filled becomes the segment,
+        // or with too little it is removed and the segment reserved).
         w.append(&[entry(4, 1, &big)], None, true).unwrap();
         w.append(&[entry(5, 1, b"x")], None, true).unwrap();
         assert_ne!(w.path(), first.as_path(), "rotated");
         assert!(
             w.spare.is_none() && !d.join(SPARE).exists(),
-            "the unfinished spare was stopped and removed"
+            "the unfinished spare was stopped"
         );
         drop(w);
         let (_, l) = Wal::open(&d, 256 << 20).unwrap();
         assert_eq!(indexes(&l).last(), Some(&(5, 1)));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_rotation_takes_what_an_unfinished_spare_has_filled() {
+        let d = tmp();
+        let mut w = with_a_spare_being_filled(&d, 256 << 20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::metadata(d.join(SPARE)).map_or(0, |m| m.len()) < 2 * MIN_CUT_SPARE {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the spare is not filling"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let big = vec![5u8; 1 << 20];
+        let first = w.path().to_path_buf();
+        w.append(&[entry(4, 1, &big)], None, true).unwrap();
+        w.append(&[entry(5, 1, b"x")], None, true).unwrap();
+        assert_ne!(w.path(), first.as_path(), "rotated");
+        let len = std::fs::metadata(w.path()).unwrap().len();
+        assert!(
+            (2 * MIN_CUT_SPARE..256 << 20).contains(&len),
+            "the new segment is the part filled, {len} bytes"
+        );
+        assert_eq!(len % ZERO_FILL_CHUNK as u64, 0, "whole chunks, {len} bytes");
+        assert!(w.spare.is_none() && !d.join(SPARE).exists());
+        // It fills up and rotates like any other.
+        let n = len / (1 << 20) + 2;
+        for i in 6..6 + n {
+            w.append(&[entry(i, 1, &big)], None, true).unwrap();
+        }
+        let second = w.path().to_path_buf();
+        w.append(&[entry(6 + n, 1, b"y")], None, true).unwrap();
+        drop(w);
+        assert!(list(&d).unwrap().len() >= 3, "{second:?} rotated in turn");
+        let (_, l) = Wal::open(&d, 256 << 20).unwrap();
+        assert_eq!(indexes(&l).last(), Some(&(6 + n, 1)));
+        assert_eq!(l.entries.len() as u64, 6 + n);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
