@@ -485,25 +485,19 @@ fn zero_filled(
         file.write_all_at(&chunk[..n], off)?;
         off += n as u64;
         if let Some(state) = state {
-            match state.load(std::sync::atomic::Ordering::Relaxed) {
-                FILL_STOP => {
-                    drop(file);
-                    let _ = std::fs::remove_file(path);
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "the log was closed",
-                    ));
-                }
+            let given_up = match state.load(std::sync::atomic::Ordering::Relaxed) {
+                FILL_STOP => "the log was closed",
                 FILL_CUT if off >= MIN_CUT_SPARE => return Ok(file),
-                FILL_CUT => {
-                    drop(file);
-                    let _ = std::fs::remove_file(path);
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "too little of the spare was filled",
-                    ));
-                }
-                _ => {}
+                FILL_CUT => "too little of the spare was filled",
+                _ => "",
+            };
+            if !given_up.is_empty() {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    given_up,
+                ));
             }
             file.sync_data()?;
             std::thread::sleep(ZERO_FILL_PAUSE);
