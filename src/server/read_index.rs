@@ -83,6 +83,9 @@ impl ReadQueue {
 /// How often unanswered rounds are asked again (etcd's interval).
 pub const RETRY: Duration = Duration::from_millis(500);
 
+/// The most followers' requests that wait for a leader's next round.
+pub const MAX_REMOTE: usize = 1024;
+
 /// A follower's read-index request that a leader's round answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteRead {
@@ -139,9 +142,14 @@ impl ReadRounds {
         !self.in_flight.is_empty()
     }
 
-    /// A follower's read-index request, for the next round (leader only).
+    /// A follower's read-index request, for the next round (leader only). A
+    /// request asked again while it waits is taken once, and at most
+    /// [`MAX_REMOTE`] wait: more are dropped, as raft-rs drops requests it
+    /// cannot serve, and their followers ask again.
     pub fn push_remote(&mut self, r: RemoteRead) {
-        self.remote.push(r);
+        if self.remote.len() < MAX_REMOTE && !self.remote.contains(&r) {
+            self.remote.push(r);
+        }
     }
 
     /// Forgets the followers' requests (the member is no longer leader).
@@ -303,6 +311,20 @@ mod tests {
         assert_eq!(r.answered(&second, 6), vec![remote(3, b"b")]);
         assert_eq!(r.answerable(6).len(), 1);
         assert!(r.answered(&second, 6).is_empty(), "answered once");
+    }
+
+    #[test]
+    fn followers_requests_waiting_are_bounded_and_taken_once() {
+        let mut r = ReadRounds::default();
+        r.push_remote(remote(2, b"a"));
+        r.push_remote(remote(2, b"a"));
+        for i in 0..2 * MAX_REMOTE as u64 {
+            r.push_remote(remote(3, &i.to_be_bytes()));
+        }
+        let ctx = r.start().unwrap();
+        let answered = r.answered(&ctx, 1);
+        assert_eq!(answered.len(), MAX_REMOTE);
+        assert_eq!(answered.iter().filter(|x| x.from == 2).count(), 1);
     }
 
     #[test]
