@@ -486,12 +486,12 @@ fn zero_filled(
         off += n as u64;
         if let Some(state) = state {
             let given_up = match state.load(std::sync::atomic::Ordering::Relaxed) {
-                FILL_STOP => "the log was closed",
+                FILL_STOP => Some("the log was closed"),
                 FILL_CUT if off >= MIN_CUT_SPARE => return Ok(file),
-                FILL_CUT => "too little of the spare was filled",
-                _ => "",
+                FILL_CUT => Some("too little of the spare was filled"),
+                _ => None,
             };
-            if !given_up.is_empty() {
+            if let Some(given_up) = given_up {
                 drop(file);
                 let _ = std::fs::remove_file(path);
                 return Err(std::io::Error::new(

@@ -800,12 +800,13 @@ impl EtcdServer {
     }
 
     /// Whether a linearizable read may go now without a read-index round:
-    /// this member is a leader that is the only voter (`node/here.rs`) and
-    /// has applied everything committed. The indexes are read after the
-    /// mark, and the applied index with Acquire, so the read that follows
-    /// sees every entry the index names.
+    /// this member is a leader that is the only voter (`node/here.rs`; the
+    /// mark is cleared before the loop is marked stopped) and has applied
+    /// everything committed. The indexes are read after the mark, and the
+    /// applied index with Acquire, so the read that follows sees every entry
+    /// the index names.
     fn read_here(&self) -> bool {
-        if !self.status.reads_here.load(Ordering::SeqCst) || self.is_stopped() {
+        if !self.status.reads_here.load(Ordering::SeqCst) {
             return false;
         }
         let commit = self.status.commit.load(Ordering::Acquire);

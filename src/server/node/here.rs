@@ -73,11 +73,13 @@ impl Node {
 }
 
 impl Node {
-    /// Publishes whether [`Node::may_read_here`] holds, for the request path.
+    /// Publishes whether [`Node::may_read_here`] holds, for the request path
+    /// (a store only when it changed: this runs at the end of every ready).
     pub(super) fn publish_reads_here(&self) {
-        self.status
-            .reads_here
-            .store(self.may_read_here(), Ordering::SeqCst);
+        let may = self.may_read_here();
+        if self.status.reads_here.load(Ordering::Relaxed) != may {
+            self.status.reads_here.store(may, Ordering::SeqCst);
+        }
     }
 
     /// Whether a linearizable read may be answered from what is applied, with
