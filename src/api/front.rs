@@ -1,4 +1,5 @@
-//! The steps every gRPC call passes before its service, in one tower layer:
+//! The steps every gRPC call passes before its service ([`steps`]), also as a
+//! tower layer for the calls that reach a service through the HTTP router:
 //! the message limit and call counting ([`super::msgsize`]), authorization
 //! ([`super::authz`]), and unary Range replies built from the stored records
 //! ([`super::range_reply`]), in that order. Each step is an async function
@@ -74,11 +75,19 @@ where
                     Err(never) => match never {},
                 }
             };
-            let resp = super::msgsize::layer(max, req, |req| {
-                super::authz::layer(&s, req, |req| super::range_reply::layer(&s, req, service))
-            })
-            .await;
-            Ok(resp)
+            Ok(steps(&s, max, req, service).await)
         })
     }
+}
+
+/// Takes one call through the steps to `service`.
+pub async fn steps<N, F>(s: &Arc<EtcdServer>, max: usize, req: Request, service: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
+    super::msgsize::layer(max, req, |req| {
+        super::authz::layer(s, req, |req| super::range_reply::layer(s, req, service))
+    })
+    .await
 }

@@ -8,6 +8,7 @@ pub mod cluster;
 mod coalesce;
 pub mod concurrency;
 pub mod conn;
+pub mod dispatch;
 pub mod election;
 mod front;
 pub mod gateway;
@@ -27,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tonic::{Response, Status};
 
 use crate::error::{Error, Result};
@@ -123,52 +123,49 @@ pub(crate) async fn quota_check(s: &EtcdServer, cost: usize) -> Result<()> {
     Err(Error::NoSpace)
 }
 
-/// All gRPC services and the HTTP endpoints in one router.
-pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
+/// All gRPC services and the HTTP endpoints: etcd's gRPC services are reached
+/// directly ([`dispatch`]), everything else through one router that also
+/// holds every gRPC route (the JSON gateway calls them in-process, and the
+/// health service is only there).
+pub async fn router(s: Arc<EtcdServer>) -> dispatch::App {
     let max = s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let routes = tonic::service::Routes::builder()
-        .add_service(
-            KvServer::new(kv::KvService { s: s.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService { s: s.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService {
-                s: s.clone(),
-                leader: parking_lot::Mutex::new(None),
-            })
+    let services = dispatch::Services {
+        kv: KvServer::new(kv::KvService { s: s.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            ClusterServer::new(cluster::ClusterService { s: s.clone() })
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            MaintenanceServer::new(maintenance::MaintenanceService { s: s.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            AuthServer::new(auth::AuthService { s: s.clone() }).max_decoding_message_size(max),
-        )
-        .add_service(
-            LockServer::new(lock::LockService::new(s.clone())).max_decoding_message_size(max),
-        )
-        .add_service(
-            ElectionServer::new(election::ElectionService::new(s.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        )
+        watch: WatchServer::new(watch::WatchService { s: s.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+        lease: LeaseServer::new(lease::LeaseService {
+            s: s.clone(),
+            leader: parking_lot::Mutex::new(None),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX),
+        cluster: ClusterServer::new(cluster::ClusterService { s: s.clone() })
+            .max_decoding_message_size(max),
+        maintenance: MaintenanceServer::new(maintenance::MaintenanceService { s: s.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+        auth: AuthServer::new(auth::AuthService { s: s.clone() }).max_decoding_message_size(max),
+        lock: LockServer::new(lock::LockService::new(s.clone())).max_decoding_message_size(max),
+        election: ElectionServer::new(election::ElectionService::new(s.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    };
+    let routes = tonic::service::Routes::builder()
+        .add_service(services.kv.clone())
+        .add_service(services.watch.clone())
+        .add_service(services.lease.clone())
+        .add_service(services.cluster.clone())
+        .add_service(services.maintenance.clone())
+        .add_service(services.auth.clone())
+        .add_service(services.lock.clone())
+        .add_service(services.election.clone())
         .add_service(health_svc)
         .clone()
         .routes();
@@ -178,10 +175,12 @@ pub async fn router(s: Arc<EtcdServer>) -> axum::Router {
     let grpc = routes
         .into_axum_router()
         .layer(front::Front::new(s.clone(), max));
-    grpc.clone()
+    let http = grpc
+        .clone()
         .merge(http::router(s.clone()))
-        .merge(v2::router(s))
-        .merge(gateway::router(grpc, max))
+        .merge(v2::router(s.clone()))
+        .merge(gateway::router(grpc, max));
+    dispatch::App::new(s, max, services, http)
 }
 
 /// Resolves a listen URL's host and port to a socket address (IPv4 preferred, as
@@ -215,7 +214,7 @@ pub async fn resolve(url: &str) -> std::io::Result<SocketAddr> {
 /// Connections beyond the member's cap are closed at once; see [`conn`].
 pub async fn serve(
     listener: crate::net::Listener,
-    app: axum::Router,
+    app: dispatch::App,
     limits: conn::Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::ServerTls>>,
@@ -258,7 +257,7 @@ pub async fn serve(
                             TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
                                 stream,
                             ))),
-                            calls.track(TowerToHyperService::new(app)),
+                            calls.track(app.connection(None)),
                         ),
                         calls,
                     )
@@ -283,15 +282,7 @@ pub async fn serve(
                                 return;
                             }
                             let cn = leaf.and_then(|c| crate::tls::x509::subject_common_name(c));
-                            let svc = tower::ServiceExt::map_request(
-                                app,
-                                move |mut r: ::http::Request<hyper::body::Incoming>| {
-                                    if let Some(cn) = &cn {
-                                        r.extensions_mut().insert(PeerCn(cn.clone()));
-                                    }
-                                    r
-                                },
-                            );
+                            let svc = app.connection(cn);
                             let s = conn::FirstByte::new(s, conn::FIRST_BYTE_DEADLINE);
                             let calls = coalesce::InFlight::default();
                             let end = coalesce::Coalesced::new(
@@ -299,7 +290,7 @@ pub async fn serve(
                                     TokioIo::new(coalesce::Unvectored(
                                         authority::FixAuthority::new(s),
                                     )),
-                                    calls.track(TowerToHyperService::new(svc)),
+                                    calls.track(svc),
                                 ),
                                 calls,
                             )

@@ -185,8 +185,8 @@ async fn run(cfg: Config) -> i32 {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(server.clone()).await;
     // https client and metrics listeners use the client TLS settings.
-    let metrics_app = api::http::metrics_router(server.clone());
-    let serve = |u: &str, l, app: &axum::Router| {
+    let metrics_app = api::dispatch::App::http_only(api::http::metrics_router(server.clone()));
+    let serve = |u: &str, l, app: &api::dispatch::App| {
         let tls = if etcd_rs::net::is_tls(u) {
             client_tls.clone()
         } else {

@@ -1,0 +1,203 @@
+//! The service behind every client connection. A call to one of etcd's gRPC
+//! services goes straight to that service, picked by the service name in its
+//! path, through the steps of [`super::front`]; anything else (the HTTP
+//! endpoints, the JSON gateway, the health service, a service etcd does not
+//! have) goes through the HTTP router, which holds every route. The direct
+//! path costs a call one boxed future and two reference counts, where the
+//! router's matching, its boxed route clones and its path captures cost
+//! several allocations and shared counters per call.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use tonic::server::NamedService;
+use tower::ServiceExt;
+
+use super::{auth, cluster, election, kv, lease, lock, maintenance, watch};
+use crate::pb::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
+use crate::server::EtcdServer;
+
+/// etcd's gRPC services, each reached by its name.
+pub struct Services {
+    pub kv: KvServer<kv::KvService>,
+    pub watch: WatchServer<watch::WatchService>,
+    pub lease: LeaseServer<lease::LeaseService>,
+    pub cluster: ClusterServer<cluster::ClusterService>,
+    pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
+    pub auth: AuthServer<auth::AuthService>,
+    pub lock: LockServer<lock::LockService>,
+    pub election: ElectionServer<election::ElectionService>,
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Kv,
+    Watch,
+    Lease,
+    Cluster,
+    Maintenance,
+    Auth,
+    Lock,
+    Election,
+}
+
+impl Which {
+    /// The service a gRPC path (`/package.Service/Method`) names.
+    fn of(path: &str) -> Option<Which> {
+        let name = path.strip_prefix('/')?.split_once('/')?.0;
+        Some(match name {
+            n if n == KvServer::<kv::KvService>::NAME => Which::Kv,
+            n if n == WatchServer::<watch::WatchService>::NAME => Which::Watch,
+            n if n == LeaseServer::<lease::LeaseService>::NAME => Which::Lease,
+            n if n == ClusterServer::<cluster::ClusterService>::NAME => Which::Cluster,
+            n if n == MaintenanceServer::<maintenance::MaintenanceService>::NAME => {
+                Which::Maintenance
+            }
+            n if n == AuthServer::<auth::AuthService>::NAME => Which::Auth,
+            n if n == LockServer::<lock::LockService>::NAME => Which::Lock,
+            n if n == ElectionServer::<election::ElectionService>::NAME => Which::Election,
+            _ => return None,
+        })
+    }
+}
+
+struct Grpc {
+    s: Arc<EtcdServer>,
+    /// The largest request message, gRPC's allowance included.
+    max: usize,
+    services: Services,
+}
+
+struct Shared {
+    grpc: Option<Grpc>,
+    http: axum::Router,
+}
+
+/// What a listener serves: etcd's gRPC services (on client URLs) and the
+/// HTTP router.
+#[derive(Clone)]
+pub struct App(Arc<Shared>);
+
+impl App {
+    /// Client URLs: the gRPC services, and `http` for everything else.
+    pub fn new(s: Arc<EtcdServer>, max: usize, services: Services, http: axum::Router) -> App {
+        App(Arc::new(Shared {
+            grpc: Some(Grpc { s, max, services }),
+            http,
+        }))
+    }
+
+    /// A listener of HTTP endpoints only (`--listen-metrics-urls`).
+    pub fn http_only(http: axum::Router) -> App {
+        App(Arc::new(Shared { grpc: None, http }))
+    }
+
+    /// The service for one connection; `cn` is its TLS client certificate's
+    /// subject common name, put on each of its requests.
+    pub fn connection(&self, cn: Option<String>) -> Connection {
+        Connection {
+            app: self.clone(),
+            cn,
+        }
+    }
+}
+
+/// The service of one connection.
+pub struct Connection {
+    app: App,
+    cn: Option<String>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Answer {
+        let mut req = req.map(Body::new);
+        if let Some(cn) = &self.cn {
+            req.extensions_mut().insert(super::PeerCn(cn.clone()));
+        }
+        let app = self.app.clone();
+        let which = app
+            .0
+            .grpc
+            .as_ref()
+            .and_then(|_| Which::of(req.uri().path()));
+        match which {
+            Some(which) => Box::pin(async move { Ok(app.grpc(which, req).await) }),
+            None => Box::pin(async move { app.0.http.clone().oneshot(req).await }),
+        }
+    }
+}
+
+impl App {
+    /// One call to one of etcd's services, through the front steps.
+    async fn grpc(&self, which: Which, req: Request) -> Response {
+        let Some(g) = self.0.grpc.as_ref() else {
+            // `Which` is only looked up where there are services.
+            return tonic::Status::unimplemented("").into_http();
+        };
+        super::front::steps(&g.s, g.max, req, |req| service(&g.services, which, req)).await
+    }
+}
+
+/// The service's answer to one call.
+async fn service(svc: &Services, which: Which, req: Request) -> Response {
+    let resp = match which {
+        Which::Kv => svc.kv.clone().oneshot(req).await,
+        Which::Watch => svc.watch.clone().oneshot(req).await,
+        Which::Lease => svc.lease.clone().oneshot(req).await,
+        Which::Cluster => svc.cluster.clone().oneshot(req).await,
+        Which::Maintenance => svc.maintenance.clone().oneshot(req).await,
+        Which::Auth => svc.auth.clone().oneshot(req).await,
+        Which::Lock => svc.lock.clone().oneshot(req).await,
+        Which::Election => svc.election.clone().oneshot(req).await,
+    };
+    match resp {
+        Ok(r) => r.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Which;
+
+    #[test]
+    fn a_path_names_its_service() {
+        assert!(matches!(
+            Which::of("/etcdserverpb.KV/Range"),
+            Some(Which::Kv)
+        ));
+        assert!(matches!(
+            Which::of("/etcdserverpb.Lease/LeaseKeepAlive"),
+            Some(Which::Lease)
+        ));
+        assert!(matches!(
+            Which::of("/v3electionpb.Election/Campaign"),
+            Some(Which::Election)
+        ));
+        assert!(matches!(
+            Which::of("/v3lockpb.Lock/Lock"),
+            Some(Which::Lock)
+        ));
+        assert!(Which::of("/grpc.health.v1.Health/Check").is_none());
+        assert!(Which::of("/etcdserverpb.KV").is_none());
+        assert!(Which::of("/v3/kv/range").is_none());
+        assert!(Which::of("/health").is_none());
+        assert!(Which::of("").is_none());
+    }
+}
