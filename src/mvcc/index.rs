@@ -200,15 +200,22 @@ impl TreeIndex {
         self.live
     }
 
+    #[cfg(test)]
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        let ki = match self.tree.get_mut(Query::new(key).probe()) {
-            Some(ki) => ki,
-            None => self.tree.entry(IndexKey::new(key)).or_default(),
-        };
+        self.put_seen(key, rev, i64::MAX);
+    }
+
+    /// Writes `key` at `rev`; returns what was visible of it at `at` before.
+    /// One walk down the tree: the key's copy is made whether or not the
+    /// key is new (an allocation costs less than a second walk's misses).
+    pub fn put_seen(&mut self, key: &[u8], rev: Revision, at: i64) -> Option<Visible> {
+        let ki = self.tree.entry(IndexKey::new(key)).or_default();
+        let seen = ki.get(at);
         if !ki.is_live() {
             self.live += 1;
         }
         ki.put(rev);
+        seen
     }
 
     /// Marks `key` deleted at `rev`; false when it was not live.

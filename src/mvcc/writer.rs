@@ -90,8 +90,8 @@ impl<'t, 's> Writer<'t, 's> {
     /// Writes `key`; returns the new record.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<KeyValue> {
         let at = self.read_rev();
-        let prev = self.st.index.get(key, at);
         let rev = self.next_rev();
+        let prev = self.st.index.put_seen(key, rev, at);
         let (create, version) = match prev {
             Some(p) => (p.created.main, p.version + 1),
             None => (rev.main, 1),
@@ -107,7 +107,6 @@ impl<'t, 's> Writer<'t, 's> {
         self.table
             .insert(rev_key(rev), encode_record(&kv, false).as_slice())
             .map_err(StorageError::from)?;
-        self.st.index.put(key, rev);
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
