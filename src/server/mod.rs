@@ -83,6 +83,11 @@ pub struct EtcdServer {
     pub request_timeout: Duration,
     pub transport: Arc<crate::raft::transport::Transport>,
     inflight: inflight::InFlight,
+    /// Whether a write alone in flight may be made durable on the runtime
+    /// thread that received it: not when the runtime has one worker, which
+    /// would sync each write while the next ones wait undecoded behind it,
+    /// every one of them alone, and none committed together.
+    writes_here: bool,
     reads: Arc<read_index::ReadQueue>,
     /// Free space on the data directory's filesystem.
     pub disk: Arc<DiskSpace>,
@@ -357,6 +362,8 @@ impl EtcdServer {
             request_timeout,
             transport,
             inflight: inflight::InFlight::default(),
+            writes_here: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.metrics().num_workers() > 1),
             reads,
             disk,
         }))
@@ -753,7 +760,7 @@ impl EtcdServer {
         // A write of bounded work that is alone may be made durable on this
         // thread (see `Node::propose_here`); with others in flight, the loop
         // takes them together.
-        let queued = if bounded && self.inflight.alone() {
+        let queued = if bounded && self.writes_here && self.inflight.alone() {
             match self.node.try_lock().as_deref_mut() {
                 Some(Some(node)) => node.propose_here(id, data, reply).err(),
                 _ => Some((data, reply)),

@@ -149,6 +149,8 @@ pub struct Server {
     pub client_port: u16,
     pub peer_port: u16,
     pub extra: Vec<String>,
+    /// The CPUs the process may run on (`taskset -c`); all when None.
+    pub cpus: Option<String>,
     child: Option<Child>,
     log_path: PathBuf,
 }
@@ -173,6 +175,33 @@ impl Server {
             client_port: free_port(),
             peer_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            cpus: None,
+            child: None,
+            log_path: PathBuf::new(),
+        };
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    /// Starts our server on one CPU (the first this process may use), as
+    /// on a host with one: its runtime then has one worker thread.
+    pub fn start_on_one_cpu(extra: &[&str]) -> Server {
+        let status = std::fs::read_to_string("/proc/self/status").expect("own status");
+        let first = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .and_then(|l| l.trim().split([',', '-']).next())
+            .expect("an allowed CPU")
+            .to_string();
+        let mut s = Server {
+            kind: Kind::Ours,
+            dir: tempfile::tempdir().expect("temp dir"),
+            name: "default".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            cpus: Some(first),
             child: None,
             log_path: PathBuf::new(),
         };
@@ -202,6 +231,7 @@ impl Server {
             client_port: free_port(),
             peer_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            cpus: None,
             child: None,
             log_path: PathBuf::new(),
         };
@@ -236,11 +266,12 @@ impl Server {
             .map(|d| d.count())
             .unwrap_or(0);
         self.log_path = self.dir.path().join(format!("server-{n}.log"));
-        self.child = Some(spawn_server(
+        self.child = Some(spawn_server_on(
             &bin,
             &self.args(),
             self.dir.path(),
             &self.log_path,
+            self.cpus.as_deref(),
         ));
     }
 
@@ -424,14 +455,32 @@ pub fn member_args(
 /// and the removal of `ETCD_NAME` keep the operator's conf file and
 /// environment out of tests.
 pub fn spawn_server(bin: &Path, args: &[String], dir: &Path, log: &Path) -> Child {
+    spawn_server_on(bin, args, dir, log, None)
+}
+
+/// [`spawn_server`] on `cpus` (`taskset -c`), or on all when None.
+fn spawn_server_on(
+    bin: &Path,
+    args: &[String],
+    dir: &Path,
+    log: &Path,
+    cpus: Option<&str>,
+) -> Child {
     // An explicitly named conf file must exist; an empty one sets nothing.
     let conf = dir.join("none.conf");
     if !conf.exists() {
         std::fs::write(&conf, "").expect("empty conf file");
     }
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(bin)
-        .args(args)
+    let mut cmd = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args)
         .env("ETCD_CONF_FILE", &conf)
         .env_remove("ETCD_NAME")
         .stdin(Stdio::null())

@@ -142,3 +142,46 @@ async fn a_single_clients_writes_do_not_wake_the_raft_thread_and_survive_a_kill(
     let last = c.get(format!("w/{N}"), None).await.expect("get");
     assert_eq!(last.kvs()[0].value(), format!("v{N}").as_bytes());
 }
+
+/// Syncs of the log so far, from the server's `etcd_disk_wal_fsync_duration_seconds`.
+fn wal_syncs(srv: &Server) -> u64 {
+    crate::harness::http_get(srv.client_port, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_disk_wal_fsync_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the wal fsync count in /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_writes_in_flight_together_share_syncs() {
+    // One CPU, so one runtime worker: each write it decodes is alone in
+    // flight while the others wait behind it, undecoded. Synced on that
+    // worker one by one, they would share no sync.
+    let srv = Server::start_on_one_cpu(&[]);
+    const CLIENTS: usize = 40;
+    const EACH: usize = 10;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(connect(&srv.endpoint()).await);
+    }
+    let before = wal_syncs(&srv);
+    let mut tasks = Vec::new();
+    for (t, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                c.put(format!("g/{t}/{i}"), "x", None).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let syncs = wal_syncs(&srv) - before;
+    let writes = (CLIENTS * EACH) as u64;
+    assert!(
+        syncs * 2 <= writes,
+        "{writes} writes from {CLIENTS} clients at once took {syncs} syncs"
+    );
+    let mut c = connect(&srv.endpoint()).await;
+    assert_eq!(count(&mut c, "g/").await, CLIENTS * EACH);
+}
