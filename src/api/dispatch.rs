@@ -3,8 +3,8 @@
 //! path, through the steps of [`super::front`]; anything else (the HTTP
 //! endpoints, the JSON gateway, the health service, a service etcd does not
 //! have) goes through the HTTP router, which holds every route. The direct
-//! path costs a call one boxed future and two reference counts, where the
-//! router's matching, its boxed route clones and its path captures cost
+//! path costs a call a boxed future and a reference count of its own, where
+//! the router's matching, its boxed route clones and its path captures cost
 //! several allocations and shared counters per call.
 
 use std::convert::Infallible;
@@ -78,28 +78,36 @@ struct Grpc {
     services: Services,
 }
 
-struct Shared {
-    grpc: Option<Grpc>,
-    http: axum::Router,
+impl Grpc {
+    /// One call to one of etcd's services, through the front steps.
+    async fn call(&self, which: Which, req: Request) -> Response {
+        super::front::steps(&self.s, self.max, req, |req| {
+            service(&self.services, which, req)
+        })
+        .await
+    }
 }
 
 /// What a listener serves: etcd's gRPC services (on client URLs) and the
 /// HTTP router.
 #[derive(Clone)]
-pub struct App(Arc<Shared>);
+pub struct App {
+    grpc: Option<Arc<Grpc>>,
+    http: axum::Router,
+}
 
 impl App {
     /// Client URLs: the gRPC services, and `http` for everything else.
     pub fn new(s: Arc<EtcdServer>, max: usize, services: Services, http: axum::Router) -> App {
-        App(Arc::new(Shared {
-            grpc: Some(Grpc { s, max, services }),
+        App {
+            grpc: Some(Arc::new(Grpc { s, max, services })),
             http,
-        }))
+        }
     }
 
     /// A listener of HTTP endpoints only (`--listen-metrics-urls`).
     pub fn http_only(http: axum::Router) -> App {
-        App(Arc::new(Shared { grpc: None, http }))
+        App { grpc: None, http }
     }
 
     /// The service for one connection; `cn` is its TLS client certificate's
@@ -130,27 +138,15 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
         if let Some(cn) = &self.cn {
             req.extensions_mut().insert(super::PeerCn(cn.clone()));
         }
-        let app = self.app.clone();
-        let which = app
-            .0
+        let grpc = self
+            .app
             .grpc
             .as_ref()
-            .and_then(|_| Which::of(req.uri().path()));
-        match which {
-            Some(which) => Box::pin(async move { Ok(app.grpc(which, req).await) }),
-            None => Box::pin(async move { app.0.http.clone().oneshot(req).await }),
+            .and_then(|g| Some((g.clone(), Which::of(req.uri().path())?)));
+        match grpc {
+            Some((g, which)) => Box::pin(async move { Ok(g.call(which, req).await) }),
+            None => Box::pin(self.app.http.clone().oneshot(req)),
         }
-    }
-}
-
-impl App {
-    /// One call to one of etcd's services, through the front steps.
-    async fn grpc(&self, which: Which, req: Request) -> Response {
-        let Some(g) = self.0.grpc.as_ref() else {
-            // `Which` is only looked up where there are services.
-            return tonic::Status::unimplemented("").into_http();
-        };
-        super::front::steps(&g.s, g.max, req, |req| service(&g.services, which, req)).await
     }
 }
 

@@ -150,12 +150,27 @@ pub struct Server {
     pub peer_port: u16,
     pub extra: Vec<String>,
     /// The CPUs the process may run on (`taskset -c`); all when None.
-    pub cpus: Option<String>,
+    cpus: Option<String>,
     child: Option<Child>,
     log_path: PathBuf,
 }
 
 impl Server {
+    /// A server on a fresh data directory and free ports, not started.
+    fn unstarted(kind: Kind, extra: &[&str], cpus: Option<String>) -> Server {
+        Server {
+            kind,
+            dir: tempfile::tempdir().expect("temp dir"),
+            name: "default".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            cpus,
+            child: None,
+            log_path: PathBuf::new(),
+        }
+    }
+
     /// Starts our server with `extra` flags and waits until it serves clients.
     pub fn start(extra: &[&str]) -> Server {
         Self::start_kind(Kind::Ours, extra)
@@ -167,18 +182,7 @@ impl Server {
     }
 
     pub fn start_kind(kind: Kind, extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut s = Server {
-            kind,
-            dir,
-            name: "default".into(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            cpus: None,
-            child: None,
-            log_path: PathBuf::new(),
-        };
+        let mut s = Self::unstarted(kind, extra, None);
         s.spawn();
         s.wait_ready();
         s
@@ -194,17 +198,7 @@ impl Server {
             .and_then(|l| l.trim().split([',', '-']).next())
             .expect("an allowed CPU")
             .to_string();
-        let mut s = Server {
-            kind: Kind::Ours,
-            dir: tempfile::tempdir().expect("temp dir"),
-            name: "default".into(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            cpus: Some(first),
-            child: None,
-            log_path: PathBuf::new(),
-        };
+        let mut s = Self::unstarted(Kind::Ours, extra, Some(first));
         s.spawn();
         s.wait_ready();
         s
@@ -223,18 +217,7 @@ impl Server {
         extra: &[&str],
         prepare: impl FnOnce(&Server),
     ) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut s = Server {
-            kind,
-            dir,
-            name: "default".into(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            cpus: None,
-            child: None,
-            log_path: PathBuf::new(),
-        };
+        let mut s = Self::unstarted(kind, extra, None);
         prepare(&s);
         s.spawn();
         s.wait_ready();
