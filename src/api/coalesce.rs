@@ -1,7 +1,8 @@
 //! Write coalescing for a client connection's task.
 //!
-//! Each gRPC call on an HTTP/2 connection runs in a task of its own, and the
-//! connection's task does the socket I/O for all of them. When a call's
+//! A gRPC call that runs in a task of its own (a watch stream, a maintenance
+//! call: those [`super::calls`] does not keep in the connection's task)
+//! leaves the socket I/O to the connection's task. When a call's
 //! response is ready, its task wakes the connection's task, and the runtime
 //! runs a task woken that way next on the same thread: with many calls ending
 //! together (a Raft batch commits twenty puts at once), the connection then
@@ -45,7 +46,10 @@ pub struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
     /// Counts `svc`'s calls from when the connection accepts each one until
-    /// its response is ready (or the call is dropped).
+    /// its response is ready (or the call is dropped). Calls that `exec`
+    /// keeps in the connection's task ([`super::calls`]) are not counted:
+    /// they end inside the connection's own poll, which then writes their
+    /// responses together.
     ///
     /// The count must start in the connection's task, as hyper accepts the
     /// stream: a tower service wrapped for hyper is only called when the
@@ -53,10 +57,11 @@ impl InFlight {
     /// was counted and uncounted at once, so the connection never saw the
     /// calls it had accepted and still had to run, and wrote each answer
     /// on its own.
-    pub fn track<S>(&self, svc: S) -> Tracked<S> {
+    pub fn track<S>(&self, svc: S, exec: super::calls::Calls) -> Tracked<S> {
         Tracked {
             svc,
             calls: self.clone(),
+            exec,
         }
     }
 
@@ -86,6 +91,7 @@ impl Drop for Call {
 pub struct Tracked<S> {
     svc: S,
     calls: InFlight,
+    exec: super::calls::Calls,
 }
 
 impl<S, R> hyper::service::Service<R> for Tracked<S>
@@ -97,11 +103,9 @@ where
     type Future = Counted<S::Future>;
 
     fn call(&self, req: R) -> Self::Future {
-        let call = Call::start(&self.calls);
-        Counted {
-            fut: self.svc.call(req),
-            call: Some(call),
-        }
+        let fut = self.svc.call(req);
+        let call = (!self.exec.next_is_here()).then(|| Call::start(&self.calls));
+        Counted { fut, call }
     }
 }
 
@@ -296,7 +300,7 @@ mod tests {
     fn a_call_is_counted_from_when_the_connection_accepts_it() {
         use hyper::service::Service;
         let calls = InFlight::default();
-        let svc = calls.track(Seven);
+        let svc = calls.track(Seven, super::super::calls::Calls::default());
         let fut = svc.call(());
         assert!(calls.busy(), "counted before its future first runs");
         let mut fut = std::pin::pin!(fut);
@@ -307,6 +311,17 @@ mod tests {
         assert!(calls.busy());
         drop(dropped);
         assert!(!calls.busy(), "uncounted when dropped unfinished");
+    }
+
+    #[test]
+    fn a_call_kept_in_the_connections_task_is_not_counted() {
+        use hyper::service::Service;
+        let calls = InFlight::default();
+        let exec = super::super::calls::Calls::default();
+        let svc = calls.track(Seven, exec.clone());
+        exec.run_next_here();
+        let _kept = svc.call(());
+        assert!(!calls.busy());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -49,8 +49,11 @@ impl Limits {
     }
 
     /// An HTTP/1.1 and HTTP/2 connection builder with these settings.
-    pub fn builder(&self) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    pub fn builder(
+        &self,
+        calls: super::calls::Calls,
+    ) -> hyper_util::server::conn::auto::Builder<super::calls::Calls> {
+        let mut b = hyper_util::server::conn::auto::Builder::new(calls);
         let mut h2 = b.http2();
         h2.max_concurrent_streams(self.max_streams);
         if !self.keepalive_interval.is_zero() {

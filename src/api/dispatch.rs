@@ -71,6 +71,22 @@ impl Which {
     }
 }
 
+impl Which {
+    /// Whether a call to this service runs in its connection's task
+    /// ([`super::calls`]): the key-value, lease, cluster and auth calls,
+    /// which do little work on a CPU before they wait or answer (a large
+    /// Range reply is produced off the connection, by
+    /// [`super::range_reply`]). Watch streams, whose events fan out to many
+    /// watchers, maintenance (snapshots, hashes, defragmentation), and locks
+    /// and elections run in tasks of their own.
+    fn runs_here(self) -> bool {
+        matches!(
+            self,
+            Which::Kv | Which::Lease | Which::Cluster | Which::Auth
+        )
+    }
+}
+
 struct Grpc {
     s: Arc<EtcdServer>,
     /// The largest request message, gRPC's allowance included.
@@ -112,10 +128,11 @@ impl App {
 
     /// The service for one connection; `cn` is its TLS client certificate's
     /// subject common name, put on each of its requests.
-    pub fn connection(&self, cn: Option<String>) -> Connection {
+    pub fn connection(&self, cn: Option<String>, exec: super::calls::Calls) -> Connection {
         Connection {
             app: self.clone(),
             cn,
+            exec,
         }
     }
 }
@@ -124,6 +141,7 @@ impl App {
 pub struct Connection {
     app: App,
     cn: Option<String>,
+    exec: super::calls::Calls,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -144,7 +162,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
             .as_ref()
             .and_then(|g| Some((g.clone(), Which::of(req.uri().path())?)));
         match grpc {
-            Some((g, which)) => Box::pin(async move { Ok(g.call(which, req).await) }),
+            Some((g, which)) => {
+                // hyper hands an HTTP/2 call's future to the connection's
+                // executor right after this; HTTP/1.1 runs it in place.
+                if which.runs_here() && req.version() == http::Version::HTTP_2 {
+                    self.exec.run_next_here();
+                }
+                Box::pin(async move { Ok(g.call(which, req).await) })
+            }
             None => Box::pin(self.app.http.clone().oneshot(req)),
         }
     }

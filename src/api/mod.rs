@@ -4,6 +4,7 @@
 pub mod auth;
 pub(crate) mod authority;
 pub mod authz;
+mod calls;
 pub mod cluster;
 mod coalesce;
 pub mod concurrency;
@@ -245,7 +246,8 @@ pub async fn serve(
         };
         let app = app.clone();
         let tls = tls.clone();
-        let b = limits.builder();
+        let exec = calls::Calls::default();
+        let b = limits.builder(exec.clone());
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
@@ -253,11 +255,14 @@ pub async fn serve(
                     let stream = conn::FirstByte::new(stream, conn::FIRST_BYTE_DEADLINE);
                     let calls = coalesce::InFlight::default();
                     let end = coalesce::Coalesced::new(
-                        b.serve_connection_with_upgrades(
-                            TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
-                                stream,
-                            ))),
-                            calls.track(app.connection(None)),
+                        calls::Serving::new(
+                            b.serve_connection_with_upgrades(
+                                TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
+                                    stream,
+                                ))),
+                                calls.track(app.connection(None, exec.clone()), exec.clone()),
+                            ),
+                            exec,
                         ),
                         calls,
                     )
@@ -282,15 +287,18 @@ pub async fn serve(
                                 return;
                             }
                             let cn = leaf.and_then(|c| crate::tls::x509::subject_common_name(c));
-                            let svc = app.connection(cn);
+                            let svc = app.connection(cn, exec.clone());
                             let s = conn::FirstByte::new(s, conn::FIRST_BYTE_DEADLINE);
                             let calls = coalesce::InFlight::default();
                             let end = coalesce::Coalesced::new(
-                                b.serve_connection_with_upgrades(
-                                    TokioIo::new(coalesce::Unvectored(
-                                        authority::FixAuthority::new(s),
-                                    )),
-                                    calls.track(svc),
+                                calls::Serving::new(
+                                    b.serve_connection_with_upgrades(
+                                        TokioIo::new(coalesce::Unvectored(
+                                            authority::FixAuthority::new(s),
+                                        )),
+                                        calls.track(svc, exec.clone()),
+                                    ),
+                                    exec,
                                 ),
                                 calls,
                             )

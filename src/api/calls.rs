@@ -1,0 +1,323 @@
+//! Calls that run in their connection's task.
+//!
+//! hyper hands each HTTP/2 call's future to an executor, which by default
+//! spawns it as a task of its own: a call's end then wakes its task, whose
+//! response wakes the connection's task to write it, two passes through the
+//! scheduler and a task allocated and freed per call. [`Calls`] is the
+//! executor of one connection. A call the connection's service marks as
+//! short ([`Calls::run_next_here`]) is kept and polled by [`Serving`], the
+//! connection's own future, so that its end wakes the connection alone and
+//! the responses of the calls that end together go out in one write. Other
+//! calls are spawned as before, so they neither wait for the connection nor
+//! hold it up.
+//!
+//! [`Serving`] polls the connection and its kept calls with a waker of its
+//! own: a call that answers, or the connection finding more to read, wakes
+//! it from inside the task's poll, and such a wake-up makes another pass of
+//! that poll rather than waking the task. The runtime would queue a task
+//! that wakes itself behind its other tasks and announce it to an idle
+//! worker: a futex call and a context switch per call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor of one connection's calls.
+#[derive(Clone, Default)]
+pub struct Calls(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    /// Set by the connection's service for the call it is answering: hyper
+    /// hands that call's future over right after the service returns it.
+    here: AtomicBool,
+    /// Calls handed over and not yet taken by [`Serving`].
+    new: parking_lot::Mutex<Vec<Call>>,
+}
+
+impl Calls {
+    /// The next call handed over runs in the connection's task.
+    pub fn run_next_here(&self) {
+        self.0.here.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the next call handed over runs in the connection's task.
+    pub fn next_is_here(&self) -> bool {
+        self.0.here.load(Ordering::Relaxed)
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Calls
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        if self.0.here.swap(false, Ordering::Relaxed) {
+            self.0.new.lock().push(Box::pin(fut));
+        } else {
+            tokio::spawn(fut);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future that also runs the calls it keeps.
+    pub struct Serving<F> {
+        #[pin]
+        conn: F,
+        calls: Calls,
+        running: FuturesUnordered<Call>,
+        wake: Arc<Wake>,
+        waker: Waker,
+    }
+}
+
+impl<F> Serving<F> {
+    pub fn new(conn: F, calls: Calls) -> Self {
+        let wake = Arc::new(Wake {
+            state: AtomicU8::new(IDLE),
+            task: parking_lot::Mutex::new(None),
+        });
+        Serving {
+            conn,
+            calls,
+            running: FuturesUnordered::new(),
+            waker: Waker::from(wake.clone()),
+            wake,
+        }
+    }
+}
+
+/// Not being polled: a wake-up goes to the task.
+const IDLE: u8 = 0;
+/// Being polled: a wake-up asks for another pass.
+const POLLING: u8 = 1;
+/// Being polled, and woken since the pass began.
+const WOKEN: u8 = 2;
+
+/// The most passes of one poll. A wake-up at every pass is the runtime's
+/// budget for the task running out, which only a yield renews: the task
+/// then wakes itself and yields.
+const PASSES: usize = 8;
+
+/// The waker the connection and its kept calls see.
+struct Wake {
+    state: AtomicU8,
+    /// The task's waker as of its latest poll.
+    task: parking_lot::Mutex<Option<Waker>>,
+}
+
+impl std::task::Wake for Wake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(WOKEN) => {}
+            Err(_) => {
+                if let Some(w) = self.task.lock().as_ref() {
+                    w.wake_by_ref();
+                }
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Serving<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        {
+            let mut task = this.wake.task.lock();
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        this.wake.state.store(POLLING, Ordering::Release);
+        let mut inner = Context::from_waker(this.waker);
+        let mut pass = 1;
+        loop {
+            // Reads requests, accepts calls, writes what calls have answered.
+            if let Poll::Ready(out) = this.conn.as_mut().poll(&mut inner) {
+                this.wake.state.store(IDLE, Ordering::Release);
+                return Poll::Ready(out);
+            }
+            this.running.extend(this.calls.0.new.lock().drain(..));
+            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut inner) {}
+            let woken = this
+                .wake
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err();
+            if !woken {
+                return Poll::Pending;
+            }
+            if pass == PASSES {
+                this.wake.state.store(IDLE, Ordering::Release);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            pass += 1;
+            this.wake.state.store(POLLING, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A task waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A connection future polled `polls` times so far; each poll runs `f`
+    /// with its context.
+    struct Conn<G: FnMut(&mut Context<'_>)> {
+        polls: Arc<AtomicUsize>,
+        f: G,
+    }
+
+    impl<G: FnMut(&mut Context<'_>) + Unpin> Future for Conn<G> {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            (self.f)(cx);
+            Poll::Pending
+        }
+    }
+
+    fn task() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count::default());
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn a_kept_call_runs_in_the_connections_poll_and_a_spawned_one_does_not() {
+        use hyper::rt::Executor;
+        let calls = Calls::default();
+        let ran = Arc::new(AtomicBool::new(false));
+        calls.run_next_here();
+        assert!(calls.next_is_here());
+        let r = ran.clone();
+        calls.execute(async move { r.store(true, Ordering::SeqCst) });
+        assert!(!calls.next_is_here(), "the mark is for one call only");
+        assert!(!ran.load(Ordering::SeqCst), "kept, not run yet");
+
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut s = Serving::new(
+            Conn {
+                polls: polls.clone(),
+                f: |_: &mut Context<'_>| {},
+            },
+            calls.clone(),
+        );
+        let (count, waker) = task();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut s).poll(&mut cx).is_pending());
+        assert!(ran.load(Ordering::SeqCst), "the connection's poll ran it");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+
+        // Unmarked, a call is spawned: inside a runtime it runs there.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.block_on(async {
+            calls.execute(async move { tx.send(7).expect("receiver") });
+            tokio::task::yield_now().await;
+        });
+        assert_eq!(rx.try_recv(), Ok(7));
+        assert!(s.running.is_empty(), "the spawned call is not kept");
+    }
+
+    #[test]
+    fn a_wake_up_during_the_poll_is_another_pass_not_a_task_wake_up() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut first = true;
+        let mut s = Serving::new(
+            Conn {
+                polls: polls.clone(),
+                f: move |cx: &mut Context<'_>| {
+                    if std::mem::take(&mut first) {
+                        cx.waker().wake_by_ref();
+                    }
+                },
+            },
+            Calls::default(),
+        );
+        let (count, waker) = task();
+        assert!(
+            Pin::new(&mut s)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "polled again at once");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
+    }
+
+    #[test]
+    fn a_wake_up_after_the_poll_wakes_the_task() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let kept: Arc<parking_lot::Mutex<Option<Waker>>> = Arc::default();
+        let k = kept.clone();
+        let mut s = Serving::new(
+            Conn {
+                polls: polls.clone(),
+                f: move |cx: &mut Context<'_>| *k.lock() = Some(cx.waker().clone()),
+            },
+            Calls::default(),
+        );
+        let (count, waker) = task();
+        assert!(
+            Pin::new(&mut s)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        let w = kept.lock().take().expect("the connection kept its waker");
+        std::thread::spawn(move || w.wake())
+            .join()
+            .expect("waking thread");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task was woken");
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_connection_that_always_wakes_itself_yields_after_a_bounded_number_of_passes() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut s = Serving::new(
+            Conn {
+                polls: polls.clone(),
+                f: |cx: &mut Context<'_>| cx.waker().wake_by_ref(),
+            },
+            Calls::default(),
+        );
+        let (count, waker) = task();
+        assert!(
+            Pin::new(&mut s)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert_eq!(polls.load(Ordering::SeqCst), PASSES);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "it yields, woken");
+    }
+}
