@@ -30,6 +30,10 @@ use crate::server::EtcdServer;
 /// etcd's gRPC services, each reached by its name.
 pub struct Services {
     pub kv: KvServer<kv::KvService>,
+    /// The services whose unary calls [`super::unary`] answers, as their
+    /// servers above hold them.
+    pub kv_calls: Arc<kv::KvService>,
+    pub lease_calls: Arc<lease::LeaseService>,
     pub watch: WatchServer<watch::WatchService>,
     pub lease: LeaseServer<lease::LeaseService>,
     pub cluster: ClusterServer<cluster::ClusterService>,
@@ -98,7 +102,7 @@ impl Grpc {
     /// One call to one of etcd's services, through the front steps.
     async fn call(&self, which: Which, req: Request) -> Response {
         super::front::steps(&self.s, self.max, req, |req| {
-            service(&self.services, which, req)
+            service(&self.services, self.max, which, req)
         })
         .await
     }
@@ -175,8 +179,13 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
     }
 }
 
-/// The service's answer to one call.
-async fn service(svc: &Services, which: Which, req: Request) -> Response {
+/// The service's answer to one call: a unary call of the key-value and
+/// lease services by [`super::unary`], any other through tonic.
+async fn service(svc: &Services, max: usize, which: Which, req: Request) -> Response {
+    let req = match unary(svc, max, which, req).await {
+        Ok(resp) => return resp,
+        Err(req) => req,
+    };
     let resp = match which {
         Which::Kv => svc.kv.clone().oneshot(req).await,
         Which::Watch => svc.watch.clone().oneshot(req).await,
@@ -190,6 +199,31 @@ async fn service(svc: &Services, which: Which, req: Request) -> Response {
     match resp {
         Ok(r) => r.map(Body::new),
         Err(never) => match never {},
+    }
+}
+
+/// Answers the unary calls [`super::unary`] takes; gives back the others.
+async fn unary(
+    svc: &Services,
+    max: usize,
+    which: Which,
+    req: Request,
+) -> std::result::Result<Response, Request> {
+    use super::unary::call;
+    use crate::pb::etcdserverpb::{kv_server::Kv, lease_server::Lease};
+    let (kv, lease) = (&svc.kv_calls, &svc.lease_calls);
+    let method = req.uri().path().rsplit('/').next().unwrap_or("");
+    match (which, method) {
+        (Which::Kv, "Range") => call(req, max, |r| kv.range(r)).await,
+        (Which::Kv, "Put") => call(req, max, |r| kv.put(r)).await,
+        (Which::Kv, "DeleteRange") => call(req, max, |r| kv.delete_range(r)).await,
+        (Which::Kv, "Txn") => call(req, max, |r| kv.txn(r)).await,
+        (Which::Kv, "Compact") => call(req, max, |r| kv.compact(r)).await,
+        (Which::Lease, "LeaseGrant") => call(req, max, |r| lease.lease_grant(r)).await,
+        (Which::Lease, "LeaseRevoke") => call(req, max, |r| lease.lease_revoke(r)).await,
+        (Which::Lease, "LeaseTimeToLive") => call(req, max, |r| lease.lease_time_to_live(r)).await,
+        (Which::Lease, "LeaseLeases") => call(req, max, |r| lease.lease_leases(r)).await,
+        _ => Err(req),
     }
 }
 

@@ -22,6 +22,7 @@ mod msgsize;
 mod range_reply;
 pub mod range_stream;
 pub mod status;
+mod unary;
 pub mod v2;
 pub mod watch;
 
@@ -134,19 +135,23 @@ pub async fn router(s: Arc<EtcdServer>) -> dispatch::App {
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    let kv_calls = Arc::new(kv::KvService { s: s.clone() });
+    let lease_calls = Arc::new(lease::LeaseService {
+        s: s.clone(),
+        leader: parking_lot::Mutex::new(None),
+    });
     let services = dispatch::Services {
-        kv: KvServer::new(kv::KvService { s: s.clone() })
+        kv: KvServer::from_arc(kv_calls.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
+        kv_calls,
         watch: WatchServer::new(watch::WatchService { s: s.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
-        lease: LeaseServer::new(lease::LeaseService {
-            s: s.clone(),
-            leader: parking_lot::Mutex::new(None),
-        })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(usize::MAX),
+        lease: LeaseServer::from_arc(lease_calls.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+        lease_calls,
         cluster: ClusterServer::new(cluster::ClusterService { s: s.clone() })
             .max_decoding_message_size(max),
         maintenance: MaintenanceServer::new(maintenance::MaintenanceService { s: s.clone() })

@@ -61,7 +61,7 @@ where
     N: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
-    if req.uri().path() != PATH || !is_plain_grpc(req.headers()) {
+    if req.uri().path() != PATH || !super::unary::is_plain_grpc(req.headers()) {
         return next(req).await;
     }
     let limit = s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
@@ -78,14 +78,6 @@ where
         },
         _ => next(Request::from_parts(parts, body)).await,
     }
-}
-
-/// gRPC with protobuf messages, uncompressed.
-fn is_plain_grpc(h: &HeaderMap) -> bool {
-    let ct = h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
-    matches!(ct, Some(b"application/grpc" | b"application/grpc+proto"))
-        && h.get("grpc-encoding")
-            .is_none_or(|e| e.as_bytes() == b"identity")
 }
 
 /// A Range whose reply has its keys in key order, as the index walks them:
@@ -282,14 +274,14 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        assert!(is_plain_grpc(&h));
+        assert!(super::super::unary::is_plain_grpc(&h));
         h.insert("grpc-encoding", HeaderValue::from_static("gzip"));
-        assert!(!is_plain_grpc(&h));
+        assert!(!super::super::unary::is_plain_grpc(&h));
         h.remove("grpc-encoding");
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc-web"),
         );
-        assert!(!is_plain_grpc(&h));
+        assert!(!super::super::unary::is_plain_grpc(&h));
     }
 }
