@@ -180,9 +180,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
 }
 
 /// The service's answer to one call: a unary call of the key-value and
-/// lease services by [`super::unary`], any other through tonic.
+/// lease services by [`super::unary`], a lease keep-alive stream by
+/// [`super::keep_alive`], any other through tonic.
 async fn service(svc: &Services, max: usize, which: Which, req: Request) -> Response {
-    let req = match unary(svc, max, which, req).await {
+    let req = match without_tonic(svc, max, which, req).await {
         Ok(resp) => return resp,
         Err(req) => req,
     };
@@ -202,8 +203,9 @@ async fn service(svc: &Services, max: usize, which: Which, req: Request) -> Resp
     }
 }
 
-/// Answers the unary calls [`super::unary`] takes; gives back the others.
-async fn unary(
+/// Answers the calls [`super::unary`] and [`super::keep_alive`] take; gives
+/// back the others.
+async fn without_tonic(
     svc: &Services,
     max: usize,
     which: Which,
@@ -223,6 +225,7 @@ async fn unary(
         (Which::Lease, "LeaseRevoke") => call(req, max, |r| lease.lease_revoke(r)).await,
         (Which::Lease, "LeaseTimeToLive") => call(req, max, |r| lease.lease_time_to_live(r)).await,
         (Which::Lease, "LeaseLeases") => call(req, max, |r| lease.lease_leases(r)).await,
+        (Which::Lease, "LeaseKeepAlive") => super::keep_alive::call(req, max, lease.clone()).await,
         _ => Err(req),
     }
 }

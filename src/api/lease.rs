@@ -154,7 +154,7 @@ impl LeaseService {
         Ok(c)
     }
 
-    async fn keep_alive_one(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+    pub(super) async fn keep_alive_one(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
         if !self.s.status.is_leader.load(Ordering::Relaxed) {
             let mut c = self.leader_client().await?;
             let req = tokio_stream::once(LeaseKeepAliveRequest { id });

@@ -14,6 +14,7 @@ pub mod election;
 mod front;
 pub mod gateway;
 pub mod http;
+mod keep_alive;
 pub mod kv;
 pub mod lease;
 pub mod lock;
