@@ -5,7 +5,11 @@
 //! have) goes through the HTTP router, which holds every route. The direct
 //! path costs a call a boxed future and a reference count of its own, where
 //! the router's matching, its boxed route clones and its path captures cost
-//! several allocations and shared counters per call.
+//! several allocations and shared counters per call. Behind the front steps,
+//! the unary calls of the KV and Lease services and lease keep-alive streams
+//! are answered by the services' own methods without tonic's server
+//! machinery ([`super::unary`], [`super::keep_alive`]); the short calls run
+//! in their connection's task ([`Which::runs_here`], [`super::calls`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -73,9 +77,7 @@ impl Which {
             _ => return None,
         })
     }
-}
 
-impl Which {
     /// Whether a call to this service runs in its connection's task
     /// ([`super::calls`]): the key-value, lease, cluster and auth calls,
     /// which do little work on a CPU before they wait or answer (a large
@@ -257,5 +259,18 @@ mod tests {
         assert!(Which::of("/v3/kv/range").is_none());
         assert!(Which::of("/health").is_none());
         assert!(Which::of("").is_none());
+    }
+
+    #[test]
+    fn short_calls_run_in_the_connection_and_streams_and_maintenance_do_not() {
+        let here = |p: &str| Which::of(p).is_some_and(Which::runs_here);
+        assert!(here("/etcdserverpb.KV/Put"));
+        assert!(here("/etcdserverpb.Lease/LeaseGrant"));
+        assert!(here("/etcdserverpb.Cluster/MemberList"));
+        assert!(here("/etcdserverpb.Auth/Authenticate"));
+        assert!(!here("/etcdserverpb.Watch/Watch"));
+        assert!(!here("/etcdserverpb.Maintenance/Snapshot"));
+        assert!(!here("/v3lockpb.Lock/Lock"));
+        assert!(!here("/v3electionpb.Election/Campaign"));
     }
 }
