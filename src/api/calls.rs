@@ -205,9 +205,14 @@ mod tests {
         }
     }
 
-    fn task() -> (Arc<Count>, Waker) {
-        let c = Arc::new(Count::default());
-        (c.clone(), Waker::from(c))
+    /// Polls `s` once, as its task would be; the task's waker, to count
+    /// its wake-ups after.
+    fn poll_once<G: FnMut(&mut Context<'_>) + Unpin>(s: &mut Serving<Conn<G>>) -> Arc<Count> {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let r = Pin::new(s).poll(&mut Context::from_waker(&waker));
+        assert!(r.is_pending(), "the connection does not end");
+        count
     }
 
     #[test]
@@ -230,9 +235,7 @@ mod tests {
             },
             calls.clone(),
         );
-        let (count, waker) = task();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut s).poll(&mut cx).is_pending());
+        let count = poll_once(&mut s);
         assert!(ran.load(Ordering::SeqCst), "the connection's poll ran it");
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
 
@@ -264,12 +267,7 @@ mod tests {
             },
             Calls::default(),
         );
-        let (count, waker) = task();
-        assert!(
-            Pin::new(&mut s)
-                .poll(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        let count = poll_once(&mut s);
         assert_eq!(polls.load(Ordering::SeqCst), 2, "polled again at once");
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
     }
@@ -286,12 +284,7 @@ mod tests {
             },
             Calls::default(),
         );
-        let (count, waker) = task();
-        assert!(
-            Pin::new(&mut s)
-                .poll(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        let count = poll_once(&mut s);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         let w = kept.lock().take().expect("the connection kept its waker");
         std::thread::spawn(move || w.wake())
@@ -311,12 +304,7 @@ mod tests {
             },
             Calls::default(),
         );
-        let (count, waker) = task();
-        assert!(
-            Pin::new(&mut s)
-                .poll(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        let count = poll_once(&mut s);
         assert_eq!(polls.load(Ordering::SeqCst), PASSES);
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "it yields, woken");
     }

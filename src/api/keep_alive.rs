@@ -18,7 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures::Stream;
 use http_body::{Body as _, Frame};
 use prost::Message;
@@ -43,7 +43,12 @@ pub async fn call(
         let failed = match reader.next().await {
             Ok(Some(m)) => match LeaseKeepAliveRequest::decode(m) {
                 Ok(r) => match lease.keep_alive_one(r.id).await {
-                    Ok(resp) => return Some((Frame::data(encode(&resp)), Some((reader, lease)))),
+                    Ok(resp) => {
+                        return Some((
+                            Frame::data(super::unary::framed(&resp)),
+                            Some((reader, lease)),
+                        ));
+                    }
                     Err(e) => super::status::to_status(e),
                 },
                 Err(e) => received(Status::internal(e.to_string())),
@@ -68,17 +73,6 @@ pub async fn call(
 fn received(st: Status) -> Status {
     super::count_stream_failure(&st, &crate::metrics::KEEPALIVE_STREAM_RECEIVE_FAILURES);
     st
-}
-
-fn encode(m: &impl Message) -> Bytes {
-    let len = m.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    // A keep-alive answer is a few dozen bytes.
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    // The buffer has room for the message.
-    let _ = m.encode(&mut buf);
-    buf.freeze()
 }
 
 type Frames = Pin<Box<dyn Stream<Item = Frame<Bytes>> + Send>>;
@@ -171,11 +165,7 @@ mod tests {
     use super::*;
 
     fn framed(m: &impl Message) -> Vec<u8> {
-        let b = m.encode_to_vec();
-        let mut v = vec![0];
-        v.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        v.extend_from_slice(&b);
-        v
+        super::super::unary::framed(m).to_vec()
     }
 
     fn body(chunks: Vec<Vec<u8>>) -> Body {

@@ -76,18 +76,11 @@ where
 /// metadata, the message, then `grpc-status: 0`.
 fn answer<R: prost::Message>(resp: tonic::Response<R>) -> Response {
     let (metadata, msg, extensions) = resp.into_parts();
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    // tonic's encoding limit for these services is usize::MAX; a message
-    // longer than a prefix can say cannot be built from one request.
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    // The buffer has room for the message.
-    let _ = msg.encode(&mut buf);
+    let data = framed(&msg);
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let mut r = Response::new(Body::new(Answer {
-        data: Some(buf.freeze()),
+        data: Some(data),
         trailers: Some(trailers),
     }));
     *r.headers_mut() = metadata.into_headers();
@@ -97,6 +90,19 @@ fn answer<R: prost::Message>(resp: tonic::Response<R>) -> Response {
     );
     *r.extensions_mut() = extensions;
     r
+}
+
+/// A message with its gRPC prefix (uncompressed, its length).
+pub(super) fn framed(m: &impl prost::Message) -> Bytes {
+    let len = m.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    // tonic's encoding limit for these services is usize::MAX; a message
+    // longer than a prefix can say cannot be built from one request.
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    // The buffer has room for the message.
+    let _ = m.encode(&mut buf);
+    buf.freeze()
 }
 
 /// A unary answer's body: one message, then the trailers.
@@ -210,11 +216,7 @@ mod tests {
     use prost::Message;
 
     fn framed(m: &impl Message) -> Vec<u8> {
-        let b = m.encode_to_vec();
-        let mut v = vec![0];
-        v.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        v.extend_from_slice(&b);
-        v
+        super::framed(m).to_vec()
     }
 
     fn grpc(body: Body) -> Request {
