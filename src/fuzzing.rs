@@ -452,7 +452,7 @@ pub fn authz(data: &[u8]) {
         .collect();
     let stream = futures::stream::iter(pieces);
     let limit = 1_572_864 + 512 * 1024;
-    let (first, replay) = run(authz::first_message(
+    let (first, replay) = run(crate::api::message::first_message(
         axum::body::Body::from_stream(stream),
         limit,
     ))
@@ -470,6 +470,42 @@ pub fn authz(data: &[u8]) {
     };
     if let Some(m) = first {
         let _ = chk(&ctx, &caller, &m);
+    }
+}
+
+/// A stream's request messages (a lease keep-alive stream): `[chunk size]
+/// [limit]` then the body as it arrives in HTTP/2 DATA frames. The reader
+/// hands out each message whole and in order, never one over its limit, and
+/// ends cleanly only when it has taken the whole body.
+pub fn grpc_messages(data: &[u8]) {
+    let [chunk, limit, body @ ..] = data else {
+        return;
+    };
+    let chunk = usize::from(*chunk) + 1;
+    let limit = usize::from(*limit) * 16;
+    let pieces: Vec<Result<axum::body::Bytes, std::io::Error>> = body
+        .chunks(chunk)
+        .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+        .collect();
+    let mut r = crate::api::message::Reader::new(
+        axum::body::Body::from_stream(futures::stream::iter(pieces)),
+        limit,
+    );
+    let mut at = 0;
+    loop {
+        match run(r.next()) {
+            Ok(Some(m)) => {
+                assert!(m.len() <= limit, "a message over the limit");
+                assert_eq!(body[at], 0, "a compressed message handed out");
+                assert_eq!(&body[at + 5..at + 5 + m.len()], &m[..]);
+                at += 5 + m.len();
+            }
+            Ok(None) => {
+                assert_eq!(at, body.len(), "ended before the body did");
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -28,10 +28,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
-use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 
 use super::{concurrency, kv};
 use crate::auth::{AuthStore, Caller};
@@ -423,7 +421,7 @@ where
             Ok(c) => {
                 let limit = s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
                 let (parts, body) = req.into_parts();
-                let (first, body) = match first_message(body, limit).await {
+                let (first, body) = match super::message::first_message(body, limit).await {
                     Ok(x) => x,
                     // The message limit's refusal, or a broken body.
                     Err(e) => return deny(tonic::Status::from_error(Box::new(e))),
@@ -466,36 +464,6 @@ fn deny(st: tonic::Status) -> Response {
 #[cfg(test)]
 fn names(path: &'static str) -> Option<(&'static str, &'static str)> {
     path.trim_start_matches('/').split_once('/')
-}
-
-/// Reads a request body up to the end of its first gRPC message. Returns the
-/// message (None if it is compressed, too large or incomplete: tonic refuses
-/// those) and a body that replays what was read, then the rest.
-pub(crate) async fn first_message(
-    body: Body,
-    limit: usize,
-) -> Result<(Option<Vec<u8>>, Body), axum::Error> {
-    let mut stream = body.into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut msg = None;
-    loop {
-        if let Some(head) = buf.get(..5) {
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if head[0] != 0 || len > limit {
-                break;
-            }
-            if let Some(m) = buf.get(5..5 + len) {
-                msg = Some(m.to_vec());
-                break;
-            }
-        }
-        match stream.next().await {
-            Some(chunk) => buf.extend_from_slice(&chunk?),
-            None => break,
-        }
-    }
-    let replay = futures::stream::once(async move { Ok::<_, axum::Error>(Bytes::from(buf)) });
-    Ok((msg, Body::from_stream(replay.chain(stream))))
 }
 
 // As etcd, a KV request is validated before its permissions are checked.

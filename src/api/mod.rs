@@ -19,6 +19,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub(crate) mod message;
 mod msgsize;
 mod range_reply;
 pub mod range_stream;

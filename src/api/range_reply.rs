@@ -34,6 +34,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::kv::check_range;
+use super::message::{MAX_SEND, first_message, is_plain_grpc, too_large, trailers};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::mvcc::encoded::Pinned;
@@ -51,9 +52,6 @@ const WHOLE_BYTES: usize = 1 << 20;
 /// The size of a streamed reply's frames, and how many wait for the client.
 const FRAME: usize = 64 << 10;
 const QUEUED: usize = 4;
-/// The largest message etcd's gRPC server sends (grpc-go's limit, set to
-/// `math.MaxInt32` by etcd).
-const MAX_SEND: u64 = i32::MAX as u64;
 
 /// Answers the unary Range calls it can, passes on every other request.
 pub async fn layer<N, F>(s: &Arc<EtcdServer>, req: Request, next: N) -> Response
@@ -61,12 +59,12 @@ where
     N: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
-    if req.uri().path() != PATH || !super::unary::is_plain_grpc(req.headers()) {
+    if req.uri().path() != PATH || !is_plain_grpc(req.headers()) {
         return next(req).await;
     }
     let limit = s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
     let (parts, body) = req.into_parts();
-    let (msg, body) = match super::authz::first_message(body, limit).await {
+    let (msg, body) = match first_message(body, limit).await {
         Ok(x) => x,
         // The message limit's refusal, or a broken body.
         Err(e) => return tonic::Status::from_error(Box::new(e)).into_http(),
@@ -150,10 +148,6 @@ async fn reply(s: &Arc<EtcdServer>, r: RangeRequest) -> Result<Response> {
     Ok(response(rx))
 }
 
-fn too_large(len: u64) -> Error {
-    Error::ReplyTooLarge { len, max: MAX_SEND }
-}
-
 /// Sends a streamed reply: `first` (its prefix and header), the keys a
 /// frame at a time as the client takes them, `tail`, then the status. A
 /// failure after the first frame (a compaction past the revision) ends the
@@ -199,10 +193,7 @@ fn status_trailers(e: Option<Error>) -> HeaderMap {
         None => tonic::Status::ok(""),
         Some(e) => super::status::to_status(e),
     };
-    let mut h = HeaderMap::with_capacity(2);
-    // Our statuses' texts are valid header values once percent-encoded.
-    let _ = status.add_header(&mut h);
-    h
+    trailers(&status)
 }
 
 fn response(rx: mpsc::Receiver<Frame<Bytes>>) -> Response {
@@ -265,23 +256,5 @@ mod tests {
             ..base.clone()
         };
         assert!(!in_key_order(&filtered));
-    }
-
-    #[test]
-    fn only_plain_grpc_is_answered_here() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        assert!(super::super::unary::is_plain_grpc(&h));
-        h.insert("grpc-encoding", HeaderValue::from_static("gzip"));
-        assert!(!super::super::unary::is_plain_grpc(&h));
-        h.remove("grpc-encoding");
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc-web"),
-        );
-        assert!(!super::super::unary::is_plain_grpc(&h));
     }
 }

@@ -22,18 +22,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use bytes::{BufMut, BytesMut};
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-/// gRPC with protobuf messages, uncompressed.
-pub(super) fn is_plain_grpc(h: &HeaderMap) -> bool {
-    let ct = h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
-    matches!(ct, Some(b"application/grpc" | b"application/grpc+proto"))
-        && h.get("grpc-encoding")
-            .is_none_or(|e| e.as_bytes() == b"identity")
-}
+use super::message::{first_message, framed, is_plain_grpc};
 
 /// Answers `req` with `handler`, or gives it back (with its body intact)
 /// when it is not a plain call whose message decodes; `limit` is the
@@ -73,10 +66,14 @@ where
 }
 
 /// An answer as tonic sends a unary call's: `content-type`, the handler's
-/// metadata, the message, then `grpc-status: 0`.
+/// metadata, the message, then `grpc-status: 0` (a message over etcd's send
+/// limit is refused with etcd's error, as [`super::range_reply`] refuses it).
 fn answer<R: prost::Message>(resp: tonic::Response<R>) -> Response {
     let (metadata, msg, extensions) = resp.into_parts();
-    let data = framed(&msg);
+    let data = match framed(&msg) {
+        Ok(d) => d,
+        Err(e) => return super::status::to_status(e).into_http(),
+    };
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let mut r = Response::new(Body::new(Answer {
@@ -90,19 +87,6 @@ fn answer<R: prost::Message>(resp: tonic::Response<R>) -> Response {
     );
     *r.extensions_mut() = extensions;
     r
-}
-
-/// A message with its gRPC prefix (uncompressed, its length).
-pub(super) fn framed(m: &impl prost::Message) -> Bytes {
-    let len = m.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    // tonic's encoding limit for these services is usize::MAX; a message
-    // longer than a prefix can say cannot be built from one request.
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    // The buffer has room for the message.
-    let _ = m.encode(&mut buf);
-    buf.freeze()
 }
 
 /// A unary answer's body: one message, then the trailers.
@@ -130,93 +114,15 @@ impl http_body::Body for Answer {
     }
 }
 
-/// Reads a request body to the end of its first gRPC message. Returns the
-/// message (None when it is compressed, larger than `limit` or incomplete)
-/// and a body that replays what was read, then the rest. A message that
-/// comes in one frame is not copied.
-async fn first_message(
-    mut body: Body,
-    limit: usize,
-) -> std::result::Result<(Option<Bytes>, Body), axum::Error> {
-    let mut read = BytesMut::new();
-    let mut first: Option<Bytes> = None;
-    loop {
-        let have: &[u8] = first.as_deref().unwrap_or(&read);
-        if let Some(head) = have.get(..5) {
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if head[0] != 0 || len > limit {
-                break;
-            }
-            if have.len() >= 5 + len {
-                let all = match first.take() {
-                    Some(b) => b,
-                    None => std::mem::take(&mut read).freeze(),
-                };
-                let msg = all.slice(5..5 + len);
-                return Ok((Some(msg), Body::new(Replay::new(all, body))));
-            }
-        }
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        let Some(frame) = frame else { break };
-        let Ok(data) = frame?.into_data() else {
-            // Trailers: the body has ended.
-            break;
-        };
-        match first.take() {
-            None if read.is_empty() => first = Some(data),
-            None => read.extend_from_slice(&data),
-            Some(b) => {
-                read.extend_from_slice(&b);
-                read.extend_from_slice(&data);
-            }
-        }
-    }
-    let all = first.unwrap_or_else(|| read.freeze());
-    Ok((None, Body::new(Replay::new(all, body))))
-}
-
-/// A body that yields `head`, then the frames of `rest`.
-struct Replay {
-    head: Option<Bytes>,
-    rest: Body,
-}
-
-impl Replay {
-    fn new(head: Bytes, rest: Body) -> Replay {
-        Replay {
-            head: (!head.is_empty()).then_some(head),
-            rest,
-        }
-    }
-}
-
-impl http_body::Body for Replay {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(h) = self.head.take() {
-            return Poll::Ready(Some(Ok(Frame::data(h))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.rest.is_end_stream()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pb::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
+    use http_body::Body as _;
     use prost::Message;
 
     fn framed(m: &impl Message) -> Vec<u8> {
-        super::framed(m).to_vec()
+        super::framed(m).expect("small message").to_vec()
     }
 
     fn grpc(body: Body) -> Request {
