@@ -33,7 +33,7 @@ use crate::storage::space::DiskSpace;
 use crate::storage::{self, ALARMS, Backend, LEASES, MEMBERS, META, StorageError};
 use alarm::Alarms;
 use apply::Applier;
-use node::{IdGen, Msg, Node, NodeConfig, RaftStatus};
+use node::{IdGen, Inbox, Msg, Node, NodeConfig, RaftStatus};
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 pub use request::{Applied, InternalRequest, Op};
 
@@ -256,13 +256,12 @@ impl EtcdServer {
             .unwrap_or_default();
         let single_voter = voters == vec![member_id];
         let (tx, rx) = std::sync::mpsc::channel();
-        let peer_tx = tx.clone();
+        let inbox = Inbox::new(tx.clone());
+        let peer_inbox = inbox.clone();
         let transport = crate::raft::transport::Transport::new(
             cluster_id,
             member_id,
-            Arc::new(move |ev| {
-                let _ = peer_tx.send(Msg::Peer(ev));
-            }),
+            Arc::new(move |ev| peer_inbox.deliver(ev)),
             tokio::runtime::Handle::try_current()
                 .map_err(|e| StartError::Thread(format!("no async runtime: {e}")))?,
             Self::peer_tls(&cfg)?,
@@ -320,8 +319,10 @@ impl EtcdServer {
             let h = handoff::Handoff::start(&rt).map_err(|e| StartError::Thread(e.to_string()))?;
             node.set_handoff(h);
         }
+        node.set_inbox(inbox.clone());
         let reads = node.read_queue();
         let node = Arc::new(Mutex::new(Some(node)));
+        inbox.attach(&node);
         let shared = node.clone();
         if !seed.is_empty() {
             transport.seed(seed);
@@ -789,8 +790,16 @@ impl EtcdServer {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
+        // The round for it may start on this thread (`node/light.rs`) when
+        // the loop is idle; else the loop is woken to start it.
         if self.reads.push(tx)? {
-            self.send(Msg::Reads)?;
+            let started = match self.node.try_lock().as_deref_mut() {
+                Some(Some(node)) => node.start_reads_here(),
+                _ => false,
+            };
+            if !started {
+                self.send(Msg::Reads)?;
+            }
         }
         let r = match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(r)) => r,

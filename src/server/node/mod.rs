@@ -47,7 +47,10 @@ mod here;
 mod jobs;
 mod leadership;
 mod lease_expiry;
+mod light;
 mod reads;
+
+pub use light::Inbox;
 
 use jobs::DbJob;
 
@@ -236,6 +239,9 @@ pub struct Node {
     /// An error of a batch run by [`Node::propose_here`], which stops the
     /// loop at its next pass.
     failed: Option<StorageError>,
+    /// Where the peer transport delivers, when its light messages may be
+    /// stepped on runtime threads (`light.rs`).
+    inbox: Option<Arc<Inbox>>,
 }
 
 fn raft_err(e: raft::Error) -> StorageError {
@@ -346,6 +352,7 @@ impl Node {
             stop_requested: false,
             here: false,
             failed: None,
+            inbox: None,
         })
     }
 
@@ -357,6 +364,12 @@ impl Node {
     /// Sends the answers to proposals and read barriers through `h`.
     pub fn set_handoff(&mut self, h: Arc<Handoff>) {
         self.handoff = Some(h);
+    }
+
+    /// The peer transport delivers through `inbox`, which counts the events
+    /// the loop has yet to handle.
+    pub fn set_inbox(&mut self, inbox: Arc<Inbox>) {
+        self.inbox = Some(inbox);
     }
 
     /// Runs the loop on the calling thread until stopped; an error means the
@@ -600,22 +613,27 @@ impl Node {
                     }
                 }
             }
-            Msg::Peer(ev) => match ev {
-                transport::Event::Message(m) => {
-                    if let Some(m) = self.join_read_round(m) {
-                        let _ = self.raw.step(m);
-                    }
+            Msg::Peer(ev) => {
+                if let Some(inbox) = &self.inbox {
+                    inbox.handled();
                 }
-                transport::Event::Unreachable(id) => self.raw.report_unreachable(id),
-                transport::Event::SnapshotDone(id, ok) => self.raw.report_snapshot(
-                    id,
-                    if ok {
-                        SnapshotStatus::Finish
-                    } else {
-                        SnapshotStatus::Failure
-                    },
-                ),
-            },
+                match ev {
+                    transport::Event::Message(m) => {
+                        if let Some(m) = self.join_read_round(m) {
+                            let _ = self.raw.step(m);
+                        }
+                    }
+                    transport::Event::Unreachable(id) => self.raw.report_unreachable(id),
+                    transport::Event::SnapshotDone(id, ok) => self.raw.report_snapshot(
+                        id,
+                        if ok {
+                            SnapshotStatus::Finish
+                        } else {
+                            SnapshotStatus::Failure
+                        },
+                    ),
+                }
+            }
             Msg::TransferLeader(target, reply) => {
                 let target = if target == 0 {
                     self.best_transferee()

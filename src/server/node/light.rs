@@ -1,0 +1,184 @@
+//! Light passes: the peer messages of a read-index round, and the start of
+//! a round, stepped on the runtime thread that brought them instead of
+//! waking the Raft loop's thread.
+//!
+//! A linearizable read on a cluster crosses every member: the member that
+//! serves it starts a round (a follower asks the leader), the leader sends
+//! heartbeats, the followers answer, the leader answers the follower. Each
+//! of those messages arrives on a runtime worker; handed to the loop through
+//! its channel, each would also wake the loop's thread, which steps it and
+//! writes the answer. None of them writes anything durable: stepping one
+//! changes no term, vote, commit index or log, and leaves only messages to
+//! send and reads to answer. So the worker that received such a message
+//! takes the loop's lock with a `try_lock` and runs that pass itself
+//! ([`Inbox::deliver`]), as a one-member write runs on its caller's thread
+//! (`here.rs`).
+//!
+//! What a step turns out to need beyond that (a new term, a commit to apply,
+//! entries to append) is left to the loop, which is woken for it, as is
+//! everything while the loop is busy, stopping or failed. A peer's messages
+//! are stepped in the order they came: while any event sent to the loop's
+//! channel waits there, later ones follow it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
+use raft::eraftpb::{Message, MessageType};
+
+use super::{Msg, Node};
+use crate::raft::transport::Event;
+
+/// Where the peer transport delivers what it receives.
+pub struct Inbox {
+    tx: Sender<Msg>,
+    node: OnceLock<Weak<Mutex<Option<Node>>>>,
+    /// Events sent to the loop's channel that it has not handled yet.
+    queued: AtomicUsize,
+}
+
+impl Inbox {
+    pub fn new(tx: Sender<Msg>) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            tx,
+            node: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    /// The loop's state, once it is made: light messages are stepped here
+    /// from then on.
+    pub fn attach(&self, node: &Arc<Mutex<Option<Node>>>) {
+        let _ = self.node.set(Arc::downgrade(node));
+    }
+
+    /// Steps a light message here when the loop is idle, or queues the
+    /// event for the loop.
+    pub fn deliver(&self, ev: Event) {
+        let ev = match ev {
+            Event::Message(m) if is_light(&m) => match self.step_here(m) {
+                Ok(()) => return,
+                Err(m) => Event::Message(m),
+            },
+            ev => ev,
+        };
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(Msg::Peer(ev)).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The loop took an event from its channel (under its lock).
+    pub(super) fn handled(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn step_here(&self, m: Message) -> Result<(), Message> {
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return Err(m);
+        }
+        let Some(node) = self.node.get().and_then(Weak::upgrade) else {
+            return Err(m);
+        };
+        let Some(mut guard) = node.try_lock() else {
+            return Err(m);
+        };
+        // Again under the lock: an event queued meanwhile from the same peer
+        // is stepped first, by the loop.
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return Err(m);
+        }
+        match guard.as_mut() {
+            Some(n) => n.step_here(m),
+            None => Err(m),
+        }
+    }
+}
+
+/// The messages of a read-index round: steps that change nothing durable
+/// while the cluster is steady.
+fn is_light(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgHeartbeat
+            | MessageType::MsgHeartbeatResponse
+            | MessageType::MsgReadIndex
+            | MessageType::MsgReadIndexResp
+    )
+}
+
+impl Node {
+    /// Steps a peer's light message on the caller's thread, or hands it
+    /// back for the loop.
+    fn step_here(&mut self, m: Message) -> Result<(), Message> {
+        if !self.may_step_here() {
+            return Err(m);
+        }
+        self.light_pass(|n| {
+            if let Some(m) = n.join_read_round(m) {
+                let _ = n.raw.step(m);
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts a read-index round for the reads queued, on the caller's
+    /// thread. False when the loop must be woken for them instead.
+    pub fn start_reads_here(&mut self) -> bool {
+        if !self.may_step_here() {
+            return false;
+        }
+        self.light_pass(|_| {});
+        true
+    }
+
+    /// Whether a light pass may run on the caller's thread: the loop has
+    /// nothing pending, and it is neither failed, frozen, stopping, removed,
+    /// nor holding applies back.
+    fn may_step_here(&self) -> bool {
+        self.failed.is_none()
+            && !self.frozen
+            && !self.removed
+            && !self.stop_requested
+            && !self.campaign_pending
+            && self.busy.is_none()
+            && self.deferred.is_empty()
+            && !self.raw.has_ready()
+    }
+
+    /// Runs `step`, then what the loop's pass would, when the step proved
+    /// light: a round for the reads queued, the messages sent, the reads
+    /// answered. Anything else the step left is the loop's: it is woken.
+    fn light_pass(&mut self, step: impl FnOnce(&mut Node)) {
+        let ss = self.raw.raft.soft_state();
+        let hs = self.raw.raft.hard_state();
+        step(self);
+        let mut started = self.start_read_round();
+        let raft = &self.raw.raft;
+        let light = raft.soft_state() == ss
+            && raft.hard_state() == hs
+            && raft.raft_log.unstable_entries().is_empty()
+            && raft.raft_log.unstable.snapshot.is_none();
+        if light {
+            self.here = true;
+            let mut res = self.on_ready();
+            // The reads queued while the round that just ended was in flight.
+            if res.is_ok() && self.start_read_round() {
+                started = true;
+                res = self.on_ready();
+            }
+            self.here = false;
+            if let Err(e) = res {
+                // The loop stops with it at its next pass.
+                self.failed = Some(e);
+            }
+        }
+        // A round that ended at once (a single voter) leaves the queue
+        // watched with no wake-up to come.
+        let reads_left = started && !self.reads.in_flight();
+        if !light || reads_left || self.failed.is_some() || self.removed || self.raw.has_ready() {
+            let _ = self.wake.send(Msg::Reads);
+        }
+    }
+}
