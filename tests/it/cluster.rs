@@ -1722,6 +1722,60 @@ fn one_member_reads_without_a_round_only_while_it_is_the_only_voter() {
     });
 }
 
+/// A steady cluster's linearizable reads are confirmed by read-index rounds
+/// whose messages are stepped on the runtime threads that receive them: no
+/// member's Raft thread is woken for them, only for its ticks. Every read
+/// still sees the latest write.
+#[test]
+fn linearizable_reads_leave_the_raft_threads_asleep() {
+    // Ticks wake each loop five times a second, not twenty.
+    let c = Cluster::start(
+        3,
+        &["--heartbeat-interval", "200", "--election-timeout", "2000"],
+    );
+    let leader = c.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    let pids: Vec<u32> = c
+        .members
+        .iter()
+        .map(|m| m.pid().expect("member running"))
+        .collect();
+    let switches = || -> u64 {
+        pids.iter()
+            .map(|&p| crate::write_path::raft_thread_switches_of(p))
+            .sum()
+    };
+    const N: usize = 600;
+    for at in [leader, follower] {
+        let ep = c.members[at].endpoint();
+        let (took, woken) = c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            cl.put("reads/k", "0", None).await.expect("put");
+            let before = switches();
+            let start = Instant::now();
+            for i in 0..N {
+                if i % 100 == 0 {
+                    cl.put("reads/k", i.to_string(), None).await.expect("put");
+                }
+                let r = cl.get("reads/k", None).await.expect("linearizable get");
+                let v = r.kvs().first().map(|kv| kv.value().to_vec());
+                assert_eq!(v, Some((i - i % 100).to_string().into_bytes()), "read {i}");
+            }
+            (start.elapsed(), switches() - before)
+        });
+        eprintln!("{N} reads on member {at} in {took:?}: {woken} switches");
+        // Through the loops, each read would wake the member's loop and
+        // the leader's (a follower's also for the answer, and the leader's
+        // heartbeats wake every loop): three switches or more per read.
+        // Left: the ticks and the puts.
+        assert!(
+            woken < N as u64,
+            "{N} linearizable reads on member {at} (leader {leader}) in {took:?} \
+             switched the Raft threads {woken} times"
+        );
+    }
+}
+
 #[test]
 fn name_missing_from_initial_cluster_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,11 @@ use crate::lock::count;
 /// Voluntary context switches of the server's Raft loop thread (named
 /// "raft"), from /proc.
 fn raft_thread_switches(srv: &Server) -> u64 {
-    let pid = srv.pid().expect("server running");
+    raft_thread_switches_of(srv.pid().expect("server running"))
+}
+
+/// Voluntary context switches of the Raft loop thread of process `pid`.
+pub fn raft_thread_switches_of(pid: u32) -> u64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
     for t in tasks.flatten() {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
