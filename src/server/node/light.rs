@@ -58,8 +58,8 @@ impl Inbox {
     pub fn deliver(&self, ev: Event) {
         let ev = match ev {
             Event::Message(m) if is_light(&m) => match self.step_here(m) {
-                Ok(()) => return,
-                Err(m) => Event::Message(m),
+                None => return,
+                Some(m) => Event::Message(m),
             },
             ev => ev,
         };
@@ -74,24 +74,25 @@ impl Inbox {
         self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn step_here(&self, m: Message) -> Result<(), Message> {
+    /// Steps `m` here, or hands it back for the loop.
+    fn step_here(&self, m: Message) -> Option<Message> {
         if self.queued.load(Ordering::SeqCst) != 0 {
-            return Err(m);
+            return Some(m);
         }
         let Some(node) = self.node.get().and_then(Weak::upgrade) else {
-            return Err(m);
+            return Some(m);
         };
         let Some(mut guard) = node.try_lock() else {
-            return Err(m);
+            return Some(m);
         };
         // Again under the lock: an event queued meanwhile from the same peer
         // is stepped first, by the loop.
         if self.queued.load(Ordering::SeqCst) != 0 {
-            return Err(m);
+            return Some(m);
         }
         match guard.as_mut() {
             Some(n) => n.step_here(m),
-            None => Err(m),
+            None => Some(m),
         }
     }
 }
@@ -111,16 +112,16 @@ fn is_light(m: &Message) -> bool {
 impl Node {
     /// Steps a peer's light message on the caller's thread, or hands it
     /// back for the loop.
-    fn step_here(&mut self, m: Message) -> Result<(), Message> {
+    fn step_here(&mut self, m: Message) -> Option<Message> {
         if !self.may_step_here() {
-            return Err(m);
+            return Some(m);
         }
         self.light_pass(|n| {
             if let Some(m) = n.join_read_round(m) {
                 let _ = n.raw.step(m);
             }
         });
-        Ok(())
+        None
     }
 
     /// Starts a read-index round for the reads queued, on the caller's
