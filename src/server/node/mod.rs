@@ -11,7 +11,9 @@
 //!
 //! The loop's other concerns each have a file here: `jobs.rs` the work that
 //! holds the database beside the loop (durable commits, defragmentation),
-//! `here.rs` the one-member write path, `leadership.rs` the transfer of
+//! `here.rs` the one-member write path, `light.rs` the read-index rounds'
+//! messages stepped on the runtime threads that receive them,
+//! `leadership.rs` the transfer of
 //! leadership on stop, `lease_expiry.rs` the revocation of expired leases,
 //! `disk_alarm.rs` the NOSPACE alarm a member raises for its own disk.
 
