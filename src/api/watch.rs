@@ -290,20 +290,22 @@ impl Stream {
     }
 
     async fn on_batch(&mut self, events: &[Event], rev: i64) -> bool {
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        for id in ids {
-            let Some(mut w) = self.watchers.remove(&id) else {
-                continue;
-            };
+        // Out of the stream while they are walked: delivering borrows it.
+        let mut watchers = std::mem::take(&mut self.watchers);
+        let mut ok = true;
+        for (&id, w) in watchers.iter_mut() {
             let mine: Vec<Event> = events.iter().filter(|e| w.matches(e)).cloned().collect();
             if rev + 1 > w.next_rev {
                 w.next_rev = rev + 1;
             }
-            let ok = mine.is_empty() || self.deliver(id, &mut w, mine, rev).await;
-            self.watchers.insert(id, w);
-            if !ok {
-                return false;
+            if !mine.is_empty() && !self.deliver(id, w, mine, rev).await {
+                ok = false;
+                break;
             }
+        }
+        self.watchers = watchers;
+        if !ok {
+            return false;
         }
         if rev > self.delivered {
             self.delivered = rev;
