@@ -183,3 +183,61 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(t: MessageType) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m
+    }
+
+    #[test]
+    fn only_the_messages_of_a_read_round_are_light() {
+        for t in [
+            MessageType::MsgHeartbeat,
+            MessageType::MsgHeartbeatResponse,
+            MessageType::MsgReadIndex,
+            MessageType::MsgReadIndexResp,
+        ] {
+            assert!(is_light(&msg(t)), "{t:?}");
+        }
+        for t in [
+            MessageType::MsgAppend,
+            MessageType::MsgAppendResponse,
+            MessageType::MsgRequestVote,
+            MessageType::MsgRequestPreVote,
+            MessageType::MsgSnapshot,
+            MessageType::MsgTimeoutNow,
+            MessageType::MsgTransferLeader,
+        ] {
+            assert!(!is_light(&msg(t)), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn without_the_loops_state_every_event_is_queued_and_counted_until_handled() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inbox = Inbox::new(tx);
+        inbox.deliver(Event::Message(msg(MessageType::MsgHeartbeat)));
+        inbox.deliver(Event::Unreachable(7));
+        assert_eq!(inbox.queued.load(Ordering::SeqCst), 2);
+        let got: Vec<Msg> = rx.try_iter().collect();
+        assert!(matches!(
+            got.as_slice(),
+            [
+                Msg::Peer(Event::Message(m)),
+                Msg::Peer(Event::Unreachable(7))
+            ] if m.get_msg_type() == MessageType::MsgHeartbeat
+        ));
+        inbox.handled();
+        inbox.handled();
+        assert_eq!(inbox.queued.load(Ordering::SeqCst), 0);
+        // A loop that has stopped: nothing is counted for it.
+        drop(rx);
+        inbox.deliver(Event::Unreachable(7));
+        assert_eq!(inbox.queued.load(Ordering::SeqCst), 0);
+    }
+}
