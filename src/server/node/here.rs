@@ -57,18 +57,11 @@ impl Node {
     /// waiting, and no database job or deferred entry holds applies back.
     fn may_run_here(&self) -> bool {
         self.writes_alone
-            && self.failed.is_none()
-            && !self.frozen
-            && !self.removed
-            && !self.stop_requested
-            && !self.campaign_pending
-            && self.busy.is_none()
-            && self.deferred.is_empty()
+            && self.may_work_here()
             && self.waiters.is_empty()
             && self.pending_compact.is_none()
             && self.raw.raft.state == StateRole::Leader
             && self.raw.raft.prs().iter().count() == 1
-            && !self.raw.has_ready()
     }
 }
 

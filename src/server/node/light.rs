@@ -113,7 +113,7 @@ impl Node {
     /// Steps a peer's light message on the caller's thread, or hands it
     /// back for the loop.
     fn step_here(&mut self, m: Message) -> Option<Message> {
-        if !self.may_step_here() {
+        if !self.may_work_here() {
             return Some(m);
         }
         self.light_pass(|n| {
@@ -127,17 +127,17 @@ impl Node {
     /// Starts a read-index round for the reads queued, on the caller's
     /// thread. False when the loop must be woken for them instead.
     pub fn start_reads_here(&mut self) -> bool {
-        if !self.may_step_here() {
+        if !self.may_work_here() {
             return false;
         }
         self.light_pass(|_| {});
         true
     }
 
-    /// Whether a light pass may run on the caller's thread: the loop has
-    /// nothing pending, and it is neither failed, frozen, stopping, removed,
-    /// nor holding applies back.
-    fn may_step_here(&self) -> bool {
+    /// Whether work of the loop's may run on a caller's thread (a light
+    /// pass, a one-member write): the loop has nothing pending, and it is
+    /// neither failed, frozen, stopping, removed, nor holding applies back.
+    pub(super) fn may_work_here(&self) -> bool {
         self.failed.is_none()
             && !self.frozen
             && !self.removed
