@@ -116,11 +116,7 @@ impl Node {
         if !self.may_work_here() {
             return Some(m);
         }
-        self.light_pass(|n| {
-            if let Some(m) = n.join_read_round(m) {
-                let _ = n.raw.step(m);
-            }
-        });
+        self.light_pass(|n| n.step_peer(m));
         None
     }
 

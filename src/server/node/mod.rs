@@ -620,11 +620,7 @@ impl Node {
                     inbox.handled();
                 }
                 match ev {
-                    transport::Event::Message(m) => {
-                        if let Some(m) = self.join_read_round(m) {
-                            let _ = self.raw.step(m);
-                        }
-                    }
+                    transport::Event::Message(m) => self.step_peer(m),
                     transport::Event::Unreachable(id) => self.raw.report_unreachable(id),
                     transport::Event::SnapshotDone(id, ok) => self.raw.report_snapshot(
                         id,
@@ -674,6 +670,14 @@ impl Node {
             }
         }
         true
+    }
+
+    /// Steps a peer's message (a follower's read-index request joins this
+    /// leader's next round instead).
+    fn step_peer(&mut self, m: raft::eraftpb::Message) {
+        if let Some(m) = self.join_read_round(m) {
+            let _ = self.raw.step(m);
+        }
     }
 
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
