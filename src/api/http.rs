@@ -245,6 +245,7 @@ async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     crate::metrics::AUTH_REVISION.set(i64::try_from(s.auth.revision()).unwrap_or(i64::MAX));
     let compacted = s.store.compact_rev();
     crate::metrics::MVCC_COMPACT_REV.set(if compacted > 0 { compacted } else { -1 });
+    crate::metrics::DB_SIZE_IN_USE.set(i64::try_from(s.size_in_use().await).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -64,7 +64,8 @@ impl MaintenanceService {
         }
     }
 
-    fn status(&self) -> StatusResponse {
+    async fn status(&self) -> StatusResponse {
+        let in_use = self.s.size_in_use().await;
         let st = &self.s.status;
         StatusResponse {
             header: Some(self.s.header(self.s.store.current_rev())),
@@ -81,7 +82,7 @@ impl MaintenanceService {
                 .into_iter()
                 .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
                 .collect(),
-            db_size_in_use: metrics::DB_SIZE_IN_USE.get().max(0),
+            db_size_in_use: i64::try_from(in_use).unwrap_or(i64::MAX),
             is_learner: self
                 .s
                 .cluster
@@ -105,7 +106,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        unary(SVC, "Status", Ok(MaintenanceService::status(self)))
+        unary(SVC, "Status", Ok(MaintenanceService::status(self).await))
     }
 
     async fn defragment(

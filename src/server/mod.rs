@@ -298,6 +298,7 @@ impl EtcdServer {
                 freeze_file: cfg
                     .debug_freeze_apply
                     .then(|| cfg.data_dir.join("member").join("freeze-apply")),
+                quota_bytes: cfg.effective_quota_backend_bytes().unwrap_or(u64::MAX),
             },
             log,
             Applier {
@@ -907,5 +908,22 @@ impl EtcdServer {
     /// The backend quota in bytes (u64::MAX when disabled by a negative value).
     pub fn quota_bytes(&self) -> u64 {
         self.cfg.effective_quota_backend_bytes().unwrap_or(u64::MAX)
+    }
+
+    /// The space the tables fill (etcd's in-use size), for a scrape of the
+    /// metrics or a status: measured again on a blocking thread when a
+    /// measure is due (the last is a second old and the walks stay within
+    /// their budget: see `Backend::in_use_due`), else the last measure. A
+    /// walk that takes over a second (a large database) goes on alone and
+    /// the last measure answers; the next call finds the new one.
+    pub async fn size_in_use(&self) -> u64 {
+        if self.backend.in_use_due() {
+            let b = self.backend.clone();
+            let walk = tokio::task::spawn_blocking(move || b.size_in_use());
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), walk).await {
+                return n;
+            }
+        }
+        self.backend.last_in_use()
     }
 }

@@ -79,15 +79,20 @@ impl Backend {
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The space in use as last measured (a thread of the Raft loop's
-    /// measures it once a second on a small database, less often on a large
-    /// one), plus the writes admitted since:
-    /// a quota check between two measures does not let a burst of writes
-    /// through unseen.
+    /// The space in use as last measured (when the metrics are scraped or a
+    /// status asks, and once a second while the writes come within half of
+    /// the quota: see `EtcdServer::size_in_use` and `Node::measure_in_use`),
+    /// plus the writes admitted since: a quota check between two measures
+    /// does not let a burst of writes through unseen.
     pub fn estimated_in_use(&self) -> u64 {
         self.in_use
             .load(Relaxed)
             .saturating_add(self.admitted.load(Relaxed))
+    }
+
+    /// The space in use as last measured.
+    pub fn last_in_use(&self) -> u64 {
+        self.in_use.load(Relaxed)
     }
 }
 

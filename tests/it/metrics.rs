@@ -931,3 +931,74 @@ fn applied_requests_are_timed_by_etcds_op_names() {
     assert_eq!(count("DeleteRange"), 1.0);
     assert_eq!(m["etcd_server_apply_duration_seconds"].kind, "histogram");
 }
+
+/// The space in use, in a scrape and in a status, on ours and on etcd: it
+/// follows 300 KB of writes, then their deletion, a compaction and a
+/// defragmentation.
+#[test]
+fn space_in_use_follows_writes_and_defragmentation_as_etcds() {
+    for kind in [Kind::Ours, Kind::Reference] {
+        let s = Server::start_kind(kind, &[]);
+        let port: u16 = s
+            .endpoint()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("client port");
+        let in_use = || {
+            value(
+                &scrape(port),
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                &[],
+            )
+        };
+        let rt = crate::harness::runtime();
+        let mut c = rt
+            .block_on(etcd_client::Client::connect([s.endpoint()], None))
+            .expect("connect");
+        rt.block_on(async {
+            for i in 0..300 {
+                c.put(format!("k{i:03}"), vec![b'v'; 1000], None)
+                    .await
+                    .expect("put");
+            }
+        });
+        wait_until(Duration::from_secs(10), "300 KB in use in a scrape", || {
+            in_use() >= 300_000.0
+        });
+        let status = rt.block_on(c.status()).expect("status");
+        assert!(
+            status.raft_used_db_size() >= 300_000 && status.raft_used_db_size() <= status.db_size(),
+            "{kind:?}: {} bytes in use in a status, of a {}-byte file",
+            status.raft_used_db_size(),
+            status.db_size()
+        );
+        let rev = rt.block_on(async {
+            let d = c
+                .delete("k", Some(etcd_client::DeleteOptions::new().with_prefix()))
+                .await
+                .expect("delete");
+            d.header().expect("header").revision()
+        });
+        rt.block_on(async {
+            c.compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .expect("compact");
+            c.defragment().await.expect("defragment");
+        });
+        wait_until(
+            Duration::from_secs(10),
+            "the space freed in a scrape",
+            || in_use() < 100_000.0,
+        );
+        let status = rt.block_on(c.status()).expect("status");
+        assert!(
+            status.raft_used_db_size() < 100_000,
+            "{kind:?}: {} bytes in use in a status after a defragmentation",
+            status.raft_used_db_size()
+        );
+    }
+}

@@ -149,6 +149,9 @@ pub struct NodeConfig {
     pub pre_vote: bool,
     /// When set, the loop freezes once this file exists (a watchdog test aid).
     pub freeze_file: Option<std::path::PathBuf>,
+    /// The backend quota (`u64::MAX` when none): the loop keeps the measure
+    /// of the space in use current once the writes come within half of it.
+    pub quota_bytes: u64,
 }
 
 pub struct Node {
@@ -185,6 +188,7 @@ pub struct Node {
     /// The count of the bytes in use, while it runs: it walks every page of
     /// the tables, which takes seconds on a large database.
     in_use_count: Option<tokio::task::JoinHandle<()>>,
+    quota_bytes: u64,
     /// The runtime whose blocking threads count the bytes in use (none is
     /// made for each count).
     rt: Option<tokio::runtime::Handle>,
@@ -331,6 +335,7 @@ impl Node {
             revoking: HashMap::new(),
             last_size_check: Instant::now(),
             in_use_count: None,
+            quota_bytes: cfg.quota_bytes,
             rt: tokio::runtime::Handle::try_current().ok(),
             frozen: false,
             freeze_file: cfg.freeze_file,
