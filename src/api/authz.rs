@@ -25,7 +25,6 @@
 //! refused Observe just ends.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
 use axum::extract::Request;
@@ -376,16 +375,13 @@ fn caller(s: &EtcdServer, req: &Request) -> Result<Caller> {
     s.auth.caller(token, cn)
 }
 
-/// The one authorization step in front of every gRPC service (see `front.rs`).
-pub async fn layer<N, F>(s: &Arc<EtcdServer>, mut req: Request, next: N) -> Response
-where
-    N: FnOnce(Request) -> F,
-    F: Future<Output = Response>,
-{
+/// The one authorization step in front of every gRPC service (see
+/// `front.rs`): the request to pass on, or the answer that refuses it.
+pub async fn admit(s: &Arc<EtcdServer>, mut req: Request) -> Result<Request, Response> {
     let Some((_, need, refusal)) = need(req.uri().path()) else {
         if !is_grpc(&req) {
             // A plain HTTP request for a path nothing serves: Go's answer.
-            return (
+            return Err((
                 axum::http::StatusCode::NOT_FOUND,
                 [
                     (
@@ -396,16 +392,16 @@ where
                 ],
                 "404 page not found\n",
             )
-                .into_response();
+                .into_response());
         }
         // Fail closed: a method nobody classified is not served.
-        return tonic::Status::unimplemented("").into_http();
+        return Err(tonic::Status::unimplemented("").into_http());
     };
     if !s.auth.enabled() {
         if let Need::PerMessage = need {
             req.extensions_mut().insert(Resolved(Ok(Caller::Anyone)));
         }
-        return next(req).await;
+        return Ok(req);
     }
     let verdict = match need {
         Need::Nothing => Ok(()),
@@ -424,7 +420,7 @@ where
                 let (first, body) = match super::message::first_message(body, limit).await {
                     Ok(x) => x,
                     // The message limit's refusal, or a broken body.
-                    Err(e) => return deny(tonic::Status::from_error(Box::new(e))),
+                    Err(e) => return Err(deny(tonic::Status::from_error(Box::new(e)))),
                 };
                 req = Request::from_parts(parts, body);
                 match first.as_deref().and_then(|m| chk(&Authz::of(s), &c, m)) {
@@ -435,15 +431,15 @@ where
             }
         },
     };
-    match (verdict, refusal) {
-        (Ok(()), _) => next(req).await,
+    Err(match (verdict, refusal) {
+        (Ok(()), _) => return Ok(req),
         (Err(e), Refusal::Status) => deny(super::status::to_status(e)),
         (Err(e), Refusal::AuthStore) => {
             deny(super::status::to_status(Error::AuthStore(Box::new(e))))
         }
         (Err(e), Refusal::Unmapped) => deny(super::status::unmapped(e)),
         (Err(_), Refusal::EndStream) => deny(tonic::Status::new(tonic::Code::Ok, "")),
-    }
+    })
 }
 
 /// Whether a request is a gRPC call (by its content type, as gRPC servers tell).

@@ -100,16 +100,6 @@ struct Grpc {
     services: Services,
 }
 
-impl Grpc {
-    /// One call to one of etcd's services, through the front steps.
-    async fn call(&self, which: Which, req: Request) -> Response {
-        super::front::steps(&self.s, self.max, req, |req| {
-            service(&self.services, self.max, which, req)
-        })
-        .await
-    }
-}
-
 /// What a listener serves: etcd's gRPC services (on client URLs) and the
 /// HTTP router.
 #[derive(Clone)]
@@ -174,7 +164,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
                 if which.runs_here() && req.version() == http::Version::HTTP_2 {
                     self.exec.run_next_here();
                 }
-                Box::pin(async move { Ok(g.call(which, req).await) })
+                // One call to one of etcd's services, through the front steps.
+                Box::pin(async move {
+                    let g = &*g;
+                    let service = |req| service(&g.services, g.max, which, req);
+                    Ok(super::front::steps(&g.s, g.max, req, service).await)
+                })
             }
             None => Box::pin(self.app.http.clone().oneshot(req)),
         }
@@ -185,10 +180,33 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
 /// lease services by [`super::unary`], a lease keep-alive stream by
 /// [`super::keep_alive`], any other through tonic.
 async fn service(svc: &Services, max: usize, which: Which, req: Request) -> Response {
-    let req = match without_tonic(svc, max, which, req).await {
-        Ok(resp) => return resp,
-        Err(req) => req,
+    use super::unary::call;
+    use crate::pb::etcdserverpb::{kv_server::Kv, lease_server::Lease};
+    let (kv, lease) = (&svc.kv_calls, &svc.lease_calls);
+    let method = req.uri().path().rsplit('/').next().unwrap_or("");
+    let answered = match (which, method) {
+        (Which::Kv, "Range") => call(req, max, |r| kv.range(r)).await,
+        (Which::Kv, "Put") => call(req, max, |r| kv.put(r)).await,
+        (Which::Kv, "DeleteRange") => call(req, max, |r| kv.delete_range(r)).await,
+        (Which::Kv, "Txn") => call(req, max, |r| kv.txn(r)).await,
+        (Which::Kv, "Compact") => call(req, max, |r| kv.compact(r)).await,
+        (Which::Lease, "LeaseGrant") => call(req, max, |r| lease.lease_grant(r)).await,
+        (Which::Lease, "LeaseRevoke") => call(req, max, |r| lease.lease_revoke(r)).await,
+        (Which::Lease, "LeaseTimeToLive") => call(req, max, |r| lease.lease_time_to_live(r)).await,
+        (Which::Lease, "LeaseLeases") => call(req, max, |r| lease.lease_leases(r)).await,
+        (Which::Lease, "LeaseKeepAlive") => super::keep_alive::call(req, max, lease.clone()).await,
+        _ => Err(req),
     };
+    match answered {
+        Ok(resp) => resp,
+        Err(req) => Box::pin(through_tonic(svc, which, req)).await,
+    }
+}
+
+/// The calls tonic's services answer. [`service`] boxes their future, many
+/// times the size of the calls answered without tonic, which would
+/// otherwise take that room in every call's future.
+async fn through_tonic(svc: &Services, which: Which, req: Request) -> Response {
     let resp = match which {
         Which::Kv => svc.kv.clone().oneshot(req).await,
         Which::Watch => svc.watch.clone().oneshot(req).await,
@@ -202,33 +220,6 @@ async fn service(svc: &Services, max: usize, which: Which, req: Request) -> Resp
     match resp {
         Ok(r) => r.map(Body::new),
         Err(never) => match never {},
-    }
-}
-
-/// Answers the calls [`super::unary`] and [`super::keep_alive`] take; gives
-/// back the others.
-async fn without_tonic(
-    svc: &Services,
-    max: usize,
-    which: Which,
-    req: Request,
-) -> std::result::Result<Response, Request> {
-    use super::unary::call;
-    use crate::pb::etcdserverpb::{kv_server::Kv, lease_server::Lease};
-    let (kv, lease) = (&svc.kv_calls, &svc.lease_calls);
-    let method = req.uri().path().rsplit('/').next().unwrap_or("");
-    match (which, method) {
-        (Which::Kv, "Range") => call(req, max, |r| kv.range(r)).await,
-        (Which::Kv, "Put") => call(req, max, |r| kv.put(r)).await,
-        (Which::Kv, "DeleteRange") => call(req, max, |r| kv.delete_range(r)).await,
-        (Which::Kv, "Txn") => call(req, max, |r| kv.txn(r)).await,
-        (Which::Kv, "Compact") => call(req, max, |r| kv.compact(r)).await,
-        (Which::Lease, "LeaseGrant") => call(req, max, |r| lease.lease_grant(r)).await,
-        (Which::Lease, "LeaseRevoke") => call(req, max, |r| lease.lease_revoke(r)).await,
-        (Which::Lease, "LeaseTimeToLive") => call(req, max, |r| lease.lease_time_to_live(r)).await,
-        (Which::Lease, "LeaseLeases") => call(req, max, |r| lease.lease_leases(r)).await,
-        (Which::Lease, "LeaseKeepAlive") => super::keep_alive::call(req, max, lease.clone()).await,
-        _ => Err(req),
     }
 }
 

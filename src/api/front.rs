@@ -2,10 +2,10 @@
 //! tower layer for the calls that reach a service through the HTTP router:
 //! the message limit and call counting ([`super::msgsize`]), authorization
 //! ([`super::authz`]), and unary Range replies built from the stored records
-//! ([`super::range_reply`]), in that order. Each step is an async function
-//! given the request and the rest of the chain as a closure, so a call costs
-//! one boxed future and one clone of the inner service, however many steps
-//! there are.
+//! ([`super::range_reply`]), in that order. Each step is a function that
+//! passes the request on or answers it, run one after the other in one
+//! future, so a call costs one boxed future and one clone of the inner
+//! service, however many steps there are.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -86,8 +86,18 @@ where
     N: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
-    super::msgsize::layer(max, req, |req| {
-        super::authz::layer(s, req, |req| super::range_reply::layer(s, req, service))
-    })
-    .await
+    // One step after the other in this one future, which holds one of
+    // theirs at a time: a future nested in each step's would carry the
+    // state of every step behind it.
+    let (req, call) = super::msgsize::begin(max, req);
+    let req = match super::authz::admit(s, req).await {
+        Ok(req) => req,
+        Err(refused) => return super::msgsize::end(call, refused),
+    };
+    let req = match super::range_reply::answer(s, req).await {
+        Ok(resp) => return super::msgsize::end(call, resp),
+        Err(req) => req,
+    };
+    let resp = service(req).await;
+    super::msgsize::end(call, resp)
 }

@@ -13,7 +13,6 @@
 //! answer, OK otherwise), a streaming call when its response body ends (the
 //! code from its trailers); either is Canceled when the client goes away first.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -24,13 +23,10 @@ use http_body::Frame;
 
 use crate::metrics::grpc::{self, Kind};
 
-/// Wraps each request body in a [`Limited`] of `max` bytes per message, and
-/// counts the call.
-pub async fn layer<N, F>(max: usize, req: Request, next: N) -> Response
-where
-    N: FnOnce(Request) -> F,
-    F: Future<Output = Response>,
-{
+/// Wraps the request body in a [`Limited`] of `max` bytes per message, and
+/// counts the call as started; [`end`] counts it as handled with its answer
+/// (or the returned [`Pending`], dropped first, as Canceled).
+pub fn begin(max: usize, req: Request) -> (Request, Option<Pending>) {
     let rpc = if is_grpc(&req) {
         grpc::lookup(req.uri().path())
     } else {
@@ -39,7 +35,7 @@ where
     let (parts, body) = req.into_parts();
     let Some(rpc) = rpc else {
         let body = Body::new(Limited::new(body, max, None));
-        return next(Request::from_parts(parts, body)).await;
+        return (Request::from_parts(parts, body), None);
     };
     let start = rpc.start();
     let version = parts
@@ -49,13 +45,21 @@ where
     crate::metrics::client_requests::count(version, rpc.kind != Kind::Unary);
     let body = Body::new(Limited::new(body, max, Some(rpc)));
     // A client that goes away before the answer cancels the call.
-    let mut pending = Pending {
+    let pending = Pending {
         rpc,
         start,
         answered: false,
     };
-    let resp = next(Request::from_parts(parts, body)).await;
+    (Request::from_parts(parts, body), Some(pending))
+}
+
+/// Counts a call [`begin`] started as handled by `resp`.
+pub fn end(pending: Option<Pending>, resp: Response) -> Response {
+    let Some(mut pending) = pending else {
+        return resp;
+    };
     pending.answered = true;
+    let (rpc, start) = (pending.rpc, pending.start);
     // An answer without a message carries its status in its headers.
     if let Some(code) = status_code(resp.headers()) {
         rpc.handled(code, start);
@@ -71,7 +75,7 @@ where
 }
 
 /// A call whose answer is not ready yet: counted as Canceled if dropped so.
-struct Pending {
+pub struct Pending {
     rpc: &'static grpc::Rpc,
     start: Option<std::time::Instant>,
     answered: bool,

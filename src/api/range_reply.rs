@@ -20,7 +20,6 @@
 //! It runs after the authorization and message-size layers.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -53,28 +52,24 @@ const WHOLE_BYTES: usize = 1 << 20;
 const FRAME: usize = 64 << 10;
 const QUEUED: usize = 4;
 
-/// Answers the unary Range calls it can, passes on every other request.
-pub async fn layer<N, F>(s: &Arc<EtcdServer>, req: Request, next: N) -> Response
-where
-    N: FnOnce(Request) -> F,
-    F: Future<Output = Response>,
-{
+/// Answers the unary Range calls it can; gives back every other request.
+pub async fn answer(s: &Arc<EtcdServer>, req: Request) -> Result<Response, Request> {
     if req.uri().path() != PATH || !is_plain_grpc(req.headers()) {
-        return next(req).await;
+        return Err(req);
     }
     let limit = s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
     let (parts, body) = req.into_parts();
     let (msg, body) = match first_message(body, limit).await {
         Ok(x) => x,
         // The message limit's refusal, or a broken body.
-        Err(e) => return tonic::Status::from_error(Box::new(e)).into_http(),
+        Err(e) => return Ok(tonic::Status::from_error(Box::new(e)).into_http()),
     };
     match msg.and_then(|m| RangeRequest::decode(&m[..]).ok()) {
-        Some(r) if in_key_order(&r) => match reply(s, r).await {
+        Some(r) if in_key_order(&r) => Ok(match reply(s, r).await {
             Ok(resp) => resp,
             Err(e) => super::status::to_status(e).into_http(),
-        },
-        _ => next(Request::from_parts(parts, body)).await,
+        }),
+        _ => Err(Request::from_parts(parts, body)),
     }
 }
 
