@@ -248,6 +248,15 @@ fn scrape(port: u16) -> BTreeMap<String, Family> {
     parse(&body)
 }
 
+/// The port of a server's client URL, where it serves `/metrics` too.
+fn client_port(s: &Server) -> u16 {
+    s.endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("client port")
+}
+
 fn value(m: &BTreeMap<String, Family>, sample: &str, labels: &[(&str, &str)]) -> f64 {
     let family = ["_count", "_sum"]
         .iter()
@@ -913,13 +922,7 @@ fn applied_requests_are_timed_by_etcds_op_names() {
     s.ctl_ok(&["put", "a", "1"]);
     s.ctl_ok(&["put", "b", "2"]);
     s.ctl_ok(&["del", "a"]);
-    let port: u16 = s
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("client port");
-    let m = scrape(port);
+    let m = scrape(client_port(&s));
     let count = |op: &str| {
         value(
             &m,
@@ -939,12 +942,7 @@ fn applied_requests_are_timed_by_etcds_op_names() {
 fn space_in_use_follows_writes_and_defragmentation_as_etcds() {
     for kind in [Kind::Ours, Kind::Reference] {
         let s = Server::start_kind(kind, &[]);
-        let port: u16 = s
-            .endpoint()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("client port");
+        let port = client_port(&s);
         let in_use = || {
             value(
                 &scrape(port),
