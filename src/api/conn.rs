@@ -55,7 +55,11 @@ impl Limits {
     ) -> hyper_util::server::conn::auto::Builder<super::calls::Calls> {
         let mut b = hyper_util::server::conn::auto::Builder::new(calls);
         let mut h2 = b.http2();
-        h2.max_concurrent_streams(self.max_streams);
+        // As etcd's gRPC server: no `date` in HTTP/2 responses (the HTTP
+        // router's answers over HTTP/2 add their own, as Go's HTTP server
+        // does: `dispatch::Connection`).
+        h2.max_concurrent_streams(self.max_streams)
+            .auto_date_header(false);
         if !self.keepalive_interval.is_zero() {
             h2.timer(TokioTimer::new())
                 .keep_alive_interval(self.keepalive_interval)

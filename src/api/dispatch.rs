@@ -171,9 +171,25 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
                     Ok(super::front::steps(&g.s, g.max, req, service).await)
                 })
             }
+            None if req.version() == http::Version::HTTP_2 => {
+                let answer = self.app.http.clone().oneshot(req);
+                Box::pin(async move { answer.await.map(with_date) })
+            }
             None => Box::pin(self.app.http.clone().oneshot(req)),
         }
     }
+}
+
+/// An HTTP answer with a `date` header, which hyper adds to HTTP/1.1
+/// answers only (its HTTP/2 connections leave it to gRPC, which has none).
+fn with_date(mut resp: Response) -> Response {
+    if !resp.headers().contains_key(http::header::DATE)
+        && let Ok(v) =
+            http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+    {
+        resp.headers_mut().insert(http::header::DATE, v);
+    }
+    resp
 }
 
 /// The service's answer to one call: a unary call of the key-value and

@@ -418,3 +418,88 @@ async fn a_small_quota_fills_where_etcd_fills() {
         "etcd took {etcd} puts, ours {ours}"
     );
 }
+
+/// The header and trailer names of a unary gRPC Put answered by `srv`,
+/// lowercased, as curl prints them.
+fn grpc_answer_header_names(srv: &Server) -> std::collections::BTreeSet<String> {
+    // PutRequest { key: "h", value: "v" } after the gRPC message prefix.
+    let call = srv.data_dir().with_extension("put.bin");
+    std::fs::write(&call, [0, 0, 0, 0, 6, 0x0a, 1, b'h', 0x12, 1, b'v']).expect("write the call");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+        ])
+        .args([
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", call.display()))
+        .arg(format!(
+            "http://127.0.0.1:{}/etcdserverpb.KV/Put",
+            srv.client_port
+        ))
+        .output()
+        .expect("run curl");
+    let _ = std::fs::remove_file(&call);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("grpc-status: 0"), "no answer: {text}");
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// A gRPC answer carries no header etcd's does not (a `date` among them:
+/// Go's gRPC server sends none, and every client would decode it).
+#[test]
+fn grpc_answers_carry_no_header_etcds_do_not() {
+    let theirs = grpc_answer_header_names(&Server::start_kind(Kind::Reference, &[]));
+    let ours = grpc_answer_header_names(&Server::start(&[]));
+    assert!(theirs.contains("content-type"), "etcd's: {theirs:?}");
+    let extra: Vec<_> = ours.difference(&theirs).collect();
+    assert!(
+        extra.is_empty(),
+        "ours only: {extra:?} (etcd's: {theirs:?})"
+    );
+}
+
+/// The HTTP endpoints' answers carry a `date` over HTTP/2 as over HTTP/1.1,
+/// as Go's HTTP server's do (HTTP/2 reaches them over TLS).
+#[test]
+fn http_answers_carry_a_date_over_both_versions() {
+    let srv = Server::start(&[]);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                version,
+            ])
+            .arg(format!("http://127.0.0.1:{}/health", srv.client_port))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(text.contains(" 200"), "{version}: {text}");
+        assert!(text.contains("\ndate: "), "{version}: no date: {text}");
+    }
+}
