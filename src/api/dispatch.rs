@@ -25,7 +25,7 @@ use tower::ServiceExt;
 use super::{auth, cluster, election, kv, lease, lock, maintenance, watch};
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
@@ -38,7 +38,7 @@ pub struct Services {
     /// servers above hold them.
     pub kv_calls: Arc<kv::KvService>,
     pub lease_calls: Arc<lease::LeaseService>,
-    pub watch: WatchServer<watch::WatchService>,
+    pub watch: super::watch_out::WatchServer<watch::WatchService>,
     pub lease: LeaseServer<lease::LeaseService>,
     pub cluster: ClusterServer<cluster::ClusterService>,
     pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
@@ -65,7 +65,7 @@ impl Which {
         let name = path.strip_prefix('/')?.split_once('/')?.0;
         Some(match name {
             n if n == KvServer::<kv::KvService>::NAME => Which::Kv,
-            n if n == WatchServer::<watch::WatchService>::NAME => Which::Watch,
+            n if n == super::watch_out::WatchServer::<watch::WatchService>::NAME => Which::Watch,
             n if n == LeaseServer::<lease::LeaseService>::NAME => Which::Lease,
             n if n == ClusterServer::<cluster::ClusterService>::NAME => Which::Cluster,
             n if n == MaintenanceServer::<maintenance::MaintenanceService>::NAME => {

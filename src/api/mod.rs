@@ -27,6 +27,7 @@ pub mod status;
 mod unary;
 pub mod v2;
 pub mod watch;
+pub mod watch_out;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use crate::metrics;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AlarmType, ResponseHeader, alarm_request, auth_server::AuthServer,
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    maintenance_server::MaintenanceServer,
 };
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
@@ -147,9 +148,8 @@ pub async fn router(s: Arc<EtcdServer>) -> dispatch::App {
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
         kv_calls,
-        watch: WatchServer::new(watch::WatchService { s: s.clone() })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
+        watch: watch_out::WatchServer::new(watch::WatchService { s: s.clone() })
+            .max_decoding_message_size(max),
         lease: LeaseServer::from_arc(lease_calls.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),

@@ -21,10 +21,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::watch_out::{Watch, WatchOut};
 use crate::metrics;
 use crate::mvcc::Revision;
 use crate::mvcc::index::key_bounds;
-use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse, watch_request};
 use crate::pb::mvccpb::{Event, event::EventType};
 use crate::server::EtcdServer;
@@ -72,7 +72,7 @@ impl Watcher {
 
 struct Stream {
     s: Arc<EtcdServer>,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Result<WatchOut, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// Every event up to this revision has been offered to every watcher.
@@ -83,7 +83,7 @@ struct Stream {
 
 impl Stream {
     async fn send(&self, r: WatchResponse) -> bool {
-        self.out.send(Ok(r)).await.is_ok()
+        self.out.send(Ok(WatchOut::Message(r))).await.is_ok()
     }
 
     fn header(&self, rev: i64) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
@@ -293,12 +293,32 @@ impl Stream {
         // Out of the stream while they are walked: delivering borrows it.
         let mut watchers = std::mem::take(&mut self.watchers);
         let mut ok = true;
+        let mut parts = super::watch_out::BatchParts::new(self.header(rev), events);
         for (&id, w) in watchers.iter_mut() {
-            let mine: Vec<Event> = events.iter().filter(|e| w.matches(e)).cloned().collect();
-            if rev + 1 > w.next_rev {
-                w.next_rev = rev + 1;
-            }
-            if !mine.is_empty() && !self.deliver(id, w, mine, rev).await {
+            let sent = if w.prev_kv || w.fragment {
+                // Completed or split per watcher: from owned events.
+                let mine: Vec<Event> = events.iter().filter(|e| w.matches(e)).cloned().collect();
+                if rev + 1 > w.next_rev {
+                    w.next_rev = rev + 1;
+                }
+                mine.is_empty() || self.deliver(id, w, mine, rev).await
+            } else {
+                // The batch's events encoded once, shared by every watcher
+                // that takes them.
+                let out = parts.response(id, |e| w.matches(e));
+                if rev + 1 > w.next_rev {
+                    w.next_rev = rev + 1;
+                }
+                match out {
+                    Some((out, n)) => {
+                        w.active = true;
+                        metrics::EVENTS_TOTAL.add(n as u64);
+                        self.out.send(Ok(out)).await.is_ok()
+                    }
+                    None => true,
+                }
+            };
+            if !sent {
                 ok = false;
                 break;
             }
@@ -444,7 +464,7 @@ impl Stream {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = ReceiverStream<Result<WatchOut, Status>>;
 
     async fn watch(
         &self,
