@@ -87,8 +87,8 @@ impl<'t, 's> Writer<'t, 's> {
         Ok(read_kv(&self.table, v.modified)?.and_then(|(kv, tomb)| (!tomb).then_some(kv)))
     }
 
-    /// Writes `key`; returns the new record.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<KeyValue> {
+    /// Writes `key`; its event joins the batch's.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<()> {
         let at = self.read_rev();
         let rev = self.next_rev();
         let prev = self.st.index.put_seen(key, rev, at);
@@ -109,10 +109,10 @@ impl<'t, 's> Writer<'t, 's> {
             .map_err(StorageError::from)?;
         self.events.push(Event {
             r#type: EventType::Put as i32,
-            kv: Some(kv.clone()),
+            kv: Some(kv),
             prev_kv: None,
         });
-        Ok(kv)
+        Ok(())
     }
 
     /// Deletes every live key in the range; returns the deleted records.
