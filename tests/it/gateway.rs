@@ -51,6 +51,7 @@ fn unchunk(mut raw: &[u8]) -> Vec<u8> {
 
 /// Sends one request on a new connection and reads the whole answer.
 fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let sent = std::time::Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
@@ -66,13 +67,14 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: 
     // A server may answer (and close) before a body over its limit is sent.
     let _ = s.write_all(body);
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    let read = s.read_to_end(&mut raw);
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| {
             panic!(
-                "no HTTP answer to {path}: {:?}",
+                "no HTTP answer to {path} from port {port} after {:?} ({read:?}): {:?}",
+                sent.elapsed(),
                 String::from_utf8_lossy(&raw)
             )
         });
@@ -536,6 +538,10 @@ fn gateway_answers_as_etcd_3_4() {
     let flags = ["--enable-v2"];
     let ours = Server::start(&flags);
     let etcd = Server::start_reference(&flags);
+    eprintln!(
+        "ours on port {}, etcd on port {}",
+        ours.client_port, etcd.client_port
+    );
     // A value over the request limit once encoded (1.5 MiB + 512 KiB).
     let big = format!(
         r#"{{"key":"Zm9v","value":"{}"}}"#,
