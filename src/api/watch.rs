@@ -295,28 +295,30 @@ impl Stream {
         let mut ok = true;
         let mut parts = super::watch_out::BatchParts::new(self.header(rev), events);
         for (&id, w) in watchers.iter_mut() {
-            let sent = if w.prev_kv || w.fragment {
-                // Completed or split per watcher: from owned events.
-                let mine: Vec<Event> = events.iter().filter(|e| w.matches(e)).cloned().collect();
-                if rev + 1 > w.next_rev {
-                    w.next_rev = rev + 1;
+            // Watchers asking for previous values or fragments are answered
+            // from owned events; the others share the batch's encoding.
+            let own = (w.prev_kv || w.fragment).then(|| {
+                events
+                    .iter()
+                    .filter(|e| w.matches(e))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
+            let shared = match own {
+                None => parts.response(id, |e| w.matches(e)),
+                Some(_) => None,
+            };
+            if rev + 1 > w.next_rev {
+                w.next_rev = rev + 1;
+            }
+            let sent = match (own, shared) {
+                (Some(mine), _) => mine.is_empty() || self.deliver(id, w, mine, rev).await,
+                (None, Some((out, n))) => {
+                    w.active = true;
+                    metrics::EVENTS_TOTAL.add(n as u64);
+                    self.out.send(Ok(out)).await.is_ok()
                 }
-                mine.is_empty() || self.deliver(id, w, mine, rev).await
-            } else {
-                // The batch's events encoded once, shared by every watcher
-                // that takes them.
-                let out = parts.response(id, |e| w.matches(e));
-                if rev + 1 > w.next_rev {
-                    w.next_rev = rev + 1;
-                }
-                match out {
-                    Some((out, n)) => {
-                        w.active = true;
-                        metrics::EVENTS_TOTAL.add(n as u64);
-                        self.out.send(Ok(out)).await.is_ok()
-                    }
-                    None => true,
-                }
+                (None, None) => true,
             };
             if !sent {
                 ok = false;

@@ -105,6 +105,8 @@ pub struct BatchParts<'a> {
     each: Vec<Bytes>,
     /// Every event's field, for the watchers that take them all.
     all: Option<Bytes>,
+    /// The events one watcher takes (kept to spare an allocation each).
+    picked: Vec<usize>,
 }
 
 impl<'a> BatchParts<'a> {
@@ -118,6 +120,7 @@ impl<'a> BatchParts<'a> {
             events,
             each: Vec::new(),
             all: None,
+            picked: Vec::new(),
         }
     }
 
@@ -128,9 +131,16 @@ impl<'a> BatchParts<'a> {
         watch_id: i64,
         mut take: impl FnMut(&Event) -> bool,
     ) -> Option<(WatchOut, usize)> {
-        let picked: Vec<usize> = (0..self.events.len())
-            .filter(|&i| take(&self.events[i]))
-            .collect();
+        let mut picked = std::mem::take(&mut self.picked);
+        picked.clear();
+        picked.extend((0..self.events.len()).filter(|&i| take(&self.events[i])));
+        let out = self.shared(watch_id, &picked);
+        self.picked = picked;
+        out
+    }
+
+    /// The response carrying the events at `picked`.
+    fn shared(&mut self, watch_id: i64, picked: &[usize]) -> Option<(WatchOut, usize)> {
         if picked.is_empty() {
             return None;
         }
@@ -154,7 +164,7 @@ impl<'a> BatchParts<'a> {
             self.each[one].clone()
         } else {
             let mut b = Vec::with_capacity(picked.iter().map(|&i| self.each[i].len()).sum());
-            for &i in &picked {
+            for &i in picked {
                 b.extend_from_slice(&self.each[i]);
             }
             Bytes::from(b)

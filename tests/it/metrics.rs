@@ -248,15 +248,6 @@ fn scrape(port: u16) -> BTreeMap<String, Family> {
     parse(&body)
 }
 
-/// The port of a server's client URL, where it serves `/metrics` too.
-fn client_port(s: &Server) -> u16 {
-    s.endpoint()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("client port")
-}
-
 fn value(m: &BTreeMap<String, Family>, sample: &str, labels: &[(&str, &str)]) -> f64 {
     let family = ["_count", "_sum"]
         .iter()
@@ -922,7 +913,7 @@ fn applied_requests_are_timed_by_etcds_op_names() {
     s.ctl_ok(&["put", "a", "1"]);
     s.ctl_ok(&["put", "b", "2"]);
     s.ctl_ok(&["del", "a"]);
-    let m = scrape(client_port(&s));
+    let m = scrape(s.client_port);
     let count = |op: &str| {
         value(
             &m,
@@ -942,7 +933,7 @@ fn applied_requests_are_timed_by_etcds_op_names() {
 fn space_in_use_follows_writes_and_defragmentation_as_etcds() {
     for kind in [Kind::Ours, Kind::Reference] {
         let s = Server::start_kind(kind, &[]);
-        let port = client_port(&s);
+        let port = s.client_port;
         let in_use = || {
             value(
                 &scrape(port),
