@@ -28,6 +28,7 @@ mod unary;
 pub mod v2;
 pub mod watch;
 pub mod watch_out;
+mod watch_outbox;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -264,7 +265,7 @@ pub async fn serve(
                     let end = coalesce::Coalesced::new(
                         calls::Serving::new(
                             b.serve_connection_with_upgrades(
-                                TokioIo::new(coalesce::Unvectored(authority::FixAuthority::new(
+                                TokioIo::new(coalesce::write_buffer(authority::FixAuthority::new(
                                     stream,
                                 ))),
                                 calls.track(app.connection(None, exec.clone()), exec.clone()),
@@ -300,7 +301,7 @@ pub async fn serve(
                             let end = coalesce::Coalesced::new(
                                 calls::Serving::new(
                                     b.serve_connection_with_upgrades(
-                                        TokioIo::new(coalesce::Unvectored(
+                                        TokioIo::new(coalesce::write_buffer(
                                             authority::FixAuthority::new(s),
                                         )),
                                         calls.track(svc, exec.clone()),

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::watch_out::{Watch, WatchOut};
+use super::watch_outbox::{self, Outbox};
 use crate::metrics;
 use crate::mvcc::Revision;
 use crate::mvcc::index::key_bounds;
@@ -72,7 +72,7 @@ impl Watcher {
 
 struct Stream {
     s: Arc<EtcdServer>,
-    out: mpsc::Sender<Result<WatchOut, Status>>,
+    out: Outbox,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// Every event up to this revision has been offered to every watcher.
@@ -83,7 +83,7 @@ struct Stream {
 
 impl Stream {
     async fn send(&self, r: WatchResponse) -> bool {
-        self.out.send(Ok(WatchOut::Message(r))).await.is_ok()
+        self.out.send(Ok(WatchOut::Message(r))).await
     }
 
     fn header(&self, rev: i64) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
@@ -294,9 +294,12 @@ impl Stream {
         let mut watchers = std::mem::take(&mut self.watchers);
         let mut ok = true;
         let mut parts = super::watch_out::BatchParts::new(self.header(rev), events);
+        // The batch's shared responses, handed over together (watch_outbox).
+        let mut chunk = Vec::new();
         for (&id, w) in watchers.iter_mut() {
             // Watchers asking for previous values or fragments are answered
-            // from owned events; the others share the batch's encoding.
+            // from owned events, after the responses queued before them; the
+            // others share the batch's encoding.
             let own = (w.prev_kv || w.fragment).then(|| {
                 events
                     .iter()
@@ -308,17 +311,20 @@ impl Stream {
                 None => parts.response(id, |e| w.matches(e)),
                 Some(_) => None,
             };
-            if rev + 1 > w.next_rev {
-                w.next_rev = rev + 1;
-            }
+            w.next_rev = w.next_rev.max(rev + 1);
             let sent = match (own, shared) {
-                (Some(mine), _) => mine.is_empty() || self.deliver(id, w, mine, rev).await,
+                (Some(mine), _) if !mine.is_empty() => {
+                    self.out.send_all(std::mem::take(&mut chunk)).await
+                        && self.deliver(id, w, mine, rev).await
+                }
                 (None, Some((out, n))) => {
                     w.active = true;
                     metrics::EVENTS_TOTAL.add(n as u64);
-                    self.out.send(Ok(out)).await.is_ok()
+                    chunk.push(Ok(out));
+                    chunk.len() < watch_outbox::CHUNK
+                        || self.out.send_all(std::mem::take(&mut chunk)).await
                 }
-                (None, None) => true,
+                _ => true,
             };
             if !sent {
                 ok = false;
@@ -326,7 +332,7 @@ impl Stream {
             }
         }
         self.watchers = watchers;
-        if !ok {
+        if !ok || !self.out.send_all(chunk).await {
             return false;
         }
         if rev > self.delivered {
@@ -466,7 +472,7 @@ impl Stream {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchOut, Status>>;
+    type WatchStream = watch_outbox::Responses;
 
     async fn watch(
         &self,
@@ -483,7 +489,7 @@ impl Watch for WatchService {
             )));
         let input = req.into_inner();
         let sub = self.s.hub.subscribe();
-        let (tx, rx) = mpsc::channel(128);
+        let (tx, rx) = watch_outbox::outbox();
         metrics::WATCH_STREAMS.add(1);
         let st = Stream {
             s: self.s.clone(),
@@ -494,6 +500,6 @@ impl Watch for WatchService {
             who,
         };
         tokio::spawn(st.run(input, sub));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
