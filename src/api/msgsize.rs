@@ -339,15 +339,18 @@ impl Drop for Limited {
     }
 }
 
-/// Reads what is left of a request body, up to its end, and drops it; a body
-/// that has not ended within [`END_OF_STREAM_WAIT`] is dropped then.
+/// Reads what is left of a request body, up to its end, and drops it. A body
+/// that has not ended within [`END_OF_STREAM_WAIT`], or that carries more
+/// data (a client breaking the call's one-message rule), is dropped at once:
+/// only an empty end of stream, or trailers, are waited for.
 async fn drain(mut body: Body) {
     let read = async {
         while let Some(frame) =
             std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await
         {
-            if frame.is_err() {
-                break;
+            match frame {
+                Ok(f) if f.data_ref().is_none_or(|d| d.is_empty()) => {}
+                _ => break,
             }
         }
     };
@@ -405,11 +408,29 @@ mod tests {
             !tx.is_closed(),
             "the request stream was dropped before its end"
         );
-        // A late frame is taken, then the end of stream ends the reading.
-        tx.send(Ok(Bytes::from_static(b"late")))
+        // An empty frame is taken, then the end of stream ends the reading.
+        tx.send(Ok(Bytes::new())).await.expect("send");
+        drop(tx);
+        wait_for_no_task().await;
+
+        // More data after the message: the stream is dropped (and reset) at once.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(4);
+        tx.send(Ok(Bytes::from(message(5)))).await.expect("send");
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut l = Limited::new(body, 100, Some(put));
+        assert!(matches!(poll(&mut l), Poll::Ready(Some(_))));
+        drop(l);
+        tx.send(Ok(Bytes::from_static(b"more")))
             .await
             .expect("send");
-        drop(tx);
+        tokio::time::timeout(std::time::Duration::from_secs(10), tx.closed())
+            .await
+            .expect("the drain stopped at data after the message");
+        wait_for_no_task().await;
+    }
+
+    /// Waits until no spawned task is left on the test's runtime.
+    async fn wait_for_no_task() {
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
             while tokio::runtime::Handle::current()
                 .metrics()
