@@ -613,6 +613,7 @@ type watchArgs struct {
 	keySpace uint64
 	valSize  int
 	drain    time.Duration
+	prevKV   bool
 }
 
 func runWatch(o *opts, a *watchArgs, clis []*clientv3.Client) (map[string]interface{}, uint64) {
@@ -646,8 +647,12 @@ func runWatch(o *opts, a *watchArgs, clis []*clientv3.Client) (map[string]interf
 		if streams > len(clis) {
 			sctx = metadata.AppendToOutgoingContext(ctx, "bench-watch-stream", strconv.Itoa(s))
 		}
+		wopts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCreatedNotify()}
+		if a.prevKV {
+			wopts = append(wopts, clientv3.WithPrevKV())
+		}
 		for j := 0; j < n; j++ {
-			wch := cli.Watch(sctx, a.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+			wch := cli.Watch(sctx, a.prefix, wopts...)
 			wg.Add(1)
 			go func(idx int, wch clientv3.WatchChan) {
 				defer wg.Done()
@@ -788,6 +793,7 @@ func runWatch(o *opts, a *watchArgs, clis []*clientv3.Client) (map[string]interf
 		"conns":           maxInt(o.conns, 1),
 		"watchers":        watchers,
 		"streams":         streams,
+		"prev_kv":         a.prevKV,
 		"rate":            rate,
 		"puts":            putsOK,
 		"expected_events": expected,
@@ -882,6 +888,7 @@ func main() {
 		fs.StringVar(&wa.prefix, "prefix", "/bench-watch/", "watched prefix")
 		fs.Uint64Var(&wa.keySpace, "key-space", 100, "number of distinct keys the writer puts under the prefix")
 		fs.IntVar(&wa.valSize, "val-size", 64, "value size in bytes (at least 16: it carries the put timestamp)")
+		fs.BoolVar(&wa.prevKV, "prev-kv", false, "watchers ask for each event's previous key-value, as Kubernetes' API server does")
 		wa.drain = 10 * time.Second
 		fs.Var(durationFlag{&wa.drain}, "drain", "how long to wait for outstanding events after the last put")
 	default:

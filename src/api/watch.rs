@@ -296,24 +296,37 @@ impl Stream {
         let mut parts = super::watch_out::BatchParts::new(self.header(rev), events);
         // The batch's shared responses, handed over together (watch_outbox).
         let mut chunk = Vec::new();
+        // etcd's limit for a watch response: the request limit plus gRPC overhead.
+        let limit = self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
+        let store = &self.s.store;
+        let prev = |kv: &crate::pb::mvccpb::KeyValue| {
+            store
+                .prev_kv(&kv.key, Revision::new(kv.mod_revision, 0))
+                .ok()
+                .flatten()
+        };
         for (&id, w) in watchers.iter_mut() {
-            // Watchers asking for previous values or fragments are answered
-            // from owned events, after the responses queued before them; the
-            // others share the batch's encoding.
-            let own = (w.prev_kv || w.fragment).then(|| {
+            // Every watcher shares the batch's encoding, with previous values
+            // for those asking for them. A watcher asking for fragments whose
+            // response needs split is answered from owned events instead,
+            // after the responses queued before it.
+            let shared = if w.prev_kv {
+                parts.response_with_prev(id, |e| w.matches(e), prev)
+            } else {
+                parts.response(id, |e| w.matches(e))
+            };
+            let split = matches!(&shared, Some((out, n))
+                if w.fragment && *n >= 2 && prost::Message::encoded_len(out) >= limit);
+            let mine = split.then(|| {
                 events
                     .iter()
                     .filter(|e| w.matches(e))
                     .cloned()
                     .collect::<Vec<_>>()
             });
-            let shared = match own {
-                None => parts.response(id, |e| w.matches(e)),
-                Some(_) => None,
-            };
             w.next_rev = w.next_rev.max(rev + 1);
-            let sent = match (own, shared) {
-                (Some(mine), _) if !mine.is_empty() => {
+            let sent = match (mine, shared) {
+                (Some(mine), _) => {
                     self.out.send_all(std::mem::take(&mut chunk)).await
                         && self.deliver(id, w, mine, rev).await
                 }
@@ -324,7 +337,7 @@ impl Stream {
                     chunk.len() < watch_outbox::CHUNK
                         || self.out.send_all(std::mem::take(&mut chunk)).await
                 }
-                _ => true,
+                (None, None) => true,
             };
             if !sent {
                 ok = false;

@@ -6,9 +6,12 @@
 //! The batch's header and events are encoded once ([`BatchParts`]); each
 //! response ([`WatchOut::Shared`]) refers to those bytes and writes them
 //! out with its ID between, byte for byte what encoding a `WatchResponse`
-//! of the same fields gives. Other responses (creation, cancellation,
-//! progress, history, watchers asking for previous values or fragments)
-//! are `WatchResponse` messages as they are.
+//! of the same fields gives. Watchers asking for previous values (as
+//! Kubernetes' API server does) share a second encoding of the events, with
+//! each event's previous key-value read once for the batch
+//! ([`BatchParts::response_with_prev`]). Other responses (creation,
+//! cancellation, progress, history, a batch split into fragments) are
+//! `WatchResponse` messages as they are.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +22,7 @@ use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
-use crate::pb::mvccpb::Event;
+use crate::pb::mvccpb::{Event, KeyValue};
 
 /// `WatchResponse.header`.
 const HEADER_FIELD: u32 = 1;
@@ -107,6 +110,11 @@ pub struct BatchParts<'a> {
     all: Option<Bytes>,
     /// The events one watcher takes (kept to spare an allocation each).
     picked: Vec<usize>,
+    /// Each event's field with its previous key-value, encoded when a first
+    /// watcher asking for previous values takes that event.
+    each_prev: Vec<Option<Bytes>>,
+    /// Every event's field with its previous key-value.
+    all_prev: Option<Bytes>,
 }
 
 impl<'a> BatchParts<'a> {
@@ -121,6 +129,8 @@ impl<'a> BatchParts<'a> {
             each: Vec::new(),
             all: None,
             picked: Vec::new(),
+            each_prev: Vec::new(),
+            all_prev: None,
         }
     }
 
@@ -137,6 +147,63 @@ impl<'a> BatchParts<'a> {
         let out = self.shared(watch_id, &picked);
         self.picked = picked;
         out
+    }
+
+    /// The response for watcher `watch_id` with the events `take` accepts,
+    /// each with its previous key-value: the one it carries, else what
+    /// `prev` reads for its key-value (asked once per event and batch, not
+    /// once per watcher). None when it accepts none.
+    pub fn response_with_prev(
+        &mut self,
+        watch_id: i64,
+        mut take: impl FnMut(&Event) -> bool,
+        mut prev: impl FnMut(&KeyValue) -> Option<KeyValue>,
+    ) -> Option<(WatchOut, usize)> {
+        let mut picked = std::mem::take(&mut self.picked);
+        picked.clear();
+        picked.extend((0..self.events.len()).filter(|&i| take(&self.events[i])));
+        if self.each_prev.len() != self.events.len() {
+            self.each_prev = vec![None; self.events.len()];
+        }
+        for &i in &picked {
+            if self.each_prev[i].is_none() {
+                let e = &self.events[i];
+                let mut b = Vec::new();
+                match (&e.prev_kv, &e.kv) {
+                    (None, Some(kv)) => {
+                        let with = Event {
+                            prev_kv: prev(kv),
+                            ..e.clone()
+                        };
+                        prost::encoding::message::encode(EVENTS_FIELD, &with, &mut b);
+                    }
+                    _ => prost::encoding::message::encode(EVENTS_FIELD, e, &mut b),
+                }
+                self.each_prev[i] = Some(Bytes::from(b));
+            }
+        }
+        let events = if picked.is_empty() {
+            None
+        } else if picked.len() == self.events.len() {
+            let each = &self.each_prev;
+            let all = self.all_prev.get_or_insert_with(|| {
+                Bytes::from(
+                    each.iter()
+                        .flatten()
+                        .map(|b| &b[..])
+                        .collect::<Vec<_>>()
+                        .concat(),
+                )
+            });
+            Some(all.clone())
+        } else {
+            Some(joined(
+                picked.iter().filter_map(|&i| self.each_prev[i].as_ref()),
+            ))
+        };
+        let n = picked.len();
+        self.picked = picked;
+        Some((self.with(watch_id, events?), n))
     }
 
     /// The response carrying the events at `picked`.
@@ -160,25 +227,33 @@ impl<'a> BatchParts<'a> {
             self.all
                 .get_or_insert_with(|| Bytes::from(each.concat()))
                 .clone()
-        } else if let [one] = picked[..] {
-            self.each[one].clone()
         } else {
-            let mut b = Vec::with_capacity(picked.iter().map(|&i| self.each[i].len()).sum());
-            for &i in picked {
-                b.extend_from_slice(&self.each[i]);
-            }
-            Bytes::from(b)
+            joined(picked.iter().map(|&i| &self.each[i]))
         };
-        let n = picked.len();
-        Some((
-            WatchOut::Shared {
-                header: self.header.clone(),
-                watch_id,
-                events,
-            },
-            n,
-        ))
+        Some((self.with(watch_id, events), picked.len()))
     }
+
+    /// The response of watcher `watch_id` carrying the encoded `events`.
+    fn with(&self, watch_id: i64, events: Bytes) -> WatchOut {
+        WatchOut::Shared {
+            header: self.header.clone(),
+            watch_id,
+            events,
+        }
+    }
+}
+
+/// Encoded events one after the other; one alone is shared as it is.
+fn joined<'b>(parts: impl Iterator<Item = &'b Bytes> + Clone) -> Bytes {
+    let mut it = parts.clone();
+    if let (Some(one), None) = (it.next(), it.next()) {
+        return one.clone();
+    }
+    let mut b = Vec::with_capacity(parts.clone().map(|p| p.len()).sum());
+    for p in parts {
+        b.extend_from_slice(p);
+    }
+    Bytes::from(b)
 }
 
 /// etcd's Watch service, answering with [`WatchOut`] messages.
@@ -336,6 +411,74 @@ mod tests {
             assert_eq!(out.encode_to_vec(), expected.encode_to_vec(), "watch {id}");
         }
         assert!(parts.response(3, |_| false).is_none());
+    }
+
+    #[test]
+    fn a_response_with_previous_values_is_the_bytes_of_the_same_watch_response() {
+        let mut carried = event("/c", 9);
+        carried.prev_kv = Some(KeyValue {
+            key: "/c".into(),
+            value: b"carried".to_vec(),
+            ..Default::default()
+        });
+        let events = vec![event("/a", 7), event("/b", 8), carried];
+        let old = |kv: &KeyValue| KeyValue {
+            key: kv.key.clone(),
+            mod_revision: kv.mod_revision - 5,
+            value: b"old".to_vec(),
+            ..Default::default()
+        };
+        let mut asked = Vec::new();
+        let mut parts = BatchParts::new(header(), &events);
+        for (id, keys) in [
+            (4i64, vec!["/b"]),
+            (5, vec!["/a", "/b", "/c"]),
+            (6, vec!["/a", "/c"]),
+            (7, vec!["/a", "/b", "/c"]),
+        ] {
+            let picks = |e: &Event| {
+                keys.contains(&String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).as_ref())
+            };
+            let (out, n) = parts
+                .response_with_prev(id, picks, |kv| {
+                    asked.push(kv.key.clone());
+                    // The first key has no previous value.
+                    (kv.key != b"/a").then(|| old(kv))
+                })
+                .expect("a response");
+            let expected = WatchResponse {
+                header: header(),
+                watch_id: id,
+                events: events
+                    .iter()
+                    .filter(|e| picks(e))
+                    .map(|e| {
+                        let mut e = e.clone();
+                        if e.prev_kv.is_none() && e.kv.as_ref().unwrap().key != b"/a" {
+                            e.prev_kv = Some(old(e.kv.as_ref().unwrap()));
+                        }
+                        e
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            assert_eq!(n, expected.events.len());
+            assert_eq!(out.encoded_len(), expected.encoded_len(), "watch {id}");
+            assert_eq!(out.encode_to_vec(), expected.encode_to_vec(), "watch {id}");
+        }
+        // Read once per event for the whole batch; never for an event that
+        // carries its previous value.
+        assert_eq!(asked, vec![b"/b".to_vec(), b"/a".to_vec()]);
+        // Watchers without previous values still get the events as they are.
+        let (plain, _) = parts.response(8, |_| true).expect("a response");
+        let expected = WatchResponse {
+            header: header(),
+            watch_id: 8,
+            events: events.clone(),
+            ..Default::default()
+        };
+        assert_eq!(plain.encode_to_vec(), expected.encode_to_vec());
+        assert!(parts.response_with_prev(9, |_| false, |_| None).is_none());
     }
 
     #[test]
