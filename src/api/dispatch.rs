@@ -126,6 +126,7 @@ impl App {
     /// subject common name, put on each of its requests.
     pub fn connection(&self, cn: Option<String>, exec: super::calls::Calls) -> Connection {
         Connection {
+            grpc: self.grpc.clone().map(|g| Arc::new(Local(g))),
             app: self.clone(),
             cn,
             exec,
@@ -136,9 +137,17 @@ impl App {
 /// The service of one connection.
 pub struct Connection {
     app: App,
+    /// The gRPC services behind a reference count of this connection's own:
+    /// each call holds it, and counting every call of every connection on
+    /// the member's one count made the CPUs serving them pass its cache
+    /// line back and forth.
+    grpc: Option<Arc<Local>>,
     cn: Option<String>,
     exec: super::calls::Calls,
 }
+
+/// The member's gRPC services as one connection holds them.
+struct Local(Arc<Grpc>);
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
@@ -153,7 +162,6 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
             req.extensions_mut().insert(super::PeerCn(cn.clone()));
         }
         let grpc = self
-            .app
             .grpc
             .as_ref()
             .and_then(|g| Some((g.clone(), Which::of(req.uri().path())?)));
@@ -166,7 +174,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
                 }
                 // One call to one of etcd's services, through the front steps.
                 Box::pin(async move {
-                    let g = &*g;
+                    let g = &*g.0;
                     let service = |req| service(&g.services, g.max, which, req);
                     Ok(super::front::steps(&g.s, g.max, req, service).await)
                 })
