@@ -377,6 +377,18 @@ mod tests {
         })
     }
 
+    fn keyed(e: &Event, keys: &[&str]) -> bool {
+        keys.contains(&String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).as_ref())
+    }
+
+    /// `out`, carrying `n` events, is byte for byte `expected`.
+    fn assert_encodes_as(out: &WatchOut, n: usize, expected: &WatchResponse) {
+        let id = expected.watch_id;
+        assert_eq!(n, expected.events.len(), "watch {id}");
+        assert_eq!(out.encoded_len(), expected.encoded_len(), "watch {id}");
+        assert_eq!(out.encode_to_vec(), expected.encode_to_vec(), "watch {id}");
+    }
+
     #[test]
     fn a_shared_response_is_the_bytes_of_the_same_watch_response() {
         let events = vec![event("/a", 7), event("/b", 8), event("/c", 9)];
@@ -387,28 +399,14 @@ mod tests {
             (-1, vec!["/b"]),
             (1 << 40, vec!["/a", "/c"]),
         ] {
-            let (out, n) = parts
-                .response(id, |e| {
-                    keys.contains(&String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).as_ref())
-                })
-                .expect("a response");
+            let (out, n) = parts.response(id, |e| keyed(e, &keys)).expect("a response");
             let expected = WatchResponse {
                 header: header(),
                 watch_id: id,
-                events: events
-                    .iter()
-                    .filter(|e| {
-                        keys.contains(
-                            &String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).as_ref(),
-                        )
-                    })
-                    .cloned()
-                    .collect(),
+                events: events.iter().filter(|e| keyed(e, &keys)).cloned().collect(),
                 ..Default::default()
             };
-            assert_eq!(n, expected.events.len());
-            assert_eq!(out.encoded_len(), expected.encoded_len(), "watch {id}");
-            assert_eq!(out.encode_to_vec(), expected.encode_to_vec(), "watch {id}");
+            assert_encodes_as(&out, n, &expected);
         }
         assert!(parts.response(3, |_| false).is_none());
     }
@@ -436,22 +434,23 @@ mod tests {
             (6, vec!["/a", "/c"]),
             (7, vec!["/a", "/b", "/c"]),
         ] {
-            let picks = |e: &Event| {
-                keys.contains(&String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).as_ref())
-            };
             let (out, n) = parts
-                .response_with_prev(id, picks, |kv| {
-                    asked.push(kv.key.clone());
-                    // The first key has no previous value.
-                    (kv.key != b"/a").then(|| old(kv))
-                })
+                .response_with_prev(
+                    id,
+                    |e| keyed(e, &keys),
+                    |kv| {
+                        asked.push(kv.key.clone());
+                        // The first key has no previous value.
+                        (kv.key != b"/a").then(|| old(kv))
+                    },
+                )
                 .expect("a response");
             let expected = WatchResponse {
                 header: header(),
                 watch_id: id,
                 events: events
                     .iter()
-                    .filter(|e| picks(e))
+                    .filter(|e| keyed(e, &keys))
                     .map(|e| {
                         let mut e = e.clone();
                         if e.prev_kv.is_none() && e.kv.as_ref().unwrap().key != b"/a" {
@@ -462,9 +461,7 @@ mod tests {
                     .collect(),
                 ..Default::default()
             };
-            assert_eq!(n, expected.events.len());
-            assert_eq!(out.encoded_len(), expected.encoded_len(), "watch {id}");
-            assert_eq!(out.encode_to_vec(), expected.encode_to_vec(), "watch {id}");
+            assert_encodes_as(&out, n, &expected);
         }
         // Read once per event for the whole batch; never for an event that
         // carries its previous value.
