@@ -328,10 +328,15 @@ impl EtcdServer {
         if !seed.is_empty() {
             transport.seed(seed);
         }
+        // On a runtime of one worker (one CPU), writes go through the loop
+        // (see `writes_here`), and the loop lets that worker decode the
+        // writes that came with the first before it takes them.
+        let writes_here =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() > 1);
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || {
-                let r = Node::run(shared, rx);
+                let r = Node::run(shared, rx, !writes_here);
                 if let Err(e) = &r {
                     crate::error!("raft loop stopped", error = e);
                 }
@@ -364,8 +369,7 @@ impl EtcdServer {
             request_timeout,
             transport,
             inflight: inflight::InFlight::default(),
-            writes_here: tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.metrics().num_workers() > 1),
+            writes_here,
             reads,
             disk,
         }))

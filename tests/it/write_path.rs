@@ -182,12 +182,11 @@ async fn on_one_cpu_writes_in_flight_together_share_syncs() {
     }
     let syncs = wal_syncs(&srv) - before;
     let writes = (CLIENTS * EACH) as u64;
-    // Synced one by one on the worker, these writes took 361 syncs. Through
-    // the loop they take 200 to 225 (a debug build's worker decodes one or
-    // two writes during a sync of about 80 µs; more on a slower disk):
-    // fewer than three syncs for four writes tells them apart.
+    // Synced one by one on the worker they took 361 syncs; taken by the loop
+    // as soon as it woke, before the worker had decoded the others, 200 to
+    // 225; the loop letting the worker run first, 42 to 65.
     assert!(
-        syncs * 4 <= writes * 3,
+        syncs * 4 <= writes,
         "{writes} writes from {CLIENTS} clients at once took {syncs} syncs"
     );
     let mut c = connect(&srv.endpoint()).await;

@@ -384,7 +384,16 @@ impl Node {
     /// [`Node::propose_here`]: the loop holds it while it works and lets go
     /// of it while it waits for messages. When the loop ends it takes the
     /// node out, so nothing runs it any more.
-    pub fn run(shared: Arc<Mutex<Option<Node>>>, rx: Receiver<Msg>) -> Result<(), StorageError> {
+    /// With `yield_to_worker` (a runtime of one worker, which shares its one
+    /// CPU with this thread), a write that wakes the loop lets the worker
+    /// run first: woken, this thread would take the CPU from the worker
+    /// while it still decodes the writes that came with that one, and sync
+    /// each of them alone.
+    pub fn run(
+        shared: Arc<Mutex<Option<Node>>>,
+        rx: Receiver<Msg>,
+        yield_to_worker: bool,
+    ) -> Result<(), StorageError> {
         // Marks the loop stopped even when it panics, so the process notices.
         struct StoppedOnDrop(Option<Arc<RaftStatus>>);
         impl Drop for StoppedOnDrop {
@@ -405,6 +414,9 @@ impl Node {
         };
         let taken = loop {
             let first = rx.recv_timeout(timeout);
+            if yield_to_worker && matches!(first, Ok(Msg::Propose { .. })) {
+                std::thread::yield_now();
+            }
             let mut guard = shared.lock();
             let Some(node) = guard.as_mut() else {
                 return Ok(());
