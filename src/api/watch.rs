@@ -86,6 +86,11 @@ impl Stream {
         self.out.send(Ok(WatchOut::Message(r))).await
     }
 
+    /// etcd's limit for a watch response: the request limit plus gRPC overhead.
+    fn response_limit(&self) -> usize {
+        self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES
+    }
+
     fn header(&self, rev: i64) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
         Some(self.s.header(rev))
     }
@@ -239,8 +244,7 @@ impl Stream {
         }
         w.active = true;
         metrics::EVENTS_TOTAL.add(events.len() as u64);
-        // etcd's limit for a watch response: the request limit plus gRPC overhead.
-        let limit = self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
+        let limit = self.response_limit();
         let header = self.header(rev);
         let whole = WatchResponse {
             header,
@@ -296,8 +300,7 @@ impl Stream {
         let mut parts = super::watch_out::BatchParts::new(self.header(rev), events);
         // The batch's shared responses, handed over together (watch_outbox).
         let mut chunk = Vec::new();
-        // etcd's limit for a watch response: the request limit plus gRPC overhead.
-        let limit = self.s.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
+        let limit = self.response_limit();
         let store = &self.s.store;
         let prev = |kv: &crate::pb::mvccpb::KeyValue| {
             store

@@ -182,26 +182,18 @@ impl<'a> BatchParts<'a> {
                 self.each_prev[i] = Some(Bytes::from(b));
             }
         }
-        let events = if picked.is_empty() {
+        let n = picked.len();
+        let each = &self.each_prev;
+        let events = if n == 0 {
             None
-        } else if picked.len() == self.events.len() {
-            let each = &self.each_prev;
-            let all = self.all_prev.get_or_insert_with(|| {
-                Bytes::from(
-                    each.iter()
-                        .flatten()
-                        .map(|b| &b[..])
-                        .collect::<Vec<_>>()
-                        .concat(),
-                )
-            });
+        } else if n == self.events.len() {
+            let all = self
+                .all_prev
+                .get_or_insert_with(|| joined(each.iter().flatten()));
             Some(all.clone())
         } else {
-            Some(joined(
-                picked.iter().filter_map(|&i| self.each_prev[i].as_ref()),
-            ))
+            Some(joined(picked.iter().filter_map(|&i| each[i].as_ref())))
         };
-        let n = picked.len();
         self.picked = picked;
         Some((self.with(watch_id, events?), n))
     }
