@@ -127,7 +127,7 @@ impl App {
     pub fn connection(&self, cn: Option<String>, exec: super::calls::Calls) -> Connection {
         Connection {
             grpc: self.grpc.clone().map(|g| Arc::new(Local(g))),
-            app: self.clone(),
+            http: self.http.clone(),
             cn,
             exec,
         }
@@ -136,7 +136,7 @@ impl App {
 
 /// The service of one connection.
 pub struct Connection {
-    app: App,
+    http: axum::Router,
     /// The gRPC services behind a reference count of this connection's own:
     /// each call holds it, and counting every call of every connection on
     /// the member's one count made the CPUs serving them pass its cache
@@ -180,10 +180,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
                 })
             }
             None if req.version() == http::Version::HTTP_2 => {
-                let answer = self.app.http.clone().oneshot(req);
+                let answer = self.http.clone().oneshot(req);
                 Box::pin(async move { answer.await.map(with_date) })
             }
-            None => Box::pin(self.app.http.clone().oneshot(req)),
+            None => Box::pin(self.http.clone().oneshot(req)),
         }
     }
 }

@@ -342,7 +342,9 @@ impl Drop for Limited {
 /// Reads what is left of a request body, up to its end, and drops it. A body
 /// that has not ended within [`END_OF_STREAM_WAIT`], or that carries more
 /// data (a client breaking the call's one-message rule), is dropped at once:
-/// only an empty end of stream, or trailers, are waited for.
+/// only an empty end of stream, or trailers, are waited for. The stream stays
+/// open meanwhile and counts against the connection's concurrent streams
+/// (`--max-concurrent-streams`), which bounds these tasks per connection.
 async fn drain(mut body: Body) {
     let read = async {
         while let Some(frame) =
