@@ -75,11 +75,14 @@ pin_project_lite::pin_project! {
         running: FuturesUnordered<Call>,
         wake: Arc<Wake>,
         waker: Waker,
+        hold: super::held_flush::Hold,
     }
 }
 
 impl<F> Serving<F> {
-    pub fn new(conn: F, calls: Calls) -> Self {
+    /// `hold` is the hold of the connection's socket: control frames are
+    /// held while the calls of a pass run, and flushed before the poll ends.
+    pub fn new(conn: F, calls: Calls, hold: super::held_flush::Hold) -> Self {
         let wake = Arc::new(Wake {
             state: AtomicU8::new(IDLE),
             task: parking_lot::Mutex::new(None),
@@ -90,6 +93,7 @@ impl<F> Serving<F> {
             running: FuturesUnordered::new(),
             waker: Waker::from(wake.clone()),
             wake,
+            hold,
         }
     }
 }
@@ -145,11 +149,13 @@ impl<F: Future> Future for Serving<F> {
             }
         }
         this.wake.state.store(POLLING, Ordering::Release);
+        this.hold.on();
         let mut inner = Context::from_waker(this.waker);
         let mut pass = 1;
         loop {
             // Reads requests, accepts calls, writes what calls have answered.
             if let Poll::Ready(out) = this.conn.as_mut().poll(&mut inner) {
+                this.hold.off();
                 this.wake.state.store(IDLE, Ordering::Release);
                 return Poll::Ready(out);
             }
@@ -161,9 +167,14 @@ impl<F: Future> Future for Serving<F> {
                 .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
                 .is_err();
             if !woken {
-                return Poll::Pending;
-            }
-            if pass == PASSES {
+                // Control frames held while the calls ran (`held_flush`)
+                // leave in one more pass, the hold off; once only.
+                if !this.hold.off() {
+                    return Poll::Pending;
+                }
+            } else if pass >= PASSES {
+                // A flush still held waits for the task's next poll.
+                this.hold.off();
                 this.wake.state.store(IDLE, Ordering::Release);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -234,6 +245,7 @@ mod tests {
                 f: |_: &mut Context<'_>| {},
             },
             calls.clone(),
+            super::super::held_flush::Hold::default(),
         );
         let count = poll_once(&mut s);
         assert!(ran.load(Ordering::SeqCst), "the connection's poll ran it");
@@ -266,6 +278,7 @@ mod tests {
                 },
             },
             Calls::default(),
+            super::super::held_flush::Hold::default(),
         );
         let count = poll_once(&mut s);
         assert_eq!(polls.load(Ordering::SeqCst), 2, "polled again at once");
@@ -283,6 +296,7 @@ mod tests {
                 f: move |cx: &mut Context<'_>| *k.lock() = Some(cx.waker().clone()),
             },
             Calls::default(),
+            super::super::held_flush::Hold::default(),
         );
         let count = poll_once(&mut s);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
@@ -295,6 +309,34 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_held_during_the_poll_goes_out_in_one_more_pass_before_it_ends() {
+        use super::super::held_flush::Hold;
+        let hold = Hold::default();
+        let h = hold.clone();
+        let pong = [0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let flushed = Arc::new(AtomicUsize::new(0));
+        let f = flushed.clone();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut s = Serving::new(
+            Conn {
+                polls: polls.clone(),
+                f: move |_: &mut Context<'_>| {
+                    if !h.holds(&pong) {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            },
+            Calls::default(),
+            hold.clone(),
+        );
+        let count = poll_once(&mut s);
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "one pass more");
+        assert_eq!(flushed.load(Ordering::SeqCst), 1, "flushed in that pass");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
+        assert!(!hold.off(), "nothing held after the poll");
+    }
+
+    #[test]
     fn a_connection_that_always_wakes_itself_yields_after_a_bounded_number_of_passes() {
         let polls = Arc::new(AtomicUsize::new(0));
         let mut s = Serving::new(
@@ -303,6 +345,7 @@ mod tests {
                 f: |cx: &mut Context<'_>| cx.waker().wake_by_ref(),
             },
             Calls::default(),
+            super::super::held_flush::Hold::default(),
         );
         let count = poll_once(&mut s);
         assert_eq!(polls.load(Ordering::SeqCst), PASSES);

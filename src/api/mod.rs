@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod election;
 mod front;
 pub mod gateway;
+mod held_flush;
 pub mod http;
 mod keep_alive;
 pub mod kv;
@@ -262,15 +263,19 @@ pub async fn serve(
                 None => {
                     let stream = conn::FirstByte::new(stream, conn::FIRST_BYTE_DEADLINE);
                     let calls = coalesce::InFlight::default();
+                    let hold = held_flush::Hold::default();
+                    let io = held_flush::HeldFlush::new(
+                        coalesce::write_buffer(authority::FixAuthority::new(stream)),
+                        hold.clone(),
+                    );
                     let end = coalesce::Coalesced::new(
                         calls::Serving::new(
                             b.serve_connection_with_upgrades(
-                                TokioIo::new(coalesce::write_buffer(authority::FixAuthority::new(
-                                    stream,
-                                ))),
+                                TokioIo::new(io),
                                 calls.track(app.connection(None, exec.clone()), exec.clone()),
                             ),
                             exec,
+                            hold,
                         ),
                         calls,
                     )
@@ -298,15 +303,19 @@ pub async fn serve(
                             let svc = app.connection(cn, exec.clone());
                             let s = conn::FirstByte::new(s, conn::FIRST_BYTE_DEADLINE);
                             let calls = coalesce::InFlight::default();
+                            let hold = held_flush::Hold::default();
+                            let io = held_flush::HeldFlush::new(
+                                coalesce::write_buffer(authority::FixAuthority::new(s)),
+                                hold.clone(),
+                            );
                             let end = coalesce::Coalesced::new(
                                 calls::Serving::new(
                                     b.serve_connection_with_upgrades(
-                                        TokioIo::new(coalesce::write_buffer(
-                                            authority::FixAuthority::new(s),
-                                        )),
+                                        TokioIo::new(io),
                                         calls.track(svc, exec.clone()),
                                     ),
                                     exec,
+                                    hold,
                                 ),
                                 calls,
                             )

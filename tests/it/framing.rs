@@ -205,3 +205,66 @@ fn calls_that_arrive_together_are_answered_in_a_few_writes() {
         "{CALLS} answers came in {segments} TCP segments"
     );
 }
+
+/// A PING that comes with a call (Go's gRPC clients send one, to estimate
+/// the connection's bandwidth, in front of most calls) is acknowledged in
+/// the write that carries the call's answer: one TCP segment, one wake-up
+/// of the client, not two. A PING alone is acknowledged at once.
+#[test]
+fn a_ping_sent_with_a_call_is_acknowledged_in_the_answers_write() {
+    const ROUNDS: u32 = 20;
+    let srv = Server::start(&[]);
+    let (mut s, out) = open(&srv);
+    s.write_all(&out).expect("send the preface");
+    let (mut theirs, mut acked) = (false, false);
+    while !(theirs && acked) {
+        let (kind, flags, _, _) = read_frame(&mut s).expect("settings");
+        match (kind, flags & 0x1) {
+            (0x4, 0) => {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
+                theirs = true;
+            }
+            (0x4, _) => acked = true,
+            _ => {}
+        }
+    }
+    // Waits for the PING ACK carrying `ping` and, if `stream` is given,
+    // that stream's trailers.
+    let answered = |s: &mut TcpStream, ping: [u8; 8], stream: Option<u32>| {
+        let (mut pong, mut ended) = (false, stream.is_none());
+        while !(pong && ended) {
+            let (kind, flags, id, payload) = read_frame(s).expect("answer");
+            match kind {
+                0x6 if flags & 0x1 != 0 => {
+                    assert_eq!(payload, ping, "a PING ACK echoes its PING");
+                    pong = true;
+                }
+                0x1 if flags & 0x1 != 0 && Some(id) == stream => ended = true,
+                0x3 => panic!("stream {id} reset: {payload:?}"),
+                0x7 => panic!("connection closed by GOAWAY: {payload:?}"),
+                _ => {}
+            }
+        }
+    };
+
+    let alone = [7u8; 8];
+    s.write_all(&frame(0x6, 0, 0, &alone)).expect("ping");
+    answered(&mut s, alone, None);
+
+    let before = data_segments_in(&s);
+    let range = [0x0a, 1, b'k', 0x38, 1]; // key "k", serializable
+    for round in 0..ROUNDS {
+        let ping = u64::from(round).to_be_bytes();
+        let stream = 1 + 2 * round;
+        let mut out = frame(0x6, 0, 0, &ping);
+        out.extend(unary_call(stream, "/etcdserverpb.KV/Range", &range));
+        s.write_all(&out).expect("send the call");
+        answered(&mut s, ping, Some(stream));
+    }
+    let segments = data_segments_in(&s) - before;
+    // Acknowledged on its own, each PING made a segment of its own.
+    assert!(
+        segments <= ROUNDS + ROUNDS / 4,
+        "{ROUNDS} calls, each with a PING, answered in {segments} TCP segments"
+    );
+}
