@@ -329,12 +329,32 @@ const END_OF_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 
 impl Drop for Limited {
     fn drop(&mut self) {
-        if !self.ended || http_body::Body::is_end_stream(&self.inner) {
+        if !self.ended
+            || http_body::Body::is_end_stream(&self.inner)
+            || read_at_hand(&mut self.inner)
+        {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let body = std::mem::replace(&mut self.inner, Body::empty());
             rt.spawn(drain(body));
+        }
+    }
+}
+
+/// Reads the frames of `body` already received, without waiting: true when
+/// nothing is left to wait for (the body ended, or it carries more data or
+/// failed, and is dropped at once as [`drain`] would), false when its end
+/// has not come yet. A client that sends its end of stream in a frame of its
+/// own, right after the message (tonic's and hyper's clients do), has most
+/// often sent it by the time the answer is ready: no task is spawned then.
+fn read_at_hand(body: &mut Body) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        match http_body::Body::poll_frame(Pin::new(&mut *body), &mut cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Some(Ok(f))) if f.data_ref().is_none_or(|d| d.is_empty()) => {}
+            Poll::Ready(_) => return true,
         }
     }
 }
@@ -429,6 +449,29 @@ mod tests {
             .await
             .expect("the drain stopped at data after the message");
         wait_for_no_task().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_end_of_stream_came_is_read_to_its_end_without_a_task() {
+        let put = grpc::lookup("/etcdserverpb.KV/Put").expect("Put");
+        let m = message(5);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(4);
+        tx.send(Ok(Bytes::from(m.clone()))).await.expect("send");
+        // The client's end of stream, an empty frame then the end, came
+        // right after the message (tonic's and hyper's clients send it so).
+        tx.send(Ok(Bytes::new())).await.expect("send");
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut l = Limited::new(body, 100, Some(put));
+        assert_eq!(poll(&mut l), Poll::Ready(Some(m)));
+        drop(tx);
+        drop(l);
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0,
+            "a task was spawned to read an end that had come"
+        );
     }
 
     /// Waits until no spawned task is left on the test's runtime.
