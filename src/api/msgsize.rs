@@ -230,8 +230,9 @@ impl http_body::Body for Counted {
 /// wake-up of the connection later. etcd's server does not wait for it either,
 /// and ignores what a client sends after the message, as tonic does.
 ///
-/// The client's end of stream is still read when it comes after the body is
-/// dropped ([`drain`]). A request stream dropped open is reset by h2, which
+/// The client's end of stream is still read: at once when it has come by
+/// the time the body is dropped ([`read_at_hand`]), else by a task when it
+/// comes ([`drain`]). A request stream dropped open is reset by h2, which
 /// forgets a reset stream after a second or fifty newer ones; a frame for a
 /// forgotten stream is an error h2 counts against the connection for its
 /// whole life, and past 1,024 of them it closes the connection
