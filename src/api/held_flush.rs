@@ -124,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeldFlush<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeldFlush<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeldFlush<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -194,46 +194,13 @@ mod tests {
         assert!(!control_frames_only(&[]));
     }
 
-    /// A socket that records its writes.
-    #[derive(Default)]
-    struct Sink(Vec<Vec<u8>>);
-
-    impl AsyncRead for Sink {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    impl AsyncWrite for Sink {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.get_mut().0.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn write(s: &mut HeldFlush<Sink>, b: &[u8]) {
+    fn write(s: &mut HeldFlush<Vec<u8>>, b: &[u8]) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let r = Pin::new(s).poll_write(&mut cx, b);
         assert!(matches!(r, Poll::Ready(Ok(n)) if n == b.len()));
     }
 
-    fn flush(s: &mut HeldFlush<Sink>) -> bool {
+    fn flush(s: &mut HeldFlush<Vec<u8>>) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(s).poll_flush(&mut cx) {
             Poll::Ready(r) => {
@@ -247,31 +214,31 @@ mod tests {
     #[test]
     fn a_held_pong_leaves_with_the_answer_written_after_it() {
         let hold = Hold::default();
-        let mut s = HeldFlush::new(BufWriter::new(Sink::default()), hold.clone());
+        let mut s = HeldFlush::new(BufWriter::new(Vec::new()), hold.clone());
         let pong = frame(PING, 1, 0, &[9; 8]);
         let answer = [frame(0x1, 4, 1, &[0x88]), frame(0x0, 1, 1, &[0; 5])].concat();
 
         hold.on();
         write(&mut s, &pong);
         assert!(!flush(&mut s), "held while the hold is on");
-        assert!(s.inner.get_ref().0.is_empty());
+        assert!(s.inner.get_ref().is_empty(), "nothing written");
         write(&mut s, &answer);
         assert!(flush(&mut s), "an answer is flushed at once");
-        assert_eq!(s.inner.get_ref().0, vec![[pong, answer].concat()]);
+        assert_eq!(*s.inner.get_ref(), [pong, answer].concat());
         assert!(!hold.off(), "the frames held left with the answer");
     }
 
     #[test]
     fn with_the_hold_off_control_frames_flush_at_once() {
         let hold = Hold::default();
-        let mut s = HeldFlush::new(BufWriter::new(Sink::default()), hold.clone());
+        let mut s = HeldFlush::new(BufWriter::new(Vec::new()), hold.clone());
         let window = frame(WINDOW_UPDATE, 0, 0, &7u32.to_be_bytes());
         hold.on();
         write(&mut s, &window);
         assert!(!flush(&mut s));
         assert!(hold.off());
         assert!(flush(&mut s), "the pass after the hold flushes");
-        assert_eq!(s.inner.get_ref().0, vec![window]);
+        assert_eq!(*s.inner.get_ref(), window);
         assert!(!hold.off(), "nothing held since");
     }
 }

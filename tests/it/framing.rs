@@ -72,6 +72,26 @@ fn open(srv: &Server) -> (TcpStream, Vec<u8>) {
     (s, out)
 }
 
+/// A connection to `srv` past the SETTINGS exchange: ours sent, the
+/// server's read and acknowledged, and its acknowledgement of ours read.
+fn settled(srv: &Server) -> TcpStream {
+    let (mut s, out) = open(srv);
+    s.write_all(&out).expect("send the preface");
+    let (mut theirs, mut acked) = (false, false);
+    while !(theirs && acked) {
+        let (kind, flags, _, _) = read_frame(&mut s).expect("settings");
+        match (kind, flags & 0x1) {
+            (0x4, 0) => {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
+                theirs = true;
+            }
+            (0x4, _) => acked = true,
+            _ => {}
+        }
+    }
+    s
+}
+
 /// Reads one frame: (type, flags, stream, payload).
 fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
     let mut head = [0u8; 9];
@@ -164,21 +184,7 @@ fn a_connection_ended_by_a_protocol_error_is_logged_at_debug_level() {
 fn calls_that_arrive_together_are_answered_in_a_few_writes() {
     const CALLS: u32 = 40;
     let srv = Server::start(&[]);
-    let (mut s, out) = open(&srv);
-    s.write_all(&out).expect("send the preface");
-    // The server's SETTINGS and its acknowledgement of ours.
-    let (mut theirs, mut acked) = (false, false);
-    while !(theirs && acked) {
-        let (kind, flags, _, _) = read_frame(&mut s).expect("settings");
-        match (kind, flags & 0x1) {
-            (0x4, 0) => {
-                s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
-                theirs = true;
-            }
-            (0x4, _) => acked = true,
-            _ => {}
-        }
-    }
+    let mut s = settled(&srv);
     let before = data_segments_in(&s);
     // CALLS serializable Ranges of key "k", in one write.
     let range = [0x0a, 1, b'k', 0x38, 1]; // key "k", serializable
@@ -214,20 +220,7 @@ fn calls_that_arrive_together_are_answered_in_a_few_writes() {
 fn a_ping_sent_with_a_call_is_acknowledged_in_the_answers_write() {
     const ROUNDS: u32 = 20;
     let srv = Server::start(&[]);
-    let (mut s, out) = open(&srv);
-    s.write_all(&out).expect("send the preface");
-    let (mut theirs, mut acked) = (false, false);
-    while !(theirs && acked) {
-        let (kind, flags, _, _) = read_frame(&mut s).expect("settings");
-        match (kind, flags & 0x1) {
-            (0x4, 0) => {
-                s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
-                theirs = true;
-            }
-            (0x4, _) => acked = true,
-            _ => {}
-        }
-    }
+    let mut s = settled(&srv);
     // Waits for the PING ACK carrying `ping` and, if `stream` is given,
     // that stream's trailers.
     let answered = |s: &mut TcpStream, ping: [u8; 8], stream: Option<u32>| {
