@@ -349,16 +349,23 @@ impl Drop for Limited {
 /// has not come yet. A client that sends its end of stream in a frame of its
 /// own, right after the message (tonic's and hyper's clients do), has most
 /// often sent it by the time the answer is ready: no task is spawned then.
+/// At most [`AT_HAND_FRAMES`] frames are read here: a client that keeps
+/// sending empty frames is left to [`drain`] and its deadline.
 fn read_at_hand(body: &mut Body) -> bool {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    loop {
+    for _ in 0..AT_HAND_FRAMES {
         match http_body::Body::poll_frame(Pin::new(&mut *body), &mut cx) {
             Poll::Pending => return false,
             Poll::Ready(Some(Ok(f))) if f.data_ref().is_none_or(|d| d.is_empty()) => {}
             Poll::Ready(_) => return true,
         }
     }
+    false
 }
+
+/// The most frames [`read_at_hand`] reads: an empty one, then the end of
+/// stream or trailers, with room to spare.
+const AT_HAND_FRAMES: usize = 4;
 
 /// Reads what is left of a request body, up to its end, and drops it. A body
 /// that has not ended within [`END_OF_STREAM_WAIT`], or that carries more
@@ -472,6 +479,40 @@ mod tests {
                 .num_alive_tasks(),
             0,
             "a task was spawned to read an end that had come"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_keeps_sending_empty_frames_is_left_to_the_drain() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let put = grpc::lookup("/etcdserverpb.KV/Put").expect("Put");
+        let m = message(5);
+        // The message, then a thousand empty frames at hand, then nothing.
+        let pulled = std::sync::Arc::new(AtomicUsize::new(0));
+        let p = pulled.clone();
+        let frames = futures::stream::iter(
+            std::iter::once(Bytes::from(m.clone()))
+                .chain(std::iter::repeat_n(Bytes::new(), 1000))
+                .map(Ok::<_, axum::Error>),
+        )
+        .inspect(move |_| {
+            p.fetch_add(1, Ordering::SeqCst);
+        })
+        .chain(futures::stream::pending());
+        let mut l = Limited::new(Body::from_stream(frames), 100, Some(put));
+        assert_eq!(poll(&mut l), Poll::Ready(Some(m)));
+        drop(l);
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            1 + AT_HAND_FRAMES,
+            "the drop read more than its bound"
+        );
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            1,
+            "the rest is left to the drain task"
         );
     }
 
