@@ -596,6 +596,7 @@ pub fn raft_wal(data: &[u8]) {
 pub fn peer_stream(data: &[u8]) {
     use crate::raft::wire;
     let _ = wire::leading_msg_type(data);
+    let _ = crate::raft::transport::whole_message_at(data);
     if let Ok(m) = wire::decode(prost::bytes::Bytes::copy_from_slice(data)) {
         let again = wire::encode(&m).expect("a decoded message encodes");
         let back = wire::decode(prost::bytes::Bytes::from(again)).expect("and decodes again");

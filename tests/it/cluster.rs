@@ -1519,6 +1519,7 @@ fn restarted_member_catches_up_by_snapshot() {
             .expect("watch");
         (cl, s, rev + 1)
     });
+    let cut_at = c.status_table(&[leader]).0[0].index;
     c.net.isolate(c.members[down].id, &c.ids());
     let ep = c.members[leader].endpoint();
     c.rt.block_on(async {
@@ -1529,6 +1530,33 @@ fn restarted_member_catches_up_by_snapshot() {
                 .expect("put while the member is cut off");
         }
     });
+    // The leader's log keeps what its database has not made durable (up to
+    // --backend-batch-interval): more writes until it has dropped the entries
+    // the member lacks, which only a snapshot then brings.
+    let compacted_past = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("compacted Raft logs"))
+            .filter_map(|l| l.split("\"compact_index\":\"").nth(1))
+            .filter_map(|v| v.split('"').next()?.parse::<u64>().ok())
+            .any(|i| i > cut_at)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pad = 0;
+    while !compacted_past(&c.members[leader].log()) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not compact its log past index {cut_at}"
+        );
+        c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            for _ in 0..50 {
+                cl.put(format!("pad/{pad:05}"), "x", None)
+                    .await
+                    .expect("put while the member is cut off");
+                pad += 1;
+            }
+        });
+    }
     let before = c.members[down]
         .log()
         .matches("applying snapshot from leader")

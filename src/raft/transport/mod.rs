@@ -140,6 +140,22 @@ const LAST: u8 = 1;
 const BODY_MORE: u8 = 2;
 const BODY_LAST: u8 = 3;
 
+/// The most messages that arrived together delivered as one batch.
+const MAX_BATCH: usize = 64;
+
+/// Whether `buffered` begins with a whole message in one chunk that is not
+/// a snapshot: reading it takes no wait, so it joins the batch being
+/// received.
+pub(crate) fn whole_message_at(buffered: &[u8]) -> bool {
+    let Some((head, rest)) = buffered.split_first_chunk::<5>() else {
+        return false;
+    };
+    let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    head[4] == LAST
+        && n <= rest.len()
+        && wire::leading_msg_type(&rest[..n]) != Some(MessageType::MsgSnapshot as u64)
+}
+
 /// Appends `msg` as chunks: `[len u32 BE][last u8][bytes]`.
 fn push_chunks(buf: &mut Vec<u8>, msg: &[u8]) {
     let mut chunks = msg.chunks(CHUNK).peekable();
@@ -158,6 +174,10 @@ fn push_chunks(buf: &mut Vec<u8>, msg: &[u8]) {
 /// What the transport reports back to the Raft loop.
 pub enum Event {
     Message(Message),
+    /// Messages from one peer that arrived together, in order: the Raft
+    /// loop steps them in one pass, so what they make it send leaves in one
+    /// write to each peer.
+    Messages(Vec<Message>),
     Unreachable(u64),
     SnapshotDone(u64, bool),
 }
@@ -912,6 +932,9 @@ impl Transport {
         let mut body = Vec::new();
         // Whether the message being received is a snapshot's.
         let mut snapshot_msg = false;
+        // Messages received, not yet delivered: only while the next one is
+        // whole in the buffer (never a snapshot, never a chunk of one).
+        let mut batch: Vec<Message> = Vec::new();
         loop {
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await?;
@@ -1015,7 +1038,17 @@ impl Transport {
             if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
                 stats.heartbeat_answered();
             }
-            (self.deliver)(Event::Message(m));
+            // Messages already read behind this one go with it.
+            batch.push(m);
+            if batch.len() < MAX_BATCH && whole_message_at(s.buffer()) {
+                continue;
+            }
+            let ev = if batch.len() == 1 {
+                Event::Message(batch.remove(0))
+            } else {
+                Event::Messages(std::mem::take(&mut batch))
+            };
+            (self.deliver)(ev);
         }
     }
 }
@@ -1119,5 +1152,39 @@ mod tests {
         let mut empty = Vec::new();
         push_chunks(&mut empty, &[]);
         assert_eq!(empty, vec![0, 0, 0, 0, 1]);
+    }
+
+    fn encoded(t: MessageType) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.to = 2;
+        m.from = 1;
+        m.term = 3;
+        wire::encode(&m).expect("encodes")
+    }
+
+    #[test]
+    fn only_a_whole_message_read_already_joins_a_batch() {
+        let mut two = Vec::new();
+        push_chunks(&mut two, &encoded(MessageType::MsgHeartbeat));
+        push_chunks(&mut two, &encoded(MessageType::MsgReadIndexResp));
+        assert!(whole_message_at(&two));
+        let first = 5 + encoded(MessageType::MsgHeartbeat).len();
+        assert!(whole_message_at(&two[first..]));
+        // Not all of it read yet: the receive waits, so the batch goes.
+        assert!(!whole_message_at(&two[first..two.len() - 1]));
+        assert!(!whole_message_at(&two[first..first + 4]));
+        assert!(!whole_message_at(&[]));
+        // A chunk that is not a message's last.
+        let mut more = two[first..].to_vec();
+        more[4] = MORE;
+        assert!(!whole_message_at(&more));
+        // A snapshot, and a snapshot body's chunk, never join.
+        let mut snap = Vec::new();
+        push_chunks(&mut snap, &encoded(MessageType::MsgSnapshot));
+        assert!(!whole_message_at(&snap));
+        let mut body = two[first..].to_vec();
+        body[4] = BODY_LAST;
+        assert!(!whole_message_at(&body));
     }
 }

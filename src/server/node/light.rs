@@ -57,10 +57,30 @@ impl Inbox {
     /// event for the loop.
     pub fn deliver(&self, ev: Event) {
         let ev = match ev {
-            Event::Message(m) if is_light(&m) => match self.step_here(m) {
+            Event::Message(m) if is_light(&m) => match self.step_here(vec![m]) {
                 None => return,
-                Some(m) => Event::Message(m),
+                Some(mut m) => Event::Message(m.remove(0)),
             },
+            Event::Messages(mut ms) => {
+                // The light ones at the front in one pass here; the loop
+                // steps the rest after them, in order.
+                let light = ms.iter().take_while(|m| is_light(m)).count();
+                let rest = ms.split_off(light);
+                let ms = match light {
+                    0 => rest,
+                    _ => match self.step_here(ms) {
+                        None => rest,
+                        Some(mut ms) => {
+                            ms.extend(rest);
+                            ms
+                        }
+                    },
+                };
+                if ms.is_empty() {
+                    return;
+                }
+                Event::Messages(ms)
+            }
             ev => ev,
         };
         self.queued.fetch_add(1, Ordering::SeqCst);
@@ -74,8 +94,9 @@ impl Inbox {
         self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Steps `m` here, or hands it back for the loop.
-    fn step_here(&self, m: Message) -> Option<Message> {
+    /// Steps `m`, light messages of one peer in order, here in one pass,
+    /// or hands them back for the loop.
+    fn step_here(&self, m: Vec<Message>) -> Option<Vec<Message>> {
         if self.queued.load(Ordering::SeqCst) != 0 {
             return Some(m);
         }
@@ -110,13 +131,17 @@ fn is_light(m: &Message) -> bool {
 }
 
 impl Node {
-    /// Steps a peer's light message on the caller's thread, or hands it
-    /// back for the loop.
-    fn step_here(&mut self, m: Message) -> Option<Message> {
+    /// Steps a peer's light messages on the caller's thread in one pass,
+    /// or hands them back for the loop.
+    fn step_here(&mut self, ms: Vec<Message>) -> Option<Vec<Message>> {
         if !self.may_work_here() {
-            return Some(m);
+            return Some(ms);
         }
-        self.light_pass(|n| n.step_peer(m));
+        self.light_pass(|n| {
+            for m in ms {
+                n.step_peer(m);
+            }
+        });
         None
     }
 
@@ -159,12 +184,18 @@ impl Node {
             && raft.raft_log.unstable.snapshot.is_none();
         if light {
             self.here = true;
+            // What both readies send leaves in one write to each peer: the
+            // answers of the round that ended (a heartbeat's answer, a
+            // follower's read index) with the next round's start.
+            self.outbox = Some(Vec::new());
             let mut res = self.on_ready();
             // The reads queued while the round that just ended was in flight.
             if res.is_ok() && self.start_read_round() {
                 started = true;
                 res = self.on_ready();
             }
+            let held = self.outbox.take().unwrap_or_default();
+            self.send(held);
             self.here = false;
             if let Err(e) = res {
                 // The loop stops with it at its next pass.
@@ -231,6 +262,28 @@ mod tests {
         inbox.handled();
         inbox.handled();
         assert_eq!(inbox.queued.load(Ordering::SeqCst), 0);
+        // Messages that arrived together stay together, in order, and
+        // count as one event.
+        inbox.deliver(Event::Messages(vec![
+            msg(MessageType::MsgHeartbeat),
+            msg(MessageType::MsgAppend),
+            msg(MessageType::MsgReadIndexResp),
+        ]));
+        assert_eq!(inbox.queued.load(Ordering::SeqCst), 1);
+        let got: Vec<Msg> = rx.try_iter().collect();
+        let [Msg::Peer(Event::Messages(ms))] = got.as_slice() else {
+            panic!("one batch expected");
+        };
+        let types: Vec<MessageType> = ms.iter().map(Message::get_msg_type).collect();
+        assert_eq!(
+            types,
+            [
+                MessageType::MsgHeartbeat,
+                MessageType::MsgAppend,
+                MessageType::MsgReadIndexResp
+            ]
+        );
+        inbox.handled();
         // A loop that has stopped: nothing is counted for it.
         drop(rx);
         inbox.deliver(Event::Unreachable(7));

@@ -248,6 +248,9 @@ pub struct Node {
     /// Where the peer transport delivers, when its light messages may be
     /// stepped on runtime threads (`light.rs`).
     inbox: Option<Arc<Inbox>>,
+    /// Messages held until the end of a light pass (`light.rs`), which sends
+    /// them together: one write to each peer.
+    outbox: Option<Vec<raft::eraftpb::Message>>,
 }
 
 fn raft_err(e: raft::Error) -> StorageError {
@@ -360,6 +363,7 @@ impl Node {
             here: false,
             failed: None,
             inbox: None,
+            outbox: None,
         })
     }
 
@@ -638,6 +642,11 @@ impl Node {
                 }
                 match ev {
                     transport::Event::Message(m) => self.step_peer(m),
+                    transport::Event::Messages(ms) => {
+                        for m in ms {
+                            self.step_peer(m);
+                        }
+                    }
                     transport::Event::Unreachable(id) => self.raw.report_unreachable(id),
                     transport::Event::SnapshotDone(id, ok) => self.raw.report_snapshot(
                         id,
@@ -697,7 +706,11 @@ impl Node {
         }
     }
 
-    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+    fn send(&mut self, mut msgs: Vec<raft::eraftpb::Message>) {
+        if let Some(held) = self.outbox.as_mut() {
+            held.append(&mut msgs);
+            return;
+        }
         if let Some(t) = &self.transport {
             t.send(msgs);
         }
@@ -830,8 +843,16 @@ impl Node {
             }
             // The log keeps every entry the database has not made durable:
             // a restart applies them again.
+            let first = self.log.first_index();
             self.log
                 .compact(ci.min(self.durable_applied + 1), self.durable_applied)?;
+            if self.log.first_index() > first {
+                // etcd logs each compaction of its Raft log alike.
+                crate::info!(
+                    "compacted Raft logs",
+                    compact_index = self.log.first_index() - 1
+                );
+            }
             if self.compact_restored {
                 // The log must forget the bootstrap entries for good before
                 // the mark that the keyspace is not in the log goes.
