@@ -1441,7 +1441,8 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
 
 #[test]
 fn restarted_member_catches_up_by_snapshot() {
-    let mut c = Cluster::start(3, &["--snapshot-count", "100"]);
+    // Debug: the log compactions are logged at that level.
+    let mut c = Cluster::start(3, &["--snapshot-count", "100", "--log-level", "debug"]);
     let all = [0usize, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     let down = (leader + 1) % 3;
