@@ -474,9 +474,7 @@ mod tests {
         drop(tx);
         drop(l);
         assert_eq!(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks(),
+            alive_tasks(),
             0,
             "a task was spawned to read an end that had come"
         );
@@ -507,23 +505,20 @@ mod tests {
             1 + AT_HAND_FRAMES,
             "the drop read more than its bound"
         );
-        assert_eq!(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks(),
-            1,
-            "the rest is left to the drain task"
-        );
+        assert_eq!(alive_tasks(), 1, "the rest is left to the drain task");
+    }
+
+    /// The spawned tasks alive on the test's runtime.
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
     }
 
     /// Waits until no spawned task is left on the test's runtime.
     async fn wait_for_no_task() {
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks()
-                > 0
-            {
+            while alive_tasks() > 0 {
                 tokio::task::yield_now().await;
             }
         })

@@ -53,36 +53,31 @@ impl Inbox {
         let _ = self.node.set(Arc::downgrade(node));
     }
 
-    /// Steps a light message here when the loop is idle, or queues the
-    /// event for the loop.
+    /// Steps the light messages at the front of `ev` here, in one pass,
+    /// when the loop is idle; queues the rest for the loop, in order.
     pub fn deliver(&self, ev: Event) {
-        let ev = match ev {
-            Event::Message(m) if is_light(&m) => match self.step_here(vec![m]) {
-                None => return,
-                Some(mut m) => Event::Message(m.remove(0)),
-            },
-            Event::Messages(mut ms) => {
-                // The light ones at the front in one pass here; the loop
-                // steps the rest after them, in order.
-                let light = ms.iter().take_while(|m| is_light(m)).count();
-                let rest = ms.split_off(light);
-                let ms = match light {
-                    0 => rest,
-                    _ => match self.step_here(ms) {
-                        None => rest,
-                        Some(mut ms) => {
-                            ms.extend(rest);
-                            ms
-                        }
-                    },
-                };
-                if ms.is_empty() {
-                    return;
-                }
-                Event::Messages(ms)
-            }
-            ev => ev,
+        let mut ms = match ev {
+            Event::Message(m) => vec![m],
+            Event::Messages(ms) => ms,
+            ev => return self.queue(ev),
         };
+        let light = ms.iter().take_while(|m| is_light(m)).count();
+        let rest = ms.split_off(light);
+        // What could not be stepped here goes back in front of the rest.
+        let mut left = match light {
+            0 => ms,
+            _ => self.step_here(ms).unwrap_or_default(),
+        };
+        left.extend(rest);
+        match left.len() {
+            0 => {}
+            1 => self.queue(Event::Message(left.remove(0))),
+            _ => self.queue(Event::Messages(left)),
+        }
+    }
+
+    /// Hands `ev` to the loop, counted until it is handled.
+    fn queue(&self, ev: Event) {
         self.queued.fetch_add(1, Ordering::SeqCst);
         if self.tx.send(Msg::Peer(ev)).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
