@@ -1167,6 +1167,39 @@ async fn load_big(ep: &str, keys: usize, value: Vec<u8>) {
     }
 }
 
+/// Writes small `pad/` keys through member `leader` until its log (at
+/// `--log-level debug`) shows a Raft log compaction past `index`. A leader
+/// keeps the log entries its database has not made durable (up to
+/// --backend-batch-interval), so a member that lacks entries up to `index`
+/// catches up by appends until then, and by a snapshot only after.
+fn write_until_compacted_past(c: &Cluster, leader: usize, index: u64) {
+    let compacted_past = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("compacted Raft logs"))
+            .filter_map(|l| l.split("\"compact_index\":\"").nth(1))
+            .filter_map(|v| v.split('"').next()?.parse::<u64>().ok())
+            .any(|i| i > index)
+    };
+    let ep = c.members[leader].endpoint();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pad = 0;
+    while !compacted_past(&c.members[leader].log()) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not compact its log past index {index}"
+        );
+        c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            for _ in 0..50 {
+                cl.put(format!("pad/{pad:05}"), "x", None)
+                    .await
+                    .expect("put while a member is behind");
+                pad += 1;
+            }
+        });
+    }
+}
+
 /// A defragmentation holds neither the Raft loop nor the database: while
 /// the leader defragments (etcd's blocks, etcd issue 9222), its heartbeats
 /// go on (no election), and reads and writes sent meanwhile are answered
@@ -1305,17 +1338,20 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     const HEARTBEAT_MS: u64 = 50;
-    let mut c = fast_heartbeat_cluster(&["--snapshot-count", "5"]);
+    // Debug: the log compactions are logged at that level.
+    let mut c = fast_heartbeat_cluster(&["--snapshot-count", "5", "--log-level", "debug"]);
     let all = [0usize, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     let down = (leader + 1) % 3;
     let other = 3 - leader - down;
     c.learn_ids();
     let ids = c.ids();
+    let cut_at = c.status_table(&[leader]).0[0].index;
     c.members[down].terminate();
     let ep = c.members[leader].endpoint();
+    c.rt.block_on(load_big(&ep, keys, vec![b'x'; 64]));
+    write_until_compacted_past(&c, leader, cut_at);
     let term_before = c.rt.block_on(async {
-        load_big(&ep, keys, vec![b'x'; 64]).await;
         let mut cl = connect(&ep).await;
         cl.status().await.expect("status").raft_term()
     });
@@ -1531,33 +1567,7 @@ fn restarted_member_catches_up_by_snapshot() {
                 .expect("put while the member is cut off");
         }
     });
-    // The leader's log keeps what its database has not made durable (up to
-    // --backend-batch-interval): more writes until it has dropped the entries
-    // the member lacks, which only a snapshot then brings.
-    let compacted_past = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("compacted Raft logs"))
-            .filter_map(|l| l.split("\"compact_index\":\"").nth(1))
-            .filter_map(|v| v.split('"').next()?.parse::<u64>().ok())
-            .any(|i| i > cut_at)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut pad = 0;
-    while !compacted_past(&c.members[leader].log()) {
-        assert!(
-            Instant::now() < deadline,
-            "the leader did not compact its log past index {cut_at}"
-        );
-        c.rt.block_on(async {
-            let mut cl = connect(&ep).await;
-            for _ in 0..50 {
-                cl.put(format!("pad/{pad:05}"), "x", None)
-                    .await
-                    .expect("put while the member is cut off");
-                pad += 1;
-            }
-        });
-    }
+    write_until_compacted_past(&c, leader, cut_at);
     let before = c.members[down]
         .log()
         .matches("applying snapshot from leader")
