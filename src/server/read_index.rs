@@ -7,7 +7,8 @@
 //! loop is not already going to look: while a round is in flight the loop
 //! takes the queue when the round ends, so a busy member wakes its Raft thread
 //! once per round, not once per read, and sends one heartbeat round per batch
-//! (etcd's read loop also keeps one round in flight). The loop "arms" the
+//! (etcd's read loop also keeps one round in flight; its heartbeats go to as
+//! many followers as a quorum needs, `node/read_quorum.rs`). The loop "arms" the
 //! queue when it finds it empty; the next read then wakes it.
 //!
 //! [`ReadRounds`] is the loop's side. raft-rs drops a read-index request while

@@ -1475,6 +1475,58 @@ fn snapshot_of_a_large_key_space_does_not_stall_the_leader() {
     eprintln!("longest gap between heartbeats {gap:?}; {made}");
 }
 
+/// A leader's read-index rounds send their heartbeats to as many followers
+/// as a quorum needs: of two, the one that answered a round first; the other
+/// hears only the heartbeats of each tick. A follower whose answers come
+/// late loses its place to the other, and reads go on.
+#[test]
+fn read_rounds_ask_a_quorum_of_followers() {
+    let mut c = Cluster::start(3, &[]);
+    let all = [0usize, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    c.learn_ids();
+    let ids = c.ids();
+    let followers: Vec<usize> = all.iter().copied().filter(|&m| m != leader).collect();
+    let ep = c.members[leader].endpoint();
+    // Linearizable reads, one at a time: each takes a round of its own.
+    let reads = |n: usize| {
+        c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            for _ in 0..n {
+                cl.get("k", None).await.expect("linearizable read");
+            }
+        })
+    };
+    let sent = |f: usize| c.net.bytes(ids[leader], ids[f]);
+    let growth = |n: usize| {
+        let before: Vec<u64> = followers.iter().map(|&f| sent(f)).collect();
+        reads(n);
+        let after: Vec<u64> = followers.iter().map(|&f| sent(f)).collect();
+        [after[0] - before[0], after[1] - before[1]]
+    };
+    reads(50);
+    let grew = growth(1_000);
+    let (asked, idle) = if grew[0] > grew[1] { (0, 1) } else { (1, 0) };
+    assert!(
+        grew[idle] * 4 < grew[asked],
+        "1,000 rounds: the leader sent its followers {grew:?} bytes"
+    );
+    // The follower asked answers late: the next round ends with the other's
+    // answer to a tick's heartbeat, and the rounds after go to that one.
+    c.net.delay(
+        ids[leader],
+        ids[followers[asked]],
+        Duration::from_millis(300),
+    );
+    let grew = growth(300);
+    assert!(
+        grew[asked] * 4 < grew[idle],
+        "300 rounds with {:x}'s heartbeats delayed: the leader sent its followers {grew:?} bytes",
+        ids[followers[asked]]
+    );
+    c.net.heal();
+}
+
 #[test]
 fn restarted_member_catches_up_by_snapshot() {
     // Debug: the log compactions are logged at that level.

@@ -62,6 +62,8 @@ struct NetInner {
     /// Per ordered (from, to) pair: when bytes last came, and the longest
     /// time between two arrivals since the last reset.
     gaps: Mutex<HashMap<(u64, u64), (Instant, Duration)>>,
+    /// Per ordered (from, to) pair: the bytes `from` sent `to` so far.
+    bytes: Mutex<HashMap<(u64, u64), u64>>,
 }
 
 /// The rules shared by the proxies of one cluster.
@@ -165,10 +167,17 @@ impl Net {
         }
     }
 
-    fn record_arrival(&self, from: Option<u64>, to: u64) {
+    /// The bytes of Raft messages `from` has sent `to` through the proxies.
+    pub fn bytes(&self, from: u64, to: u64) -> u64 {
+        let b = self.inner.bytes.lock().unwrap();
+        b.get(&(from, to)).copied().unwrap_or(0)
+    }
+
+    fn record_arrival(&self, from: Option<u64>, to: u64, n: usize) {
         let Some(f) = from else {
             return;
         };
+        *self.inner.bytes.lock().unwrap().entry((f, to)).or_default() += n as u64;
         let now = Instant::now();
         let mut g = self.inner.gaps.lock().unwrap();
         let e = g.entry((f, to)).or_insert((now, Duration::ZERO));
@@ -371,7 +380,7 @@ fn handle(net: Net, member: Arc<AtomicU64>, mut client: TcpStream, target: Socke
         match client.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                net.record_arrival(from, to);
+                net.record_arrival(from, to, n);
                 let due = Instant::now() + net.delay_of(from, to);
                 if tx.send((due, buf[..n].to_vec())).is_err() {
                     break;

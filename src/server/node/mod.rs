@@ -13,6 +13,7 @@
 //! holds the database beside the loop (durable commits, defragmentation),
 //! `here.rs` the one-member write path, `light.rs` the read-index rounds'
 //! messages stepped on the runtime threads that receive them,
+//! `read_quorum.rs` the followers a leader's read-index round asks,
 //! `leadership.rs` the transfer of
 //! leadership on stop, `lease_expiry.rs` the revocation of expired leases,
 //! `disk_alarm.rs` the NOSPACE alarm a member raises for its own disk.
@@ -50,6 +51,7 @@ mod jobs;
 mod leadership;
 mod lease_expiry;
 mod light;
+mod read_quorum;
 mod reads;
 
 pub use light::Inbox;
@@ -251,6 +253,8 @@ pub struct Node {
     /// Messages held until the end of a light pass (`light.rs`), which sends
     /// them together: one write to each peer.
     outbox: Option<Vec<raft::eraftpb::Message>>,
+    /// Where a read-index round's heartbeats go (`read_quorum.rs`).
+    read_quorum: read_quorum::ReadQuorum,
 }
 
 fn raft_err(e: raft::Error) -> StorageError {
@@ -364,6 +368,7 @@ impl Node {
             failed: None,
             inbox: None,
             outbox: None,
+            read_quorum: Default::default(),
         })
     }
 
@@ -701,12 +706,14 @@ impl Node {
     /// Steps a peer's message (a follower's read-index request joins this
     /// leader's next round instead).
     fn step_peer(&mut self, m: raft::eraftpb::Message) {
+        self.note_read_heartbeat_answer(&m);
         if let Some(m) = self.join_read_round(m) {
             let _ = self.raw.step(m);
         }
     }
 
     fn send(&mut self, mut msgs: Vec<raft::eraftpb::Message>) {
+        self.narrow_read_heartbeats(&mut msgs);
         if let Some(held) = self.outbox.as_mut() {
             held.append(&mut msgs);
             return;

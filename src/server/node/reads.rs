@@ -16,6 +16,7 @@ impl Node {
     pub(super) fn start_read_round(&mut self) -> bool {
         match self.reads.start() {
             Some(ctx) => {
+                self.read_round_asked(&ctx);
                 self.raw.read_index(ctx);
                 true
             }
