@@ -542,6 +542,7 @@ impl Node {
                 self.status.reads_here.store(false, Ordering::SeqCst);
             }
             for ctx in self.reads.due_for_retry(Instant::now()) {
+                self.read_round_asked_again();
                 self.raw.read_index(ctx);
             }
             if self.last_size_check.elapsed() >= Duration::from_secs(1) {

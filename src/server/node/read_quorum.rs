@@ -58,6 +58,12 @@ impl Node {
         }
     }
 
+    /// A round is asked again (`read_index.rs`): its heartbeats go to every
+    /// follower.
+    pub(super) fn read_round_asked_again(&mut self) {
+        self.read_quorum.pending = None;
+    }
+
     /// Keeps, of the heartbeats in `msgs` that start the round just asked,
     /// those to the followers a quorum needs (see the module's text).
     pub(super) fn narrow_read_heartbeats(&mut self, msgs: &mut Vec<Message>) {
