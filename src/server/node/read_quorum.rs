@@ -34,10 +34,9 @@ pub(super) struct ReadQuorum {
     /// The context of the round just asked of raft-rs, whose first
     /// heartbeats are still to be sent.
     pending: Option<Vec<u8>>,
-    /// The context of the latest round narrowed, and whether a follower has
-    /// answered it yet.
+    /// The context of the latest round narrowed until a follower answers
+    /// it (empty after).
     latest: Vec<u8>,
-    answered: bool,
     /// The follower the rounds go to first (0: none yet).
     fast: u64,
     /// Rounds in a row another follower answered first.
@@ -81,67 +80,57 @@ impl Node {
             // The first heartbeat of the round to each follower left out; a
             // tick's heartbeat in the same batch carries the same context
             // and still goes.
-            let mut dropped = HashSet::new();
+            let mut dropped = Vec::new();
             msgs.retain(|m| {
                 let first = m.get_msg_type() == MessageType::MsgHeartbeat
                     && m.context[..] == ctx[..]
                     && !targets.contains(&m.to);
-                !(first && dropped.insert(m.to))
+                if first && !dropped.contains(&m.to) {
+                    dropped.push(m.to);
+                    return false;
+                }
+                true
             });
         }
         self.read_quorum.latest = ctx;
-        self.read_quorum.answered = false;
     }
 
-    /// The followers the round's heartbeats go to: the fastest first, then
-    /// the recently active ones, until they and this leader make a quorum;
-    /// None when only every member does (or none is needed).
-    fn read_quorum_targets(&self) -> Option<HashSet<u64>> {
+    /// The members the round's heartbeats go to, this leader among them:
+    /// the fastest follower first, then the recently active ones, until
+    /// they make a quorum; None when only every member does (or none is
+    /// needed).
+    fn read_quorum_targets(&self) -> Option<Vec<u64>> {
         let prs = self.raw.raft.prs();
         let me = self.local_id;
+        let fast = self.read_quorum.fast;
         let learners = prs.conf().learners();
         let mut order: Vec<u64> = prs
             .iter()
-            .filter(|(id, pr)| {
-                **id != me
-                    && **id != self.read_quorum.fast
-                    && pr.recent_active
-                    && !learners.contains(id)
-            })
+            .filter(|(id, pr)| **id != me && pr.recent_active && !learners.contains(id))
             .map(|(id, _)| *id)
             .collect();
-        order.sort_unstable();
-        if prs
-            .get(self.read_quorum.fast)
-            .is_some_and(|pr| pr.recent_active && self.read_quorum.fast != me)
-            && !learners.contains(&self.read_quorum.fast)
-        {
-            order.insert(0, self.read_quorum.fast);
-        }
+        order.sort_unstable_by_key(|id| (*id != fast, *id));
         // raft-rs's own hasher, taken from `has_quorum`'s signature.
         let mut quorum = HashSet::default();
         quorum.insert(me);
-        let mut targets = HashSet::new();
         for id in order {
             if prs.has_quorum(&quorum) {
                 break;
             }
             quorum.insert(id);
-            targets.insert(id);
         }
-        let others = prs.iter().filter(|(id, _)| **id != me).count();
-        (prs.has_quorum(&quorum) && targets.len() < others).then_some(targets)
+        let everyone = quorum.len() == prs.iter().count();
+        (prs.has_quorum(&quorum) && !everyone).then(|| quorum.into_iter().collect())
     }
 
     /// Notes which follower answers the latest round first.
     pub(super) fn note_read_heartbeat_answer(&mut self, m: &Message) {
         let q = &mut self.read_quorum;
-        if !q.answered
-            && m.get_msg_type() == MessageType::MsgHeartbeatResponse
+        if m.get_msg_type() == MessageType::MsgHeartbeatResponse
             && !m.context.is_empty()
             && m.context[..] == q.latest[..]
         {
-            q.answered = true;
+            q.latest.clear();
             if m.from == q.fast {
                 q.misses = 0;
             } else {
