@@ -1527,6 +1527,92 @@ fn read_rounds_ask_a_quorum_of_followers() {
     c.net.heal();
 }
 
+/// A single client's writes on a steady cluster cross no Raft loop thread
+/// but the leader's: the worker of each follower that receives the leader's
+/// append makes it durable and answers, and the leader's worker that receives
+/// the answer committing a write applies it and answers the client. Every
+/// member ends with every write; a range delete (work without a bound) goes
+/// through the loops all the same.
+#[test]
+fn a_single_clients_writes_leave_the_followers_raft_threads_asleep() {
+    let c = Cluster::start(3, &[]);
+    let all = [0usize, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let followers: Vec<usize> = all.iter().copied().filter(|&m| m != leader).collect();
+    let switches = |m: usize| {
+        crate::write_path::raft_thread_switches_of(c.members[m].pid().expect("member running"))
+    };
+    const N: i64 = 300;
+    let ep = c.members[leader].endpoint();
+    let (first, before) = c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        let first = cl
+            .put("w/0", "v", None)
+            .await
+            .expect("put")
+            .header()
+            .expect("header")
+            .revision();
+        let before: Vec<u64> = followers.iter().map(|&f| switches(f)).collect();
+        for i in 1..=N {
+            let r = cl
+                .put(format!("w/{i}"), format!("v{i}"), None)
+                .await
+                .expect("put");
+            assert_eq!(r.header().expect("header").revision(), first + i, "put {i}");
+        }
+        (first, before)
+    });
+    // Through a follower's loop, each write wakes it twice (the append, then
+    // the append carrying its commit) and the first sleeps in its sync; ticks
+    // (10 a second) and the database's durable commits wake it too.
+    for (k, &f) in followers.iter().enumerate() {
+        let grew = switches(f) - before[k];
+        assert!(
+            grew < (N as u64) / 3,
+            "member {f}'s Raft thread switched {grew} times for {N} writes made one at a time"
+        );
+    }
+    let last = first + N;
+    for &m in &all {
+        let ep = c.members[m].endpoint();
+        c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            let r = cl
+                .get(
+                    "w/",
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .expect("linearizable count");
+            assert_eq!(r.count(), N + 1, "member {m}");
+            assert!(r.header().expect("header").revision() >= last, "member {m}");
+        });
+    }
+    c.rt.block_on(async {
+        let mut cl = connect(&ep).await;
+        let r = cl
+            .delete("w/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .expect("range delete");
+        assert_eq!(r.deleted(), N + 1);
+    });
+    for &m in &all {
+        let ep = c.members[m].endpoint();
+        c.rt.block_on(async {
+            let mut cl = connect(&ep).await;
+            let r = cl
+                .get(
+                    "w/",
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .expect("linearizable count");
+            assert_eq!(r.count(), 0, "member {m} after the range delete");
+        });
+    }
+}
+
 #[test]
 fn restarted_member_catches_up_by_snapshot() {
     // Debug: the log compactions are logged at that level.

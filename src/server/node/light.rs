@@ -14,21 +14,39 @@
 //! ([`Inbox::deliver`]), as a one-member write runs on its caller's thread
 //! (`here.rs`).
 //!
-//! What a step turns out to need beyond that (a new term, a commit to apply,
-//! entries to append) is left to the loop, which is woken for it, as is
-//! everything while the loop is busy, stopping or failed. A peer's messages
-//! are stepped in the order they came: while any event sent to the loop's
-//! channel waits there, later ones follow it.
+//! A write on a cluster crosses members the same way: the leader's append
+//! reaches each follower, which makes it durable and answers; the answer that
+//! commits it reaches the leader, which applies it and answers the client.
+//! Those steps are taken here too, in a steady cluster (no new term, vote or
+//! leader, no snapshot) and for bounded work: at most [`HERE_ENTRIES`]
+//! entries to append and to apply, each a write that
+//! [`Op::bounded`](crate::server::request::Op::bounded) allows, as a
+//! one-member write is. A worker then makes the follower's append durable,
+//! or applies the leader's commit and answers its callers, without waking the
+//! loop's thread and, for the answers, without a hand-off back to a worker.
+//!
+//! What a step turns out to need beyond that (a new term, a snapshot, more
+//! entries or work of unbounded size) is left to the loop, which is woken for
+//! it, as is everything while the loop is busy, stopping or failed. A peer's
+//! messages are stepped in the order they came: while any event sent to the
+//! loop's channel waits there, later ones follow it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
-use raft::eraftpb::{Message, MessageType};
+use prost::Message as _;
+use raft::GetEntriesContext;
+use raft::eraftpb::{EntryType, Message, MessageType};
 
 use super::{Msg, Node};
 use crate::raft::transport::Event;
+use crate::server::request::InternalRequest;
+
+/// The most entries a pass on a runtime thread appends, and the most it
+/// applies.
+const HERE_ENTRIES: u64 = 64;
 
 /// Where the peer transport delivers what it receives.
 pub struct Inbox {
@@ -113,16 +131,21 @@ impl Inbox {
     }
 }
 
-/// The messages of a read-index round: steps that change nothing durable
-/// while the cluster is steady.
+/// The messages a runtime thread may step: those of a read-index round,
+/// which change nothing durable while the cluster is steady, and those of a
+/// steady replication (a leader's append, a follower's answer accepting
+/// one). A refused append can make the leader look for a snapshot: the loop
+/// steps it.
 fn is_light(m: &Message) -> bool {
-    matches!(
-        m.get_msg_type(),
+    match m.get_msg_type() {
         MessageType::MsgHeartbeat
-            | MessageType::MsgHeartbeatResponse
-            | MessageType::MsgReadIndex
-            | MessageType::MsgReadIndexResp
-    )
+        | MessageType::MsgHeartbeatResponse
+        | MessageType::MsgReadIndex
+        | MessageType::MsgReadIndexResp
+        | MessageType::MsgAppend => true,
+        MessageType::MsgAppendResponse => !m.reject,
+        _ => false,
+    }
 }
 
 impl Node {
@@ -165,18 +188,21 @@ impl Node {
     }
 
     /// Runs `step`, then what the loop's pass would, when the step proved
-    /// light: a round for the reads queued, the messages sent, the reads
-    /// answered. Anything else the step left is the loop's: it is woken.
+    /// light: a round for the reads queued, entries appended and committed
+    /// ones applied (bounded work, [`Node::bounded_here`]), the messages
+    /// sent, the reads answered. Anything else the step left is the loop's:
+    /// it is woken.
     fn light_pass(&mut self, step: impl FnOnce(&mut Node)) {
         let ss = self.raw.raft.soft_state();
         let hs = self.raw.raft.hard_state();
         step(self);
         let mut started = self.start_read_round();
         let raft = &self.raw.raft;
+        let now = raft.hard_state();
         let light = raft.soft_state() == ss
-            && raft.hard_state() == hs
-            && raft.raft_log.unstable_entries().is_empty()
-            && raft.raft_log.unstable.snapshot.is_none();
+            && (now.term, now.vote) == (hs.term, hs.vote)
+            && raft.raft_log.unstable.snapshot.is_none()
+            && self.bounded_here();
         if light {
             self.here = true;
             // What both readies send leaves in one write to each peer: the
@@ -206,6 +232,37 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Whether the entries a pass would append and apply take bounded work:
+    /// at most [`HERE_ENTRIES`] of each, and every committed one a write of
+    /// bounded work (an empty entry, a leader's first of its term, included);
+    /// a membership change, a range delete or a compaction is the loop's.
+    fn bounded_here(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        if log.unstable_entries().len() as u64 > HERE_ENTRIES {
+            return false;
+        }
+        let (from, to) = (self.applied + 1, log.committed + 1);
+        if to <= from {
+            return true;
+        }
+        if to - from > HERE_ENTRIES {
+            return false;
+        }
+        let Ok(entries) = log.slice(from, to, None, GetEntriesContext::empty(false)) else {
+            return false;
+        };
+        entries.iter().all(|e| {
+            e.get_entry_type() == EntryType::EntryNormal
+                && (e.data.is_empty()
+                    || InternalRequest::decode(&e.data[..])
+                        .ok()
+                        .and_then(|r| r.op)
+                        .is_some_and(|op| op.bounded()))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,18 +274,21 @@ mod tests {
     }
 
     #[test]
-    fn only_the_messages_of_a_read_round_are_light() {
+    fn only_the_messages_of_a_read_round_and_of_replication_are_light() {
         for t in [
             MessageType::MsgHeartbeat,
             MessageType::MsgHeartbeatResponse,
             MessageType::MsgReadIndex,
             MessageType::MsgReadIndexResp,
+            MessageType::MsgAppend,
+            MessageType::MsgAppendResponse,
         ] {
             assert!(is_light(&msg(t)), "{t:?}");
         }
+        let mut refused = msg(MessageType::MsgAppendResponse);
+        refused.reject = true;
+        assert!(!is_light(&refused));
         for t in [
-            MessageType::MsgAppend,
-            MessageType::MsgAppendResponse,
             MessageType::MsgRequestVote,
             MessageType::MsgRequestPreVote,
             MessageType::MsgSnapshot,
@@ -261,7 +321,7 @@ mod tests {
         // count as one event.
         inbox.deliver(Event::Messages(vec![
             msg(MessageType::MsgHeartbeat),
-            msg(MessageType::MsgAppend),
+            msg(MessageType::MsgRequestVote),
             msg(MessageType::MsgReadIndexResp),
         ]));
         assert_eq!(inbox.queued.load(Ordering::SeqCst), 1);
@@ -274,7 +334,7 @@ mod tests {
             types,
             [
                 MessageType::MsgHeartbeat,
-                MessageType::MsgAppend,
+                MessageType::MsgRequestVote,
                 MessageType::MsgReadIndexResp
             ]
         );
