@@ -218,9 +218,13 @@ impl Node {
             let held = self.outbox.take().unwrap_or_default();
             self.send(held);
             self.here = false;
-            if let Err(e) = res {
+            match res {
+                // Entries appended here may have taken the disk under its
+                // low mark: NOSPACE is proposed now, as at the end of the
+                // loop's pass (the loop is woken for the proposal).
+                Ok(()) => self.disk_alarm(),
                 // The loop stops with it at its next pass.
-                self.failed = Some(e);
+                Err(e) => self.failed = Some(e),
             }
         }
         // A round that ended at once (a single voter) leaves the queue
