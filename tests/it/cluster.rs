@@ -1573,21 +1573,27 @@ fn a_single_clients_writes_leave_the_followers_raft_threads_asleep() {
             "member {f}'s Raft thread switched {grew} times for {N} writes made one at a time"
         );
     }
-    let last = first + N;
-    for &m in &all {
-        let ep = c.members[m].endpoint();
-        c.rt.block_on(async {
-            let mut cl = connect(&ep).await;
-            let r = cl
-                .get(
-                    "w/",
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-                .expect("linearizable count");
-            assert_eq!(r.count(), N + 1, "member {m}");
-            assert!(r.header().expect("header").revision() >= last, "member {m}");
-        });
+    // Every member's linearizable count of the keys, and the revision it
+    // was read at.
+    let counts = || -> Vec<(i64, i64)> {
+        all.iter()
+            .map(|&m| {
+                let ep = c.members[m].endpoint();
+                c.rt.block_on(async {
+                    let only_count = GetOptions::new().with_prefix().with_count_only();
+                    let r = connect(&ep)
+                        .await
+                        .get("w/", Some(only_count))
+                        .await
+                        .expect("linearizable count");
+                    (r.count(), r.header().expect("header").revision())
+                })
+            })
+            .collect()
+    };
+    for (m, (n, rev)) in counts().into_iter().enumerate() {
+        assert_eq!(n, N + 1, "member {m}");
+        assert!(rev >= first + N, "member {m} read at revision {rev}");
     }
     c.rt.block_on(async {
         let mut cl = connect(&ep).await;
@@ -1597,19 +1603,8 @@ fn a_single_clients_writes_leave_the_followers_raft_threads_asleep() {
             .expect("range delete");
         assert_eq!(r.deleted(), N + 1);
     });
-    for &m in &all {
-        let ep = c.members[m].endpoint();
-        c.rt.block_on(async {
-            let mut cl = connect(&ep).await;
-            let r = cl
-                .get(
-                    "w/",
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-                .expect("linearizable count");
-            assert_eq!(r.count(), 0, "member {m} after the range delete");
-        });
+    for (m, (n, _)) in counts().into_iter().enumerate() {
+        assert_eq!(n, 0, "member {m} after the range delete");
     }
 }
 
