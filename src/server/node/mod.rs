@@ -12,7 +12,8 @@
 //! The loop's other concerns each have a file here: `jobs.rs` the work that
 //! holds the database beside the loop (durable commits, defragmentation),
 //! `here.rs` the one-member write path, `light.rs` the read-index rounds'
-//! messages stepped on the runtime threads that receive them,
+//! messages, and a steady cluster's appends and their answers (bounded work),
+//! stepped on the runtime threads that receive them,
 //! `read_quorum.rs` the followers a leader's read-index round asks,
 //! `leadership.rs` the transfer of
 //! leadership on stop, `lease_expiry.rs` the revocation of expired leases,
