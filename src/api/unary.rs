@@ -65,6 +65,9 @@ where
     })
 }
 
+/// A name made once: a `&str` name is copied into a new buffer at each insert.
+const GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+
 /// An answer as tonic sends a unary call's: `content-type`, the handler's
 /// metadata, the message, then `grpc-status: 0` (a message over etcd's send
 /// limit is refused with etcd's error, as [`super::range_reply`] refuses it).
@@ -75,7 +78,7 @@ fn answer<R: prost::Message>(resp: tonic::Response<R>) -> Response {
         Err(e) => return super::status::to_status(e).into_http(),
     };
     let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
     let mut r = Response::new(Body::new(Answer {
         data: Some(data),
         trailers: Some(trailers),
