@@ -11,12 +11,19 @@
 //! calls are spawned as before, so they neither wait for the connection nor
 //! hold it up.
 //!
-//! [`Serving`] polls the connection and its kept calls with a waker of its
+//! [`Serving`] polls the connection and its kept calls with wakers of its
 //! own: a call that answers, or the connection finding more to read, wakes
 //! it from inside the task's poll, and such a wake-up makes another pass of
 //! that poll rather than waking the task. The runtime would queue a task
 //! that wakes itself behind its other tasks and announce it to an idle
 //! worker: a futex call and a context switch per call.
+//!
+//! A pass polls the calls woken since the last one first, then the
+//! connection, which writes their answers and reads new calls, then those.
+//! The connection and the calls have a waker each: a call woken while it
+//! runs (h2 grants an answer's stream send capacity at once and wakes that
+//! call's sender, for every unary answer) is polled again in the next pass
+//! without another poll of the connection, which has nothing new then.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -73,8 +80,10 @@ pin_project_lite::pin_project! {
         conn: F,
         calls: Calls,
         running: FuturesUnordered<Call>,
-        wake: Arc<Wake>,
-        waker: Waker,
+        wake: Arc<WakeState>,
+        // The waker the connection sees, and the one its kept calls see.
+        conn_waker: Waker,
+        calls_waker: Waker,
         hold: super::held_flush::Hold,
     }
 }
@@ -83,15 +92,22 @@ impl<F> Serving<F> {
     /// `hold` is the hold of the connection's socket: control frames are
     /// held while the calls of a pass run, and flushed before the poll ends.
     pub fn new(conn: F, calls: Calls, hold: super::held_flush::Hold) -> Self {
-        let wake = Arc::new(Wake {
+        let wake = Arc::new(WakeState {
             state: AtomicU8::new(IDLE),
             task: parking_lot::Mutex::new(None),
         });
+        let waker = |bit| {
+            Waker::from(Arc::new(Wake {
+                shared: wake.clone(),
+                bit,
+            }))
+        };
         Serving {
             conn,
             calls,
             running: FuturesUnordered::new(),
-            waker: Waker::from(wake.clone()),
+            conn_waker: waker(CONN_WOKEN),
+            calls_waker: waker(CALLS_WOKEN),
             wake,
             hold,
         }
@@ -102,19 +118,31 @@ impl<F> Serving<F> {
 const IDLE: u8 = 0;
 /// Being polled: a wake-up asks for another pass.
 const POLLING: u8 = 1;
-/// Being polled, and woken since the pass began.
-const WOKEN: u8 = 2;
+/// Being polled, and the connection woken since its last poll.
+const CONN_WOKEN: u8 = 2;
+/// Being polled, and a kept call woken since the calls' last poll.
+const CALLS_WOKEN: u8 = 4;
 
 /// The most passes of one poll. A wake-up at every pass is the runtime's
 /// budget for the task running out, which only a yield renews: the task
 /// then wakes itself and yields.
 const PASSES: usize = 8;
 
-/// The waker the connection and its kept calls see.
-struct Wake {
+/// What the connection's task's poll is doing, shared by its two wakers.
+struct WakeState {
     state: AtomicU8,
     /// The task's waker as of its latest poll.
     task: parking_lot::Mutex<Option<Waker>>,
+}
+
+/// The waker of the connection (`bit` [`CONN_WOKEN`]) or of its kept calls
+/// ([`CALLS_WOKEN`]). Kept apart because a call wakes itself in the middle
+/// of its own poll (h2 hands a stream send capacity at once and wakes the
+/// stream's sender, which is that call), and that wake-up needs the calls
+/// polled again, not another poll of the connection.
+struct Wake {
+    shared: Arc<WakeState>,
+    bit: u8,
 }
 
 impl std::task::Wake for Wake {
@@ -123,15 +151,26 @@ impl std::task::Wake for Wake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        match self
-            .state
-            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) | Err(WOKEN) => {}
-            Err(_) => {
-                if let Some(w) = self.task.lock().as_ref() {
+        let s = &self.shared;
+        let mut cur = s.state.load(Ordering::Acquire);
+        loop {
+            if cur == IDLE {
+                if let Some(w) = s.task.lock().as_ref() {
                     w.wake_by_ref();
                 }
+                return;
+            }
+            if cur & self.bit != 0 {
+                return;
+            }
+            match s.state.compare_exchange_weak(
+                cur,
+                cur | self.bit,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(now) => cur = now,
             }
         }
     }
@@ -148,39 +187,54 @@ impl<F: Future> Future for Serving<F> {
                 *task = Some(cx.waker().clone());
             }
         }
-        this.wake.state.store(POLLING, Ordering::Release);
+        let state = &this.wake.state;
+        state.store(POLLING, Ordering::Release);
         this.hold.on();
-        let mut inner = Context::from_waker(this.waker);
+        let mut conn_cx = Context::from_waker(this.conn_waker);
+        let mut calls_cx = Context::from_waker(this.calls_waker);
+        let mut conn_due = true;
         let mut pass = 1;
         loop {
-            // Reads requests, accepts calls, writes what calls have answered.
-            if let Poll::Ready(out) = this.conn.as_mut().poll(&mut inner) {
-                this.hold.off();
-                this.wake.state.store(IDLE, Ordering::Release);
-                return Poll::Ready(out);
-            }
-            this.running.extend(this.calls.0.new.lock().drain(..));
-            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut inner) {}
-            let woken = this
-                .wake
-                .state
-                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
-                .is_err();
-            if !woken {
-                // Control frames held while the calls ran (`held_flush`)
-                // leave in one more pass, the hold off; once only.
-                if !this.hold.off() {
-                    return Poll::Pending;
+            // Calls woken since the last pass (an answer from the Raft loop)
+            // answer first, so that the connection's poll below writes their
+            // answers with whatever else it has to send.
+            state.fetch_and(!CALLS_WOKEN, Ordering::AcqRel);
+            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut calls_cx) {}
+            if conn_due {
+                // The connection's wake-ups so far are this poll's to answer.
+                state.fetch_and(!CONN_WOKEN, Ordering::AcqRel);
+                // Reads requests, accepts calls, writes what calls have answered.
+                if let Poll::Ready(out) = this.conn.as_mut().poll(&mut conn_cx) {
+                    this.hold.off();
+                    state.store(IDLE, Ordering::Release);
+                    return Poll::Ready(out);
                 }
-            } else if pass >= PASSES {
-                // A flush still held waits for the task's next poll.
-                this.hold.off();
-                this.wake.state.store(IDLE, Ordering::Release);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+                this.running.extend(this.calls.0.new.lock().drain(..));
+                state.fetch_and(!CALLS_WOKEN, Ordering::AcqRel);
+                while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut calls_cx) {}
+            }
+            match state.compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    // Control frames held while the calls ran (`held_flush`)
+                    // leave in one more pass, the hold off; once only.
+                    if !this.hold.off() {
+                        return Poll::Pending;
+                    }
+                    state.store(POLLING, Ordering::Release);
+                    conn_due = true;
+                }
+                Err(now) => {
+                    if pass >= PASSES {
+                        // A flush still held waits for the task's next poll.
+                        this.hold.off();
+                        state.store(IDLE, Ordering::Release);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    conn_due = now & CONN_WOKEN != 0;
+                }
             }
             pass += 1;
-            this.wake.state.store(POLLING, Ordering::Release);
         }
     }
 }
@@ -282,6 +336,43 @@ mod tests {
         );
         let count = poll_once(&mut s);
         assert_eq!(polls.load(Ordering::SeqCst), 2, "polled again at once");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
+    }
+
+    #[test]
+    fn a_call_that_wakes_itself_is_polled_again_without_another_poll_of_the_connection() {
+        use hyper::rt::Executor;
+        let calls = Calls::default();
+        let call_polls = Arc::new(AtomicUsize::new(0));
+        let c = call_polls.clone();
+        calls.run_next_here();
+        // As h2 does when it grants a stream send capacity at once: the
+        // call's own waker is woken while the call is being polled.
+        calls.execute(std::future::poll_fn(move |cx| {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut s = Serving::new(
+            Conn {
+                polls: polls.clone(),
+                f: |_: &mut Context<'_>| {},
+            },
+            calls,
+            super::super::held_flush::Hold::default(),
+        );
+        let count = poll_once(&mut s);
+        assert_eq!(call_polls.load(Ordering::SeqCst), 2, "the call ran again");
+        assert!(s.running.is_empty(), "and ended");
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the connection was polled once"
+        );
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
     }
 
