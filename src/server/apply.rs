@@ -139,7 +139,8 @@ impl Applier {
                         if e.data.is_empty() {
                             continue;
                         }
-                        let req = match InternalRequest::decode(&e.data[..]) {
+                        // From the entry's own buffer: its key and value are copied once.
+                        let req = match InternalRequest::decode(e.data.clone()) {
                             Ok(r) => r,
                             Err(err) => {
                                 return Err(StorageError::Decode {

@@ -262,7 +262,7 @@ impl Node {
         entries.iter().all(|e| {
             e.get_entry_type() == EntryType::EntryNormal
                 && (e.data.is_empty()
-                    || InternalRequest::decode(&e.data[..])
+                    || InternalRequest::decode(e.data.clone())
                         .ok()
                         .and_then(|r| r.op)
                         .is_some_and(|op| op.bounded()))
