@@ -170,11 +170,19 @@ pub fn lower_thread_priority() {
     // and touch no memory of ours; on Linux a thread id names the one thread,
     // so only the calling thread changes.
     unsafe {
-        let tid = libc::gettid();
+        let tid = thread_id();
         let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
         // IOPRIO_WHO_PROCESS = 1; IOPRIO_CLASS_BE (2) << 13, level 7.
         let _ = libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
     }
+}
+
+/// The calling thread's id, by the system call: glibc's `gettid` wrapper
+/// came with glibc 2.30, newer than the oldest glibc the release binaries
+/// run on (`packaging/binaries`).
+fn thread_id() -> libc::pid_t {
+    // SAFETY: gettid(2) takes no argument and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
 
 fn hold_compaction(b: std::sync::Arc<Backend>) -> CompactionHold {
@@ -362,7 +370,7 @@ mod tests {
         fn priorities() -> (i32, i64) {
             // SAFETY: as in lower_thread_priority: integer arguments only.
             unsafe {
-                let tid = libc::gettid();
+                let tid = super::thread_id();
                 let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
                 let io = libc::syscall(libc::SYS_ioprio_get, 1, tid);
                 (nice, io)

@@ -12,6 +12,7 @@ mod etcdctl;
 mod flags;
 mod framing;
 mod gateway;
+mod glibc_floor;
 mod harness;
 mod jwt;
 mod limits;
