@@ -128,6 +128,13 @@ const CALLS_WOKEN: u8 = 4;
 /// then wakes itself and yields.
 const PASSES: usize = 8;
 
+/// Polls the kept calls woken since their last poll (new ones included),
+/// each until it waits; the calls' wake-ups so far are this poll's to answer.
+fn run_calls(state: &AtomicU8, running: &mut FuturesUnordered<Call>, cx: &mut Context<'_>) {
+    state.fetch_and(!CALLS_WOKEN, Ordering::AcqRel);
+    while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+}
+
 /// What the connection's task's poll is doing, shared by its two wakers.
 struct WakeState {
     state: AtomicU8,
@@ -198,8 +205,7 @@ impl<F: Future> Future for Serving<F> {
             // Calls woken since the last pass (an answer from the Raft loop)
             // answer first, so that the connection's poll below writes their
             // answers with whatever else it has to send.
-            state.fetch_and(!CALLS_WOKEN, Ordering::AcqRel);
-            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut calls_cx) {}
+            run_calls(state, this.running, &mut calls_cx);
             if conn_due {
                 // The connection's wake-ups so far are this poll's to answer.
                 state.fetch_and(!CONN_WOKEN, Ordering::AcqRel);
@@ -210,8 +216,7 @@ impl<F: Future> Future for Serving<F> {
                     return Poll::Ready(out);
                 }
                 this.running.extend(this.calls.0.new.lock().drain(..));
-                state.fetch_and(!CALLS_WOKEN, Ordering::AcqRel);
-                while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut calls_cx) {}
+                run_calls(state, this.running, &mut calls_cx);
             }
             match state.compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
