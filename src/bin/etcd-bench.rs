@@ -34,6 +34,11 @@ use etcd_rs::pb::etcdserverpb::{
     request_op, response_op, watch_request,
 };
 
+/// The allocator of the server binary: the load generator shares the host's
+/// CPUs with the server it measures, so it takes as little of them as it can.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "etcd-bench",
