@@ -5,7 +5,9 @@
 //! record's bytes behind the field's tag and length, with nothing decoded or
 //! re-encoded (only `keys_only` re-encodes, without the value).
 //!
-//! A [`Pinned`] range holds one read transaction and one revision, and walks
+//! A [`Pinned`] range holds one read view of the `kv` table (a read
+//! transaction, shared with the other Ranges until the next commit:
+//! `storage/kv_view.rs`) and one revision, and walks
 //! the key index a chunk at a time under the read lock, so that neither the
 //! keys nor their index entries are ever whole in memory. Walked twice, it
 //! gives the reply's length before the reply's bytes: both walks read the
@@ -22,7 +24,7 @@ use super::{LIVE, Store, Visible, check_rev, rev_key};
 use crate::error::{Error, Result};
 use crate::pb::etcdserverpb::RangeRequest;
 use crate::pb::mvccpb::KeyValue;
-use crate::storage::{KV, StorageError};
+use crate::storage::{KvView, StorageError};
 
 /// Index entries taken per hold of the read lock.
 const CHUNK: usize = 1024;
@@ -34,7 +36,9 @@ const KVS_TAG: u8 = 0x12;
 /// the means to walk the keys.
 pub struct Pinned {
     store: Arc<Store>,
-    txn: crate::storage::Reader,
+    /// The `kv` table the records are read from, shared with the other
+    /// Ranges until the next commit.
+    view: Arc<KvView>,
     /// The revision the keys are read at.
     rev: i64,
     /// The current revision when the range was pinned (the reply header's).
@@ -56,9 +60,9 @@ pub struct Pinned {
 
 impl Store {
     /// Pins `req` (a Range without sort order or revision filters: the keys
-    /// come in key order): checks its revision, counts its keys and opens
-    /// the read transaction the keys will be read from, under one hold of
-    /// the read lock; keeps the index entries of up to `first` keys.
+    /// come in key order): checks its revision, counts its keys and takes
+    /// the read view the keys will be read from, under one hold of the read
+    /// lock; keeps the index entries of up to `first` keys.
     pub fn pin_range(self: &Arc<Self>, req: &RangeRequest, first: usize) -> Result<Pinned> {
         let st = self.state.read();
         let rev = if req.revision <= 0 {
@@ -88,10 +92,10 @@ impl Store {
             }
             true
         });
-        let txn = self.backend.read()?;
+        let view = self.backend.kv_view()?;
         Ok(Pinned {
             store: self.clone(),
-            txn,
+            view,
             rev,
             header_rev: st.rev,
             key: req.key.clone(),
@@ -161,12 +165,12 @@ impl Pinned {
     /// key order, going on from `w`, until `f` returns false (the key it was
     /// given counts as walked). Returns whether every key was walked.
     pub fn each(&self, w: &mut Walk, mut f: impl FnMut(&[u8]) -> bool) -> Result<bool> {
-        let table = self.txn.open_table(KV).map_err(StorageError::from)?;
+        let table = self.view.table();
         let mut scratch = Vec::new();
         loop {
             while let Some(v) = w.batch.get(w.pos) {
                 w.pos += 1;
-                let go_on = self.read(&table, v, &mut scratch, &mut f)?;
+                let go_on = self.read(table, v, &mut scratch, &mut f)?;
                 if !go_on {
                     return Ok(w.pos == w.batch.len() && w.left == 0);
                 }

@@ -141,6 +141,9 @@ impl Backend {
         // the member must not go on writing a file its path no longer names.
         if let Some(db) = copy.db.take() {
             let old = std::mem::replace(&mut *self.db.write(), std::sync::Arc::new(db));
+            // Ranges read the new file from now on: a view of the old one
+            // would keep it open.
+            self.views.end();
             // Closed once its last reader ends; closing writes and syncs
             // the old file, which nobody waits for.
             let _ = std::thread::Builder::new()

@@ -149,8 +149,11 @@ impl Backend {
             held.failed = Some(format!("a commit of applied entries failed: {e}"));
             return Err(e);
         }
+        // The shared view of the `kv` table predates this commit.
+        self.views.end();
         // Cleared once the commit is done, never before: a reader that finds
-        // it clear begins its read transaction after the commit.
+        // it clear begins its read transaction after the commit, and finds
+        // no view shared from before it.
         self.held_open.store(false, Ordering::Release);
         Ok(())
     }

@@ -28,8 +28,10 @@ pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("authR
 
 mod held;
 mod in_use;
+mod kv_view;
 
 pub use held::ApplyTxn;
+pub use kv_view::{KvView, WriteTxn};
 
 pub mod meta {
     pub const APPLIED_INDEX: &str = "applied_index";
@@ -112,6 +114,9 @@ pub struct Backend {
     /// Set while `held` has a transaction open (or a failure to report):
     /// read transactions commit it first.
     held_open: std::sync::atomic::AtomicBool,
+    /// The read view of the `kv` table Ranges share until the next commit
+    /// (`kv_view.rs`).
+    views: kv_view::ViewCache,
 }
 
 impl Backend {
@@ -152,6 +157,7 @@ impl Backend {
             measure: Default::default(),
             held: Default::default(),
             held_open: Default::default(),
+            views: Default::default(),
         };
         // A defragmentation's copy that a crash left behind.
         let _ = std::fs::remove_file(backend.defrag_path());
@@ -194,9 +200,10 @@ impl Backend {
     /// A write transaction of its own, begun after the transaction applied
     /// batches share is committed (the lock is held until it has begun, so
     /// that no batch opens another in between).
-    pub fn write(&self) -> Result<WriteTransaction> {
+    pub fn write(&self) -> Result<WriteTxn<'_>> {
         let _held = self.held_committed()?;
-        Ok(self.db.read().begin_write()?)
+        let txn = self.db.read().begin_write()?;
+        Ok(WriteTxn::new(txn, &self.views))
     }
 
     /// Makes every commit so far durable: an empty transaction committed
