@@ -187,14 +187,14 @@ impl Drop for Backend {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use redb::ReadableTableMetadata as _;
 
     use super::*;
     use crate::storage::KV;
 
     /// Applies one batch of `n` records from `from` into the shared transaction.
-    fn apply(b: &Backend, from: u64, n: u64) {
+    pub(in crate::storage) fn apply(b: &Backend, from: u64, n: u64) {
         let txn = b.apply_txn().expect("apply txn");
         {
             let mut kv = txn.open_table(KV).expect("kv");

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use redb::{ReadOnlyTable, ReadableDatabase, WriteTransaction};
+use redb::{ReadOnlyTable, WriteTransaction};
 
 use super::{Backend, KV, Reader, Result};
 
@@ -96,12 +96,11 @@ impl Backend {
     }
 
     fn open_kv_view(&self) -> Result<Arc<KvView>> {
-        let db = self.db.read().clone();
-        let txn = db.begin_read()?;
-        let table = txn.open_table(KV)?;
+        let reader = self.begin_read()?;
+        let table = reader.open_table(KV)?;
         Ok(Arc::new(KvView {
             table,
-            _reader: Reader { txn, _db: db },
+            _reader: reader,
         }))
     }
 }
@@ -145,15 +144,7 @@ impl std::ops::DerefMut for WriteTxn<'_> {
 mod tests {
     use super::*;
     use crate::storage::held::MAX_ENTRIES;
-
-    fn put(b: &Backend, main: u64) {
-        let txn = b.apply_txn().expect("apply txn");
-        {
-            let mut kv = txn.open_table(KV).expect("kv");
-            kv.insert((main, 0), b"v".as_slice()).expect("insert");
-        }
-        txn.done(1, 1, (main, 1)).expect("done");
-    }
+    use crate::storage::held::tests::apply;
 
     fn has(v: &KvView, main: u64) -> bool {
         v.table().get((main, 0)).expect("get").is_some()
@@ -163,13 +154,13 @@ mod tests {
     fn ranges_share_a_view_until_a_commit_ends_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let b = Backend::open(dir.path()).expect("open");
-        put(&b, 1);
+        apply(&b, 1, 1);
         let a = b.kv_view().expect("view");
         assert!(has(&a, 1), "the applied batch was committed first");
         let again = b.kv_view().expect("view");
         assert!(Arc::ptr_eq(&a, &again), "no commit since: shared");
 
-        put(&b, 2);
+        apply(&b, 2, 1);
         let after_apply = b.kv_view().expect("view");
         assert!(!Arc::ptr_eq(&a, &after_apply), "the applied batch ended it");
         assert!(has(&after_apply, 2));
@@ -186,9 +177,7 @@ mod tests {
 
         let shared = b.kv_view().expect("view");
         assert!(Arc::ptr_eq(&after_write, &shared));
-        for main in 10..10 + MAX_ENTRIES as u64 {
-            put(&b, main);
-        }
+        apply(&b, 10, MAX_ENTRIES as u64);
         assert!(
             has(&b.kv_view().expect("view"), 9 + MAX_ENTRIES as u64),
             "a commit of a full shared transaction ended it"
@@ -221,7 +210,7 @@ mod tests {
     fn a_defragmentation_ends_the_view_of_the_old_file() {
         let dir = tempfile::tempdir().expect("temp dir");
         let b = Arc::new(Backend::open(dir.path()).expect("open"));
-        put(&b, 1);
+        apply(&b, 1, 1);
         let before = b.kv_view().expect("view");
         let copy = b.defrag_copy().expect("copy");
         b.defrag_finish(copy).expect("finish");
