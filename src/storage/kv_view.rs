@@ -41,7 +41,7 @@ impl KvView {
 
 /// The view Ranges share, and the commits that ended views so far.
 #[derive(Default)]
-pub(super) struct Shared {
+struct Shared {
     view: Option<Arc<KvView>>,
     ended: u64,
 }
